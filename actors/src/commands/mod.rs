@@ -1,0 +1,206 @@
+//! The ML commands a task can run.
+//!
+//! Each command is a type implementing [`Command`]: its name, how many input
+//! files it takes, its typed params (parsed with serde, then range-checked,
+//! so a bad value is rejected at submit time with the field named), and a
+//! synchronous `run` that executes on an ML worker thread. [`Commands`] is
+//! the one list that registers them all.
+
+pub mod predict;
+pub mod sleep;
+pub mod train;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::error::{ErrorCode, JobError};
+use crate::task::{JobContext, Outcome};
+
+/// Why a submission was refused before it became a task.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    #[error("invalid params: {field}: {message}")]
+    InvalidParams { field: String, message: String },
+    #[error("{0}")]
+    MissingFile(String),
+    #[error("{0}")]
+    TooManyFiles(String),
+}
+
+impl SubmitError {
+    pub fn param(field: &str, message: impl Into<String>) -> Self {
+        Self::InvalidParams {
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Typed params of a command.
+pub trait Params: DeserializeOwned + Serialize {
+    /// Range checks serde cannot express.
+    fn validate(&self) -> Result<(), SubmitError> {
+        Ok(())
+    }
+
+    /// Models the task reads; they must exist when it is submitted.
+    fn models(&self) -> Vec<Uuid> {
+        Vec::new()
+    }
+}
+
+/// A command, as its implementor writes it.
+pub trait Command: Send + Sync + 'static {
+    const NAME: &'static str;
+    /// How many `file` parts it takes.
+    const FILES: std::ops::RangeInclusive<usize>;
+    type Params: Params;
+
+    fn run(&self, params: Self::Params, ctx: &JobContext) -> Result<Outcome, JobError>;
+}
+
+/// Params that passed every check, normalized with their defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checked {
+    pub params: Value,
+    pub models: Vec<Uuid>,
+}
+
+/// A command with its params type erased, as the registry holds it.
+pub trait AnyCommand: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn check(&self, params: Value, files: usize) -> Result<Checked, SubmitError>;
+    fn run(&self, params: Value, ctx: &JobContext) -> Result<Outcome, JobError>;
+}
+
+impl<C: Command> AnyCommand for C {
+    fn name(&self) -> &'static str {
+        C::NAME
+    }
+
+    fn check(&self, params: Value, files: usize) -> Result<Checked, SubmitError> {
+        let parsed: C::Params = parse_params(params)?;
+        parsed.validate()?;
+        let range = C::FILES;
+        if files < *range.start() {
+            return Err(SubmitError::MissingFile(format!(
+                "{} needs {} file part(s) named \"file\", got {files}",
+                C::NAME,
+                range.start()
+            )));
+        }
+        if files > *range.end() {
+            return Err(SubmitError::TooManyFiles(format!(
+                "{} takes at most {} file part(s), got {files}",
+                C::NAME,
+                range.end()
+            )));
+        }
+        Ok(Checked {
+            models: parsed.models(),
+            params: serde_json::to_value(&parsed).unwrap_or(Value::Null),
+        })
+    }
+
+    fn run(&self, params: Value, ctx: &JobContext) -> Result<Outcome, JobError> {
+        // Params were checked at submit time; failing here means the stored
+        // row was edited or written by another version.
+        let parsed: C::Params = parse_params(params)
+            .map_err(|e| JobError::new(ErrorCode::InvalidParams, e.to_string()))?;
+        Command::run(self, parsed, ctx)
+    }
+}
+
+/// Parses params, naming the offending field on failure.
+fn parse_params<P: DeserializeOwned>(params: Value) -> Result<P, SubmitError> {
+    let params = if params.is_null() {
+        Value::Object(Default::default())
+    } else {
+        params
+    };
+    serde_path_to_error::deserialize(params).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        // serde names the field of a missing or unknown key in its message;
+        // the path is then just the parent (".").
+        let field = if path == "." {
+            field_in_message(&inner).unwrap_or_else(|| "params".into())
+        } else {
+            path
+        };
+        SubmitError::InvalidParams {
+            field,
+            message: inner,
+        }
+    })
+}
+
+fn field_in_message(message: &str) -> Option<String> {
+    let start = message.find('`')? + 1;
+    let end = start + message[start..].find('`')?;
+    Some(message[start..end].to_owned())
+}
+
+/// The registered commands.
+#[derive(Clone)]
+pub struct Commands(BTreeMap<&'static str, Arc<dyn AnyCommand>>);
+
+impl Commands {
+    /// The standard commands, plus `sleep` when `diagnostics` is on.
+    pub fn standard(diagnostics: bool) -> Self {
+        let mut all: Vec<Arc<dyn AnyCommand>> =
+            vec![Arc::new(train::Train), Arc::new(predict::Predict)];
+        if diagnostics {
+            all.push(Arc::new(sleep::Sleep));
+        }
+        Self(all.into_iter().map(|c| (c.name(), c)).collect())
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn AnyCommand>> {
+        self.0.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.0.keys().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn unknown_and_missing_fields_are_named() {
+        let commands = Commands::standard(false);
+        let train = commands.get("train").unwrap();
+        let err = train.check(json!({}), 1).unwrap_err();
+        assert!(matches!(&err, SubmitError::InvalidParams { field, .. } if field == "target"), "{err:?}");
+        let err = train.check(json!({"target": "y", "epoch": 3}), 1).unwrap_err();
+        assert!(matches!(&err, SubmitError::InvalidParams { field, .. } if field == "epoch"), "{err:?}");
+        let err = train.check(json!({"target": "y", "epochs": "ten"}), 1).unwrap_err();
+        assert!(matches!(&err, SubmitError::InvalidParams { field, .. } if field == "epochs"), "{err:?}");
+        let err = train.check(json!({"target": "y", "hidden": [8, -1]}), 1).unwrap_err();
+        assert!(matches!(&err, SubmitError::InvalidParams { field, .. } if field == "hidden[1]"), "{err:?}");
+    }
+
+    #[test]
+    fn file_counts_are_checked() {
+        let commands = Commands::standard(false);
+        let train = commands.get("train").unwrap();
+        assert!(matches!(train.check(json!({"target": "y"}), 0), Err(SubmitError::MissingFile(_))));
+        assert!(matches!(train.check(json!({"target": "y"}), 2), Err(SubmitError::TooManyFiles(_))));
+        assert!(train.check(json!({"target": "y"}), 1).is_ok());
+    }
+
+    #[test]
+    fn sleep_is_registered_only_with_diagnostics() {
+        assert!(Commands::standard(false).get("sleep").is_none());
+        assert!(Commands::standard(true).get("sleep").is_some());
+    }
+}

@@ -1,0 +1,87 @@
+//! `sleep`: a diagnostic command for tests and benchmarks. It waits, reports
+//! progress each step, and can be told to fail or panic. Only registered
+//! when diagnostics are enabled in the config.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{Command, Params, SubmitError};
+use crate::error::{ErrorCode, JobError};
+use crate::progress::Progress;
+use crate::task::{JobContext, Outcome};
+
+pub const MAX_MS: u64 = 600_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Failure {
+    /// Fails with a transient error, which is retried.
+    Transient,
+    /// Fails with a permanent error.
+    Permanent,
+    /// Panics on the worker thread.
+    Panic,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SleepParams {
+    #[serde(default)]
+    pub ms: u64,
+    #[serde(default = "one")]
+    pub steps: u32,
+    #[serde(default)]
+    pub fail: Option<Failure>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Params for SleepParams {
+    fn validate(&self) -> Result<(), SubmitError> {
+        if self.ms > MAX_MS {
+            return Err(SubmitError::param("ms", format!("at most {MAX_MS}")));
+        }
+        if !(1..=10_000).contains(&self.steps) {
+            return Err(SubmitError::param("steps", "must be between 1 and 10000"));
+        }
+        Ok(())
+    }
+}
+
+pub struct Sleep;
+
+impl Command for Sleep {
+    const NAME: &'static str = "sleep";
+    const FILES: std::ops::RangeInclusive<usize> = 0..=16;
+    type Params = SleepParams;
+
+    fn run(&self, p: SleepParams, ctx: &JobContext) -> Result<Outcome, JobError> {
+        let step = Duration::from_millis(p.ms) / p.steps;
+        for i in 1..=p.steps {
+            ctx.cancel.check()?;
+            if !step.is_zero() {
+                std::thread::sleep(step);
+            }
+            ctx.progress.report(Progress::new(
+                f64::from(i) / f64::from(p.steps),
+                format!("step {i}/{}", p.steps),
+            ));
+        }
+        match p.fail {
+            None => Ok(Outcome {
+                result: json!({ "slept_ms": p.ms, "steps": p.steps, "inputs": ctx.inputs.len() }),
+                ..Outcome::default()
+            }),
+            Some(Failure::Transient) => Err(JobError::storage("sleep was asked to fail transiently")),
+            Some(Failure::Permanent) => Err(JobError::new(
+                ErrorCode::InvalidParams,
+                "sleep was asked to fail",
+            )),
+            Some(Failure::Panic) => panic!("sleep was asked to panic"),
+        }
+    }
+}

@@ -1,0 +1,425 @@
+//! `train`: fits an MLP to one CSV file and registers it as a model.
+
+use std::collections::BTreeMap;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tch::nn::{self, Module, OptimizerConfig};
+use tch::{Device, Kind, Tensor};
+use uuid::Uuid;
+
+use super::{Command, Params, SubmitError};
+use crate::error::{ErrorCode, JobError};
+use crate::ml::spec::{Feature, ModelSpec, ProblemKind, Scale, FORMAT};
+use crate::ml::table::{self, ColumnData, ColumnKind, ColumnStats, MAX_LEVELS};
+use crate::ml::{metrics, network};
+use crate::progress::Progress;
+use crate::task::{ArtifactFile, JobContext, ModelDraft, Outcome};
+
+pub const MAX_EPOCHS: u32 = 1000;
+pub const MAX_LAYERS: usize = 8;
+pub const MAX_WIDTH: u32 = 1024;
+pub const MAX_BATCH: u32 = 65_536;
+/// Keeps one task from eating a worker's memory: about 200 MB of f32 weights
+/// plus Adam's two moments.
+pub const MAX_PARAMETERS: i64 = 16_000_000;
+/// A numeric target with at most this many distinct whole numbers is taken
+/// as class labels when `kind` is not given.
+const MAX_INFERRED_CLASSES: usize = 20;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainParams {
+    /// The column to predict.
+    pub target: String,
+    /// Inferred from the target column when absent.
+    #[serde(default)]
+    pub kind: Option<ProblemKind>,
+    #[serde(default = "defaults::epochs")]
+    pub epochs: u32,
+    #[serde(default = "defaults::batch_size")]
+    pub batch_size: u32,
+    #[serde(default = "defaults::learning_rate")]
+    pub learning_rate: f64,
+    #[serde(default = "defaults::hidden")]
+    pub hidden: Vec<u32>,
+    #[serde(default = "defaults::validation_split")]
+    pub validation_split: f64,
+    #[serde(default = "defaults::seed")]
+    pub seed: u64,
+    /// Feature columns; all columns but the target when absent.
+    #[serde(default)]
+    pub features: Option<Vec<String>>,
+}
+
+mod defaults {
+    pub fn epochs() -> u32 {
+        20
+    }
+    pub fn batch_size() -> u32 {
+        32
+    }
+    pub fn learning_rate() -> f64 {
+        0.01
+    }
+    pub fn hidden() -> Vec<u32> {
+        vec![64, 64]
+    }
+    pub fn validation_split() -> f64 {
+        0.2
+    }
+    pub fn seed() -> u64 {
+        42
+    }
+}
+
+impl Params for TrainParams {
+    fn validate(&self) -> Result<(), SubmitError> {
+        if self.target.trim().is_empty() {
+            return Err(SubmitError::param("target", "must name a column"));
+        }
+        if !(1..=MAX_EPOCHS).contains(&self.epochs) {
+            return Err(SubmitError::param(
+                "epochs",
+                format!("must be between 1 and {MAX_EPOCHS}, got {}", self.epochs),
+            ));
+        }
+        if !(1..=MAX_BATCH).contains(&self.batch_size) {
+            return Err(SubmitError::param(
+                "batch_size",
+                format!("must be between 1 and {MAX_BATCH}, got {}", self.batch_size),
+            ));
+        }
+        if !(self.learning_rate > 0.0 && self.learning_rate <= 1.0) {
+            return Err(SubmitError::param(
+                "learning_rate",
+                format!("must be in (0, 1], got {}", self.learning_rate),
+            ));
+        }
+        if self.hidden.len() > MAX_LAYERS {
+            return Err(SubmitError::param(
+                "hidden",
+                format!("at most {MAX_LAYERS} layers, got {}", self.hidden.len()),
+            ));
+        }
+        if let Some(i) = self.hidden.iter().position(|&h| !(1..=MAX_WIDTH).contains(&h)) {
+            return Err(SubmitError::param(
+                &format!("hidden[{i}]"),
+                format!("layer sizes must be between 1 and {MAX_WIDTH}, got {}", self.hidden[i]),
+            ));
+        }
+        if !(0.0..=0.5).contains(&self.validation_split) {
+            return Err(SubmitError::param(
+                "validation_split",
+                format!("must be between 0 and 0.5, got {}", self.validation_split),
+            ));
+        }
+        if let Some(features) = &self.features {
+            if features.is_empty() {
+                return Err(SubmitError::param("features", "must name at least one column"));
+            }
+            if features.contains(&self.target) {
+                return Err(SubmitError::param("features", "must not include the target column"));
+            }
+        }
+        Ok(())
+    }
+}
+
+pub struct Train;
+
+impl Command for Train {
+    const NAME: &'static str = "train";
+    const FILES: std::ops::RangeInclusive<usize> = 1..=1;
+    type Params = TrainParams;
+
+    fn run(&self, p: TrainParams, ctx: &JobContext) -> Result<Outcome, JobError> {
+        let path = &ctx.inputs[0].path;
+        ctx.progress.report(Progress::new(0.0, "reading data"));
+        let headers = table::read_headers(path)?;
+        let features: Vec<String> = match &p.features {
+            Some(f) => f.clone(),
+            None => headers.iter().filter(|h| **h != p.target).cloned().collect(),
+        };
+        if !headers.contains(&p.target) {
+            return Err(JobError::new(
+                ErrorCode::UnknownColumn,
+                format!("target column \"{}\" is not in the file", p.target),
+            ));
+        }
+        if features.is_empty() {
+            return Err(JobError::new(
+                ErrorCode::UnknownColumn,
+                "the file has no columns besides the target to learn from",
+            ));
+        }
+        let mut names = features.clone();
+        names.push(p.target.clone());
+        let (rows, stats) = table::scan(path, &headers, &names, &ctx.cancel)?;
+        let min_rows = if p.validation_split > 0.0 { 2 } else { 1 };
+        if rows < min_rows {
+            return Err(JobError::new(
+                ErrorCode::TooFewRows,
+                format!("the file has {rows} data row(s); training needs at least {min_rows}"),
+            ));
+        }
+        let target_stats = &stats[features.len()];
+        let kind = problem_kind(&p, target_stats)?;
+        let mut kinds = Vec::with_capacity(names.len());
+        for (name, s) in features.iter().zip(&stats) {
+            kinds.push((name.clone(), table::infer_kind(name, s)?));
+        }
+        kinds.push((
+            p.target.clone(),
+            match kind {
+                ProblemKind::Classification => ColumnKind::Categorical,
+                ProblemKind::Regression => ColumnKind::Numeric,
+            },
+        ));
+        let data = table::load(path, &headers, &kinds, &ctx.cancel)?;
+        ctx.cancel.check()?;
+
+        // Split once, with the seed, so a re-run sees the same rows.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(p.seed);
+        let mut order: Vec<usize> = (0..rows).collect();
+        order.shuffle(&mut rng);
+        let n_val = if p.validation_split > 0.0 {
+            ((rows as f64 * p.validation_split).round() as usize).clamp(1, rows - 1)
+        } else {
+            0
+        };
+        let (val_rows, train_rows) = order.split_at(n_val);
+
+        let target = data.columns.last().expect("target column loaded");
+        let (y, classes, scale) = encode_target(target, train_rows)?;
+        let spec = ModelSpec {
+            format: FORMAT.into(),
+            kind,
+            target: p.target.clone(),
+            features: data.columns[..features.len()]
+                .iter()
+                .map(|c| Feature::fit(&c.name, &c.data, train_rows))
+                .collect(),
+            classes,
+            target_scale: scale,
+            hidden: p.hidden.iter().map(|&h| h as i64).collect(),
+        };
+        let (input, output) = (spec.input_width() as i64, spec.output_width() as i64);
+        let parameters = network::parameter_count(input, &spec.hidden, output);
+        if parameters > MAX_PARAMETERS {
+            return Err(JobError::new(
+                ErrorCode::InvalidParams,
+                format!(
+                    "the network would have {parameters} parameters (limit {MAX_PARAMETERS}); \
+                     use smaller `hidden` layers or fewer categorical features"
+                ),
+            ));
+        }
+        let x = network::matrix(&spec.encode(&data)?, rows, input as usize);
+        drop(data);
+
+        let fit = Fit {
+            x_train: x.index_select(0, &indices(train_rows)),
+            y_train: y.index_select(0, &indices(train_rows)),
+            x_val: x.index_select(0, &indices(val_rows)),
+            y_val: y.index_select(0, &indices(val_rows)),
+        };
+        drop(x);
+
+        tch::manual_seed(p.seed as i64);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = network::mlp(&vs.root(), input, &spec.hidden, output);
+        let mut opt = nn::Adam::default().build(&vs, p.learning_rate)?;
+        let mut last = BTreeMap::new();
+        for epoch in 1..=p.epochs {
+            let mut order: Vec<i64> = (0..train_rows.len() as i64).collect();
+            order.shuffle(&mut rng);
+            let order = Tensor::from_slice(&order);
+            let mut loss_sum = 0.0;
+            for batch in order.split(p.batch_size as i64, 0) {
+                ctx.cancel.check()?;
+                let xb = fit.x_train.index_select(0, &batch);
+                let yb = fit.y_train.index_select(0, &batch);
+                let loss = loss(kind, &net.forward(&xb), &yb);
+                opt.backward_step(&loss);
+                loss_sum += loss.double_value(&[]) * batch.size()[0] as f64;
+            }
+            last = fit.evaluate(kind, &net, &spec, loss_sum / train_rows.len() as f64);
+            let mut progress = Progress::new(
+                f64::from(epoch) / f64::from(p.epochs),
+                format!("epoch {epoch}/{}", p.epochs),
+            );
+            for (name, value) in &last {
+                progress = progress.with_metric(name, *value);
+            }
+            ctx.progress.report(progress);
+        }
+
+        ctx.progress.report(Progress::new(1.0, "saving model"));
+        let model_id = Uuid::new_v4();
+        let weights = ctx.artifact_path("model.safetensors");
+        let spec_path = ctx.artifact_path("model.json");
+        vs.save(&weights)?;
+        let spec_json = serde_json::to_value(&spec).expect("spec serializes");
+        std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec_json).unwrap_or_default())
+            .map_err(|e| JobError::storage(format!("writing model.json: {e}")))?;
+
+        let metrics = json!(last);
+        Ok(Outcome {
+            result: json!({
+                "model_id": model_id,
+                "kind": kind,
+                "target": p.target,
+                "metrics": metrics,
+                "epochs": p.epochs,
+                "rows": {"train": train_rows.len(), "validation": val_rows.len()},
+                "parameters": parameters,
+            }),
+            artifacts: vec![
+                ArtifactFile {
+                    name: "model.safetensors".into(),
+                    content_type: "application/octet-stream".into(),
+                    path: weights,
+                },
+                ArtifactFile {
+                    name: "model.json".into(),
+                    content_type: "application/json".into(),
+                    path: spec_path,
+                },
+            ],
+            model: Some(ModelDraft {
+                id: model_id,
+                kind: kind.as_str().into(),
+                target: spec.target.clone(),
+                spec: spec_json,
+                metrics,
+                weights_artifact: "model.safetensors".into(),
+                spec_artifact: "model.json".into(),
+            }),
+        })
+    }
+}
+
+/// The train/validation tensors.
+struct Fit {
+    x_train: Tensor,
+    y_train: Tensor,
+    x_val: Tensor,
+    y_val: Tensor,
+}
+
+impl Fit {
+    /// Epoch metrics: the training loss, plus validation loss and accuracy
+    /// (or RMSE in the target's own units) when there is a validation set.
+    fn evaluate(
+        &self,
+        kind: ProblemKind,
+        net: &impl Module,
+        spec: &ModelSpec,
+        train_loss: f64,
+    ) -> BTreeMap<String, f64> {
+        let mut m = BTreeMap::from([("train_loss".to_owned(), train_loss)]);
+        if self.y_val.size()[0] == 0 {
+            return m;
+        }
+        tch::no_grad(|| {
+            let out = net.forward(&self.x_val);
+            m.insert("val_loss".into(), loss(kind, &out, &self.y_val).double_value(&[]));
+            match kind {
+                ProblemKind::Classification => {
+                    let predicted = Vec::<i64>::try_from(out.argmax(-1, false)).unwrap_or_default();
+                    let truth = Vec::<i64>::try_from(&self.y_val).unwrap_or_default();
+                    m.insert("val_accuracy".into(), metrics::accuracy(&predicted, &truth));
+                }
+                ProblemKind::Regression => {
+                    let s = spec.target_scale.expect("regression has a scale");
+                    let unscale = |t: &Tensor| -> Vec<f64> {
+                        Vec::<f32>::try_from(t.reshape([-1]))
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|v| f64::from(v) * s.std + s.mean)
+                            .collect()
+                    };
+                    m.insert("val_rmse".into(), metrics::rmse(&unscale(&out), &unscale(&self.y_val)));
+                }
+            }
+        });
+        m
+    }
+}
+
+fn loss(kind: ProblemKind, out: &Tensor, y: &Tensor) -> Tensor {
+    match kind {
+        ProblemKind::Classification => out.cross_entropy_for_logits(y),
+        ProblemKind::Regression => out.reshape([-1]).mse_loss(y, tch::Reduction::Mean),
+    }
+}
+
+fn indices(rows: &[usize]) -> Tensor {
+    let rows: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+    Tensor::from_slice(&rows)
+}
+
+/// Decides classification or regression, and rejects unusable targets.
+fn problem_kind(p: &TrainParams, s: &ColumnStats) -> Result<ProblemKind, JobError> {
+    if let Some(row) = s.first_missing {
+        return Err(JobError::new(
+            ErrorCode::MissingValue,
+            format!("row {row}, column \"{}\": the target value is missing", p.target),
+        ));
+    }
+    let kind = match p.kind {
+        Some(kind) => kind,
+        None if s.text > 0 => ProblemKind::Classification,
+        None if s.all_integer && s.distinct.len() <= MAX_INFERRED_CLASSES => {
+            ProblemKind::Classification
+        }
+        None => ProblemKind::Regression,
+    };
+    match kind {
+        ProblemKind::Classification if s.distinct.len() < 2 => Err(JobError::new(
+            ErrorCode::SingleClass,
+            format!(
+                "target column \"{}\" has only one class ({}): classification needs at least two",
+                p.target,
+                s.distinct.iter().next().map(String::as_str).unwrap_or("")
+            ),
+        )),
+        ProblemKind::Classification if s.distinct.len() > MAX_LEVELS => Err(JobError::new(
+            ErrorCode::TooManyCategories,
+            format!("target column \"{}\" has more than {MAX_LEVELS} classes", p.target),
+        )),
+        ProblemKind::Regression if s.text > 0 => {
+            let (row, value) = s.first_text.clone().unwrap_or_default();
+            Err(JobError::new(
+                ErrorCode::InvalidNumber,
+                format!(
+                    "row {row}, column \"{}\": \"{value}\" is not a number, and regression needs \
+                     a numeric target (use kind \"classification\" for labels)",
+                    p.target
+                ),
+            ))
+        }
+        kind => Ok(kind),
+    }
+}
+
+/// The target as a tensor: class indices, or standardized values.
+fn encode_target(
+    column: &table::Column,
+    train_rows: &[usize],
+) -> Result<(Tensor, Vec<String>, Option<Scale>), JobError> {
+    match &column.data {
+        ColumnData::Categorical { codes, levels } => {
+            let y: Vec<i64> = codes.iter().map(|c| c.map_or(0, i64::from)).collect();
+            Ok((Tensor::from_slice(&y).to_kind(Kind::Int64), levels.clone(), None))
+        }
+        ColumnData::Numeric(values) => {
+            let Scale { mean, std } = Scale::fit(values, train_rows);
+            let y: Vec<f32> = values.iter().map(|v| ((v - mean) / std) as f32).collect();
+            Ok((Tensor::from_slice(&y), Vec::new(), Some(Scale { mean, std })))
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! Tabular ML on libtorch: CSV parsing, feature encoding, the network and
+//! the metrics the commands report.
+
+pub mod metrics;
+pub mod network;
+pub mod spec;
+pub mod table;

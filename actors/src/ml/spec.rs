@@ -1,0 +1,235 @@
+//! A trained model's description: which columns it reads, how it encodes
+//! them, and what it predicts. Stored as `model.json` next to the weights and
+//! in the `models` table, so a model can be used without its training data.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ErrorCode, JobError};
+use crate::ml::table::{ColumnData, ColumnKind, Table};
+
+pub const FORMAT: &str = "mlq.mlp.v1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemKind {
+    Classification,
+    Regression,
+}
+
+impl ProblemKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Classification => "classification",
+            Self::Regression => "regression",
+        }
+    }
+}
+
+/// How one input column becomes network inputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Feature {
+    /// Standardized with the training rows' mean and standard deviation;
+    /// a missing value becomes the mean.
+    Numeric { name: String, mean: f64, std: f64 },
+    /// One-hot over the levels seen in training; a missing or unseen value
+    /// becomes all zeros.
+    Categorical { name: String, levels: Vec<String> },
+}
+
+impl Feature {
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Numeric { name, .. } | Self::Categorical { name, .. } => name,
+        }
+    }
+
+    pub fn kind(&self) -> ColumnKind {
+        match self {
+            Self::Numeric { .. } => ColumnKind::Numeric,
+            Self::Categorical { .. } => ColumnKind::Categorical,
+        }
+    }
+
+    fn width(&self) -> usize {
+        match self {
+            Self::Numeric { .. } => 1,
+            Self::Categorical { levels, .. } => levels.len(),
+        }
+    }
+
+    /// Fits the encoding on the training rows only, so validation metrics
+    /// are honest.
+    pub fn fit(name: &str, data: &ColumnData, train_rows: &[usize]) -> Self {
+        match data {
+            ColumnData::Numeric(values) => {
+                let Scale { mean, std } = Scale::fit(values, train_rows);
+                Self::Numeric {
+                    name: name.to_owned(),
+                    mean,
+                    std,
+                }
+            }
+            ColumnData::Categorical { levels, .. } => Self::Categorical {
+                name: name.to_owned(),
+                levels: levels.clone(),
+            },
+        }
+    }
+}
+
+/// Scale of a regression target: the network predicts standardized values.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Scale {
+    pub mean: f64,
+    pub std: f64,
+}
+
+impl Scale {
+    /// Mean and standard deviation of `values` over `rows`, skipping missing
+    /// (NaN) values. A constant column gets std 1, so scaling never divides
+    /// by zero.
+    pub fn fit(values: &[f64], rows: &[usize]) -> Self {
+        let present: Vec<f64> = rows
+            .iter()
+            .map(|&r| values[r])
+            .filter(|v| !v.is_nan())
+            .collect();
+        let n = present.len().max(1) as f64;
+        let mean = present.iter().sum::<f64>() / n;
+        let var = present.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+        let std = if var.sqrt() > 1e-12 { var.sqrt() } else { 1.0 };
+        Self { mean, std }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    pub format: String,
+    pub kind: ProblemKind,
+    pub target: String,
+    pub features: Vec<Feature>,
+    /// Class labels, in output order (classification only).
+    #[serde(default)]
+    pub classes: Vec<String>,
+    /// Target scale (regression only).
+    #[serde(default)]
+    pub target_scale: Option<Scale>,
+    pub hidden: Vec<i64>,
+}
+
+impl ModelSpec {
+    pub fn input_width(&self) -> usize {
+        self.features.iter().map(Feature::width).sum()
+    }
+
+    pub fn output_width(&self) -> usize {
+        match self.kind {
+            ProblemKind::Classification => self.classes.len(),
+            ProblemKind::Regression => 1,
+        }
+    }
+
+    /// Parses a stored spec, rejecting ones this version cannot run.
+    pub fn from_json(value: &serde_json::Value) -> Result<Self, JobError> {
+        let spec: Self = serde_json::from_value(value.clone()).map_err(|e| {
+            JobError::new(
+                ErrorCode::ModelIncompatible,
+                format!("model spec is unreadable: {e}"),
+            )
+        })?;
+        if spec.format != FORMAT {
+            return Err(JobError::new(
+                ErrorCode::ModelIncompatible,
+                format!("model format {} is not {FORMAT}", spec.format),
+            ));
+        }
+        Ok(spec)
+    }
+
+    /// Encodes every row of `table` into a row-major `rows × input_width`
+    /// matrix. The table must hold each feature column with its kind.
+    pub fn encode(&self, table: &Table) -> Result<Vec<f32>, JobError> {
+        let width = self.input_width();
+        let mut out = vec![0f32; table.rows * width];
+        let mut offset = 0;
+        for feature in &self.features {
+            let column = table.column(feature.name()).ok_or_else(|| {
+                JobError::new(
+                    ErrorCode::UnknownColumn,
+                    format!("the model needs column \"{}\"", feature.name()),
+                )
+            })?;
+            match (feature, &column.data) {
+                (Feature::Numeric { mean, std, .. }, ColumnData::Numeric(values)) => {
+                    for (row, v) in values.iter().enumerate() {
+                        let v = if v.is_nan() { *mean } else { *v };
+                        out[row * width + offset] = ((v - mean) / std) as f32;
+                    }
+                }
+                (Feature::Categorical { levels, .. }, ColumnData::Categorical { codes, levels: seen }) => {
+                    // Map this file's levels onto the training levels by value.
+                    let lookup: Vec<Option<usize>> = seen
+                        .iter()
+                        .map(|l| levels.binary_search(l).ok())
+                        .collect();
+                    for (row, code) in codes.iter().enumerate() {
+                        if let Some(slot) = code.and_then(|c| lookup[c as usize]) {
+                            out[row * width + offset + slot] = 1.0;
+                        }
+                    }
+                }
+                _ => {
+                    return Err(JobError::new(
+                        ErrorCode::ModelIncompatible,
+                        format!("column \"{}\" has the wrong type for this model", feature.name()),
+                    ))
+                }
+            }
+            offset += feature.width();
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ml::table::Column;
+
+    #[test]
+    fn encodes_standardized_numbers_and_one_hot_levels() {
+        let table = Table {
+            rows: 3,
+            headers: vec![],
+            columns: vec![
+                Column {
+                    name: "x".into(),
+                    data: ColumnData::Numeric(vec![1.0, 3.0, f64::NAN]),
+                },
+                Column {
+                    name: "c".into(),
+                    data: ColumnData::Categorical {
+                        codes: vec![Some(0), Some(1), None],
+                        levels: vec!["green".into(), "red".into()],
+                    },
+                },
+            ],
+        };
+        let x = Feature::fit("x", &table.columns[0].data, &[0, 1]);
+        assert_eq!(x, Feature::Numeric { name: "x".into(), mean: 2.0, std: 1.0 });
+        let spec = ModelSpec {
+            format: FORMAT.into(),
+            kind: ProblemKind::Regression,
+            target: "y".into(),
+            // Training saw "blue" and "red": "green" is unseen and encodes as zeros.
+            features: vec![x, Feature::Categorical { name: "c".into(), levels: vec!["blue".into(), "red".into()] }],
+            classes: vec![],
+            target_scale: None,
+            hidden: vec![],
+        };
+        assert_eq!(spec.input_width(), 3);
+        let encoded = spec.encode(&table).unwrap();
+        assert_eq!(encoded, vec![-1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0]);
+    }
+}

@@ -1,0 +1,493 @@
+//! Reading a CSV file into typed columns.
+//!
+//! The file is read twice from local disk: the first pass decides each
+//! column's type (and finds bad input, naming the row and column), the second
+//! fills compact typed storage. Two passes keep memory at the size of the
+//! parsed data instead of a copy of every cell as a string.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+use crate::error::{ErrorCode, JobError};
+
+/// More distinct values than this make a text column unusable as a one-hot
+/// feature or a class label.
+pub const MAX_LEVELS: usize = 1000;
+
+/// Cell values read as "missing". An empty cell is the common case; the rest
+/// are what spreadsheets and pandas commonly write.
+const MISSING: &[&str] = &["", "NA", "N/A", "na", "n/a", "null", "NULL", "None", "?"];
+
+pub fn is_missing(cell: &str) -> bool {
+    MISSING.contains(&cell.trim())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnKind {
+    Numeric,
+    Categorical,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ColumnData {
+    /// Values, with NaN where the cell was missing.
+    Numeric(Vec<f64>),
+    /// Codes into `levels`, with `None` where the cell was missing.
+    Categorical {
+        codes: Vec<Option<u32>>,
+        levels: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Column {
+    pub name: String,
+    pub data: ColumnData,
+}
+
+impl Column {
+    pub fn kind(&self) -> ColumnKind {
+        match self.data {
+            ColumnData::Numeric(_) => ColumnKind::Numeric,
+            ColumnData::Categorical { .. } => ColumnKind::Categorical,
+        }
+    }
+}
+
+/// The columns a caller wants, each with a known kind or `None` to infer it.
+#[derive(Debug, Clone, Default)]
+pub struct Wanted {
+    pub columns: Vec<(String, Option<ColumnKind>)>,
+    /// Columns that may be absent (a target column when predicting).
+    pub optional: BTreeSet<String>,
+}
+
+/// What the first pass learns about a column.
+#[derive(Debug, Clone, Default)]
+pub struct ColumnStats {
+    pub numeric: usize,
+    pub text: usize,
+    pub missing: usize,
+    pub first_text: Option<(usize, String)>,
+    pub first_missing: Option<usize>,
+    pub all_integer: bool,
+    /// Distinct non-missing values, up to `MAX_LEVELS + 1`.
+    pub distinct: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Table {
+    pub rows: usize,
+    pub headers: Vec<String>,
+    pub columns: Vec<Column>,
+}
+
+impl Table {
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+/// Reads the header row and checks it, so callers can resolve column names.
+pub fn read_headers(path: &Path) -> Result<Vec<String>, JobError> {
+    check_text(path)?;
+    let mut reader = reader(path)?;
+    let headers = reader.headers().map_err(|e| csv_error(e, &[]))?.clone();
+    let headers: Vec<String> = headers.iter().map(|h| h.trim().to_owned()).collect();
+    if headers.len() == 1 && headers[0].is_empty() {
+        return Err(JobError::new(ErrorCode::EmptyFile, "the file is empty"));
+    }
+    if headers.iter().all(|h| h.parse::<f64>().is_ok()) {
+        return Err(JobError::new(
+            ErrorCode::NoHeader,
+            format!(
+                "the first line ({}) looks like data, not column names: add a header row",
+                preview(&headers)
+            ),
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for (i, h) in headers.iter().enumerate() {
+        if h.is_empty() {
+            return Err(JobError::new(
+                ErrorCode::NoHeader,
+                format!("column {} has no name in the header row", i + 1),
+            ));
+        }
+        if !seen.insert(h.as_str()) {
+            return Err(JobError::new(
+                ErrorCode::DuplicateColumn,
+                format!("column \"{h}\" appears twice in the header row"),
+            ));
+        }
+    }
+    Ok(headers)
+}
+
+/// First pass: statistics for the wanted columns.
+pub fn scan(
+    path: &Path,
+    headers: &[String],
+    names: &[String],
+    cancel: &crate::task::CancelToken,
+) -> Result<(usize, Vec<ColumnStats>), JobError> {
+    let indices = indices(headers, names)?;
+    let mut stats: Vec<ColumnStats> = names
+        .iter()
+        .map(|_| ColumnStats {
+            all_integer: true,
+            ..ColumnStats::default()
+        })
+        .collect();
+    let mut rows = 0;
+    for_each_record(path, headers, cancel, |row, record| {
+        rows = row;
+        for (s, &i) in stats.iter_mut().zip(&indices) {
+            let cell = record.get(i).unwrap_or("").trim();
+            if is_missing(cell) {
+                s.missing += 1;
+                s.first_missing.get_or_insert(row);
+                continue;
+            }
+            match cell.parse::<f64>() {
+                Ok(v) if !v.is_finite() => {
+                    return Err(JobError::new(
+                        ErrorCode::NonFiniteValue,
+                        format!(
+                            "row {row}, column \"{}\": {cell} is not a finite number",
+                            headers[i]
+                        ),
+                    ))
+                }
+                Ok(v) => {
+                    s.numeric += 1;
+                    s.all_integer &= v.fract() == 0.0;
+                }
+                Err(_) => {
+                    s.text += 1;
+                    s.first_text.get_or_insert_with(|| (row, cell.to_owned()));
+                }
+            }
+            if s.distinct.len() <= MAX_LEVELS {
+                s.distinct.insert(cell.to_owned());
+            }
+        }
+        Ok(())
+    })?;
+    Ok((rows, stats))
+}
+
+/// Decides a column's kind from its statistics: text columns are
+/// categorical, number columns numeric. A column of mostly numbers with a few
+/// words in it is a typo, not a category, and is reported as such.
+pub fn infer_kind(name: &str, stats: &ColumnStats) -> Result<ColumnKind, JobError> {
+    match (stats.numeric, stats.text) {
+        (_, 0) => Ok(ColumnKind::Numeric),
+        (0, _) => Ok(ColumnKind::Categorical),
+        (numeric, text) if text <= numeric => {
+            let (row, value) = stats.first_text.clone().unwrap_or_default();
+            Err(JobError::new(
+                ErrorCode::InvalidNumber,
+                format!("row {row}, column \"{name}\": \"{value}\" is not a number"),
+            ))
+        }
+        _ => Ok(ColumnKind::Categorical),
+    }
+}
+
+/// Second pass: typed columns, in the order of `kinds`.
+pub fn load(
+    path: &Path,
+    headers: &[String],
+    kinds: &[(String, ColumnKind)],
+    cancel: &crate::task::CancelToken,
+) -> Result<Table, JobError> {
+    let names: Vec<String> = kinds.iter().map(|(n, _)| n.clone()).collect();
+    let indices = indices(headers, &names)?;
+    let mut builders: Vec<Builder> = kinds
+        .iter()
+        .map(|(_, kind)| match kind {
+            ColumnKind::Numeric => Builder::Numeric(Vec::new()),
+            ColumnKind::Categorical => Builder::Categorical(Vec::new(), HashMap::new()),
+        })
+        .collect();
+    let mut rows = 0;
+    for_each_record(path, headers, cancel, |row, record| {
+        rows = row;
+        for ((builder, &i), name) in builders.iter_mut().zip(&indices).zip(&names) {
+            let cell = record.get(i).unwrap_or("").trim();
+            builder.push(row, name, cell)?;
+        }
+        Ok(())
+    })?;
+    let columns = builders
+        .into_iter()
+        .zip(names)
+        .map(|(b, name)| Column {
+            name,
+            data: b.finish(),
+        })
+        .collect();
+    Ok(Table {
+        rows,
+        headers: headers.to_vec(),
+        columns,
+    })
+}
+
+enum Builder {
+    Numeric(Vec<f64>),
+    Categorical(Vec<Option<u32>>, HashMap<String, u32>),
+}
+
+impl Builder {
+    fn push(&mut self, row: usize, name: &str, cell: &str) -> Result<(), JobError> {
+        let missing = is_missing(cell);
+        match self {
+            Self::Numeric(values) if missing => values.push(f64::NAN),
+            Self::Numeric(values) => match cell.parse::<f64>() {
+                Ok(v) if v.is_finite() => values.push(v),
+                Ok(_) => {
+                    return Err(JobError::new(
+                        ErrorCode::NonFiniteValue,
+                        format!("row {row}, column \"{name}\": {cell} is not a finite number"),
+                    ))
+                }
+                Err(_) => {
+                    return Err(JobError::new(
+                        ErrorCode::InvalidNumber,
+                        format!("row {row}, column \"{name}\": \"{cell}\" is not a number"),
+                    ))
+                }
+            },
+            Self::Categorical(codes, _) if missing => codes.push(None),
+            Self::Categorical(codes, levels) => {
+                let next = levels.len() as u32;
+                if next as usize >= MAX_LEVELS && !levels.contains_key(cell) {
+                    return Err(JobError::new(
+                        ErrorCode::TooManyCategories,
+                        format!(
+                            "column \"{name}\" has more than {MAX_LEVELS} distinct values; \
+                             leave it out with the `features` param"
+                        ),
+                    ));
+                }
+                let code = *levels.entry(cell.to_owned()).or_insert(next);
+                codes.push(Some(code));
+            }
+        }
+        Ok(())
+    }
+
+    /// Renumbers categorical codes so levels are sorted: the encoding then
+    /// depends only on the values, not on the order rows came in.
+    fn finish(self) -> ColumnData {
+        match self {
+            Self::Numeric(values) => ColumnData::Numeric(values),
+            Self::Categorical(codes, levels) => {
+                let mut sorted: Vec<(String, u32)> = levels.into_iter().collect();
+                sorted.sort();
+                let mut remap = vec![0u32; sorted.len()];
+                for (new, (_, old)) in sorted.iter().enumerate() {
+                    remap[*old as usize] = new as u32;
+                }
+                ColumnData::Categorical {
+                    codes: codes
+                        .into_iter()
+                        .map(|c| c.map(|c| remap[c as usize]))
+                        .collect(),
+                    levels: sorted.into_iter().map(|(l, _)| l).collect(),
+                }
+            }
+        }
+    }
+}
+
+fn indices(headers: &[String], names: &[String]) -> Result<Vec<usize>, JobError> {
+    names
+        .iter()
+        .map(|n| {
+            headers.iter().position(|h| h == n).ok_or_else(|| {
+                JobError::new(
+                    ErrorCode::UnknownColumn,
+                    format!(
+                        "column \"{n}\" is not in the file (its columns are: {})",
+                        preview(headers)
+                    ),
+                )
+            })
+        })
+        .collect()
+}
+
+fn reader(path: &Path) -> Result<csv::Reader<File>, JobError> {
+    let file = File::open(path).map_err(|e| JobError::storage(format!("opening input: {e}")))?;
+    Ok(csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(false)
+        .from_reader(file))
+}
+
+/// Calls `f` with each data row (numbered from 1) until the end of the file.
+fn for_each_record(
+    path: &Path,
+    headers: &[String],
+    cancel: &crate::task::CancelToken,
+    mut f: impl FnMut(usize, &csv::StringRecord) -> Result<(), JobError>,
+) -> Result<(), JobError> {
+    let mut reader = reader(path)?;
+    let mut record = csv::StringRecord::new();
+    let mut row = 0;
+    loop {
+        match reader.read_record(&mut record) {
+            Ok(false) => return Ok(()),
+            Ok(true) => {
+                row += 1;
+                // Checking every row would cost more than the parse; every
+                // 64k rows keeps cancellation well under a second.
+                if row % 65_536 == 0 {
+                    cancel.check()?;
+                }
+                f(row, &record)?;
+            }
+            Err(e) => return Err(csv_error(e, headers)),
+        }
+    }
+}
+
+fn csv_error(e: csv::Error, headers: &[String]) -> JobError {
+    let row = |pos: Option<&csv::Position>| {
+        pos.map(|p| format!("row {}", p.line().saturating_sub(1)))
+            .unwrap_or_else(|| "a row".into())
+    };
+    match e.kind() {
+        csv::ErrorKind::UnequalLengths { pos, len, .. } => JobError::new(
+            ErrorCode::RaggedRow,
+            format!(
+                "{} has {len} fields but the header has {}",
+                row(pos.as_ref()),
+                headers.len()
+            ),
+        ),
+        csv::ErrorKind::Utf8 { pos, .. } => JobError::new(
+            ErrorCode::NotCsv,
+            format!("{} is not valid UTF-8 text", row(pos.as_ref())),
+        ),
+        csv::ErrorKind::Io(io) => JobError::storage(format!("reading input: {io}")),
+        _ => JobError::new(ErrorCode::NotCsv, format!("the file is not valid CSV: {e}")),
+    }
+}
+
+/// Rejects empty files and binary data up front, with a clearer message than
+/// a parse error on some random row would give.
+fn check_text(path: &Path) -> Result<(), JobError> {
+    let mut head = Vec::with_capacity(8192);
+    File::open(path)
+        .and_then(|f| f.take(8192).read_to_end(&mut head))
+        .map_err(|e| JobError::storage(format!("reading input: {e}")))?;
+    if head.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(JobError::new(ErrorCode::EmptyFile, "the file is empty"));
+    }
+    if head.contains(&0) {
+        return Err(JobError::new(
+            ErrorCode::NotCsv,
+            "the file is not CSV text: it contains binary data",
+        ));
+    }
+    Ok(())
+}
+
+fn preview(values: &[String]) -> String {
+    let mut shown: Vec<&str> = values.iter().take(8).map(String::as_str).collect();
+    if values.len() > 8 {
+        shown.push("…");
+    }
+    shown.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::CancelToken;
+
+    fn file(text: &[u8]) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut f, text).unwrap();
+        f
+    }
+
+    fn scan_all(text: &[u8]) -> Result<(usize, Vec<ColumnStats>), JobError> {
+        let f = file(text);
+        let headers = read_headers(f.path())?;
+        scan(f.path(), &headers, &headers, &CancelToken::default())
+    }
+
+    fn code(r: Result<impl std::fmt::Debug, JobError>) -> ErrorCode {
+        r.unwrap_err().code
+    }
+
+    #[test]
+    fn bad_files_are_named() {
+        assert_eq!(code(scan_all(b"")), ErrorCode::EmptyFile);
+        assert_eq!(code(scan_all(b"\n\n")), ErrorCode::EmptyFile);
+        assert_eq!(code(scan_all(b"1,2,3\n4,5,6\n")), ErrorCode::NoHeader);
+        assert_eq!(code(scan_all(b"a,a\n1,2\n")), ErrorCode::DuplicateColumn);
+        assert_eq!(code(scan_all(b"\x00\x01\x02PK\x03")), ErrorCode::NotCsv);
+        assert_eq!(code(scan_all(b"a,b\n1,2\n3\n")), ErrorCode::RaggedRow);
+        assert_eq!(code(scan_all(b"a,b\n1,2\n3,inf\n")), ErrorCode::NonFiniteValue);
+        assert_eq!(code(scan_all(b"a,b\n1,\xff\xfe\n")), ErrorCode::NotCsv);
+    }
+
+    #[test]
+    fn ragged_row_message_names_the_row() {
+        let err = scan_all(b"a,b\n1,2\n3,4\n5,6,7\n").unwrap_err();
+        assert!(err.message.contains("row 3"), "{}", err.message);
+        assert!(err.message.contains("3 fields"), "{}", err.message);
+    }
+
+    #[test]
+    fn kinds_are_inferred_and_typos_reported() {
+        let (rows, stats) = scan_all(b"x,color,y\n1,red,1\n2.5,blue,2\n,green,oops\n4,red,4\n").unwrap();
+        assert_eq!(rows, 4);
+        assert_eq!(infer_kind("x", &stats[0]).unwrap(), ColumnKind::Numeric);
+        assert_eq!(stats[0].missing, 1);
+        assert_eq!(infer_kind("color", &stats[1]).unwrap(), ColumnKind::Categorical);
+        let err = infer_kind("y", &stats[2]).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidNumber);
+        assert!(err.message.contains("row 3") && err.message.contains("\"y\""), "{}", err.message);
+    }
+
+    #[test]
+    fn load_builds_sorted_levels_and_marks_missing() {
+        let f = file(b"x,color\n1,red\n,blue\n3,\n");
+        let headers = read_headers(f.path()).unwrap();
+        let kinds = vec![
+            ("color".to_owned(), ColumnKind::Categorical),
+            ("x".to_owned(), ColumnKind::Numeric),
+        ];
+        let table = load(f.path(), &headers, &kinds, &CancelToken::default()).unwrap();
+        assert_eq!(table.rows, 3);
+        assert_eq!(
+            table.columns[0].data,
+            ColumnData::Categorical {
+                codes: vec![Some(1), Some(0), None],
+                levels: vec!["blue".into(), "red".into()],
+            }
+        );
+        match &table.columns[1].data {
+            ColumnData::Numeric(v) => assert!(v[0] == 1.0 && v[1].is_nan() && v[2] == 3.0),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_column_lists_the_real_ones() {
+        let f = file(b"a,b\n1,2\n");
+        let headers = read_headers(f.path()).unwrap();
+        let err = scan(f.path(), &headers, &["c".into()], &CancelToken::default()).unwrap_err();
+        assert_eq!(err.code, ErrorCode::UnknownColumn);
+        assert!(err.message.contains("a, b"), "{}", err.message);
+    }
+}

@@ -1,0 +1,225 @@
+//! The ML worker pool: actors on dedicated OS threads (`SyncArbiter`).
+//!
+//! actix does not replace a `SyncArbiter` thread whose actor panicked, and
+//! tch's tensor ops, layers and optimizer steps panic on libtorch errors. So
+//! every job runs inside `catch_unwind`: a panic fails that one task with a
+//! clear error and the thread lives on, keeping the pool at full size.
+//!
+//! Each thread lowers its own OS priority and sets libtorch's intra-op thread
+//! count, so ML work never starves the async arbiters serving HTTP and the
+//! pool never oversubscribes the cores.
+
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use actix::{Actor, Addr, Handler, Message, SyncArbiter, SyncContext};
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::commands::AnyCommand;
+use crate::error::{ErrorCode, JobError};
+use crate::task::{JobContext, Outcome};
+
+#[derive(Debug, Clone, Copy)]
+pub struct PoolConfig {
+    pub workers: usize,
+    /// libtorch intra-op threads per worker.
+    pub torch_threads: usize,
+    /// Added to each worker thread's nice value.
+    pub nice: i32,
+}
+
+impl PoolConfig {
+    /// Defaults for this machine: one core left for HTTP and Postgres, and
+    /// `workers × torch_threads` never above the core count.
+    pub fn for_cores(cores: usize) -> Self {
+        let workers = cores.saturating_sub(1).max(1);
+        Self {
+            workers,
+            torch_threads: (cores / workers).max(1),
+            nice: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    Idle,
+    Busy,
+}
+
+/// One worker's status, as `/readyz` and the dashboard show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerInfo {
+    pub id: usize,
+    pub state: WorkerState,
+    pub current_task: Option<Uuid>,
+    pub tasks_done: u64,
+    pub panics: u64,
+    pub last_error: Option<String>,
+}
+
+/// The live workers' statuses. A worker is on the board from the moment its
+/// thread starts until its actor is dropped, so the board's size is the
+/// pool's real size.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerBoard(Arc<Mutex<BTreeMap<usize, WorkerInfo>>>);
+
+impl WorkerBoard {
+    pub fn alive(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn snapshot(&self) -> Vec<WorkerInfo> {
+        self.lock().values().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<usize, WorkerInfo>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update(&self, id: usize, f: impl FnOnce(&mut WorkerInfo)) {
+        if let Some(info) = self.lock().get_mut(&id) {
+            f(info);
+        }
+    }
+}
+
+/// Runs one job on a worker thread.
+pub struct RunJob {
+    pub command: Arc<dyn AnyCommand>,
+    pub params: Value,
+    pub ctx: JobContext,
+}
+
+impl Message for RunJob {
+    type Result = Result<Outcome, JobError>;
+}
+
+pub struct MlWorker {
+    id: usize,
+    config: PoolConfig,
+    board: WorkerBoard,
+}
+
+impl MlWorker {
+    /// Starts the pool and returns its address.
+    pub fn start_pool(config: PoolConfig, board: WorkerBoard) -> Addr<MlWorker> {
+        let next = AtomicUsize::new(0);
+        SyncArbiter::start(config.workers, move || MlWorker {
+            id: next.fetch_add(1, Ordering::Relaxed),
+            config,
+            board: board.clone(),
+        })
+    }
+}
+
+impl Actor for MlWorker {
+    type Context = SyncContext<Self>;
+
+    fn started(&mut self, _: &mut Self::Context) {
+        lower_priority(self.config.nice);
+        // Per thread: OpenMP's thread count is a per-thread setting.
+        tch::set_num_threads(self.config.torch_threads as i32);
+        self.board.lock().insert(
+            self.id,
+            WorkerInfo {
+                id: self.id,
+                state: WorkerState::Idle,
+                current_task: None,
+                tasks_done: 0,
+                panics: 0,
+                last_error: None,
+            },
+        );
+        tracing::debug!(worker = self.id, "ML worker started");
+    }
+}
+
+impl Drop for MlWorker {
+    fn drop(&mut self) {
+        self.board.lock().remove(&self.id);
+    }
+}
+
+impl Handler<RunJob> for MlWorker {
+    type Result = Result<Outcome, JobError>;
+
+    fn handle(&mut self, job: RunJob, _: &mut Self::Context) -> Self::Result {
+        let task = job.ctx.task_id;
+        self.board.update(self.id, |w| {
+            w.state = WorkerState::Busy;
+            w.current_task = Some(task);
+        });
+        // tch types are not UnwindSafe; nothing the job touched outlives it,
+        // so observing it half-updated after a panic is impossible.
+        let result = catch_unwind(AssertUnwindSafe(|| job.command.run(job.params, &job.ctx)))
+            .unwrap_or_else(|panic| {
+                let message = panic_message(&panic);
+                tracing::error!(worker = self.id, %task, "job panicked: {message}");
+                self.board.update(self.id, |w| w.panics += 1);
+                Err(JobError::new(
+                    ErrorCode::WorkerPanic,
+                    format!("the job crashed: {message}"),
+                ))
+            });
+        self.board.update(self.id, |w| {
+            w.state = WorkerState::Idle;
+            w.current_task = None;
+            w.tasks_done += 1;
+            w.last_error = result.as_ref().err().map(ToString::to_string);
+        });
+        result
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    let text = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    // libtorch errors carry a C++ backtrace; the first lines say what happened.
+    text.lines().take(3).collect::<Vec<_>>().join(" ")
+}
+
+/// Lowers this thread's scheduling priority. Threads it spawns later
+/// (libgomp's OpenMP team) inherit it.
+fn lower_priority(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    // SAFETY: plain syscalls on the calling thread; no memory is shared.
+    let rc = unsafe {
+        let tid = libc::gettid();
+        let current = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, current + nice)
+    };
+    if rc != 0 {
+        tracing::warn!(
+            "could not lower ML thread priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_leave_a_core_and_never_oversubscribe() {
+        for cores in 1..=64 {
+            let c = PoolConfig::for_cores(cores);
+            assert!(c.workers >= 1);
+            assert!(c.workers * c.torch_threads <= cores.max(1), "{cores}: {c:?}");
+            if cores > 1 {
+                assert_eq!(c.workers, cores - 1);
+            }
+        }
+    }
+}

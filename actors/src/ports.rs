@@ -1,0 +1,236 @@
+//! The two ports the actor system is plugged into: where task state lives
+//! ([`TaskStore`], Postgres in production) and where bytes live
+//! ([`ObjectStore`], a filesystem or S3).
+//!
+//! Keeping them as traits keeps this crate free of database and HTTP code and
+//! lets the dependency arrows point one way: the service crate depends on
+//! this one, never the reverse.
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_core::stream::BoxStream;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+use uuid::Uuid;
+
+use crate::task::{ClaimedTask, Finish, HeartbeatReport, Lease, ModelRecord};
+
+/// Errors the task store reports to the dispatcher.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The lease no longer holds: the task was rescued and handed to another
+    /// attempt, or cancelled. The write was not made.
+    #[error("lease lost for task {0}")]
+    LeaseLost(Uuid),
+    #[error("task store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Durable task state: the queue the dispatcher claims from.
+#[async_trait]
+pub trait TaskStore: Send + Sync + 'static {
+    /// Claims up to `limit` due tasks for `worker`, each with a fresh lease.
+    /// Only tasks whose command is in `commands` are claimed, so processes
+    /// with different command sets can share a queue.
+    async fn claim(
+        &self,
+        worker: &str,
+        commands: &[&str],
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedTask>, StoreError>;
+
+    /// Extends the given leases and reports which are lost or cancelled.
+    async fn heartbeat(
+        &self,
+        leases: &[Lease],
+        lease: Duration,
+    ) -> Result<HeartbeatReport, StoreError>;
+
+    /// Records progress, fenced by the lease. Returns whether it held.
+    async fn save_progress(
+        &self,
+        lease: &Lease,
+        progress: &crate::progress::Progress,
+    ) -> Result<bool, StoreError>;
+
+    /// Ends an attempt, fenced by the lease.
+    async fn finish(&self, lease: &Lease, finish: Finish) -> Result<(), StoreError>;
+
+    /// Re-queues (with backoff) or fails tasks whose lease expired because
+    /// the process running them died. Returns how many were rescued.
+    async fn rescue_expired(&self, backoff_base: Duration) -> Result<u64, StoreError>;
+
+    /// Hands a running task back to the queue at once, without using up an
+    /// attempt (graceful shutdown).
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError>;
+
+    async fn model(&self, id: Uuid) -> Result<Option<ModelRecord>, StoreError>;
+}
+
+/// Where a stored object lives. The server generates every key; a client's
+/// file name is only ever metadata, so no request can steer a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectKey {
+    /// The `position`-th input file of a task.
+    Input { task: Uuid, position: i32 },
+    /// An artifact of one attempt of a task. Keyed by attempt so that a
+    /// worker whose lease was lost can never overwrite a newer attempt's file.
+    Artifact {
+        task: Uuid,
+        attempt: i32,
+        name: String,
+    },
+}
+
+impl ObjectKey {
+    pub fn as_string(&self) -> String {
+        match self {
+            Self::Input { task, position } => format!("inputs/{task}/{position}"),
+            Self::Artifact {
+                task,
+                attempt,
+                name,
+            } => format!("artifacts/{task}/{attempt}/{name}"),
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.as_string())
+    }
+}
+
+/// Errors the object store reports.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    #[error("object {0} not found")]
+    NotFound(String),
+    #[error("object store i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("object store: {0}")]
+    Backend(String),
+}
+
+/// A streamed object body with its length.
+pub struct ObjectBody {
+    pub size: u64,
+    pub stream: BoxStream<'static, Result<Bytes, ObjectError>>,
+}
+
+/// One object being written. Nothing is visible under the key until
+/// [`ObjectWriter::finish`] succeeds; [`ObjectWriter::abort`] leaves no trace.
+#[async_trait]
+pub trait ObjectWriter: Send {
+    async fn write(&mut self, chunk: Bytes) -> Result<(), ObjectError>;
+    async fn finish(self: Box<Self>) -> Result<(), ObjectError>;
+    async fn abort(self: Box<Self>);
+}
+
+/// Byte storage for inputs and artifacts.
+#[async_trait]
+pub trait ObjectStore: Send + Sync + 'static {
+    async fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, ObjectError>;
+    async fn open(&self, key: &str) -> Result<ObjectBody, ObjectError>;
+    async fn delete(&self, key: &str) -> Result<(), ObjectError>;
+
+    /// Copies an object to a local file, for jobs that need random access.
+    async fn fetch_to(&self, key: &str, path: &Path) -> Result<(), ObjectError> {
+        use futures_util::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let mut body = self.open(key).await?;
+        let mut file = tokio::fs::File::create(path).await?;
+        while let Some(chunk) = body.stream.next().await {
+            file.write_all(&chunk?).await?;
+        }
+        file.flush().await?;
+        Ok(())
+    }
+}
+
+/// The size and sha256 of an object, computed while it streams through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// Streams bytes into an object while counting and hashing them.
+pub struct Upload {
+    writer: Box<dyn ObjectWriter>,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl Upload {
+    pub async fn start(store: &dyn ObjectStore, key: &str) -> Result<Self, ObjectError> {
+        Ok(Self {
+            writer: store.writer(key).await?,
+            hasher: Sha256::new(),
+            size: 0,
+        })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), ObjectError> {
+        self.hasher.update(&chunk);
+        self.size += chunk.len() as u64;
+        self.writer.write(chunk).await
+    }
+
+    pub async fn finish(self) -> Result<Stored, ObjectError> {
+        self.writer.finish().await?;
+        Ok(Stored {
+            size: self.size,
+            sha256: hex_digest(self.hasher),
+        })
+    }
+
+    pub async fn abort(self) {
+        self.writer.abort().await
+    }
+}
+
+/// Stores a local file as an artifact object.
+pub async fn put_file(
+    store: &dyn ObjectStore,
+    key: &str,
+    path: &Path,
+) -> Result<Stored, ObjectError> {
+    let mut file = tokio::fs::File::open(path).await?;
+    let mut upload = Upload::start(store, key).await?;
+    loop {
+        let mut buf = vec![0u8; 256 * 1024];
+        let n = match file.read(&mut buf).await {
+            Ok(n) => n,
+            Err(e) => {
+                upload.abort().await;
+                return Err(e.into());
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        buf.truncate(n);
+        if let Err(e) = upload.write(Bytes::from(buf)).await {
+            upload.abort().await;
+            return Err(e);
+        }
+    }
+    upload.finish().await
+}
+
+fn hex_digest(hasher: Sha256) -> String {
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

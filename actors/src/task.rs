@@ -1,0 +1,184 @@
+//! The vocabulary of a task's life: what a claim hands out, what a job sees,
+//! and what it hands back.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::error::JobError;
+use crate::progress::ProgressReporter;
+
+/// The right to run one attempt of a task. Every write a worker makes about
+/// its task names the lease, so a worker whose lease was lost (and whose task
+/// was handed to someone else) writes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Lease {
+    pub task_id: Uuid,
+    pub token: Uuid,
+    pub attempt: i32,
+}
+
+/// A stored input file, as recorded when it was uploaded.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InputFile {
+    pub position: i32,
+    pub name: String,
+    pub size: i64,
+    pub sha256: String,
+    pub content_type: String,
+    pub key: String,
+}
+
+/// A task as handed out by a claim.
+#[derive(Debug, Clone)]
+pub struct ClaimedTask {
+    pub lease: Lease,
+    pub command: String,
+    pub params: Value,
+    pub inputs: Vec<InputFile>,
+    pub max_attempts: i32,
+}
+
+/// A registered model, as a job that uses it needs to see it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelRecord {
+    pub id: Uuid,
+    pub spec: Value,
+    pub weights_key: String,
+}
+
+/// An input staged on local disk for a job.
+#[derive(Debug, Clone)]
+pub struct LocalInput {
+    pub name: String,
+    pub content_type: String,
+    pub path: PathBuf,
+}
+
+/// A model staged on local disk for a job.
+#[derive(Debug, Clone)]
+pub struct LocalModel {
+    pub record: ModelRecord,
+    pub weights: PathBuf,
+}
+
+/// Set when a task must stop: the user cancelled it, or its lease was lost.
+/// Jobs check it between batches.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// `Err(cancelled)` once cancelled, for `?` between batches.
+    pub fn check(&self) -> Result<(), JobError> {
+        if self.is_cancelled() {
+            Err(JobError::cancelled())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Everything a job may touch: its inputs and models on local disk, a
+/// scratch folder for artifacts, progress reporting and cancellation.
+pub struct JobContext {
+    pub task_id: Uuid,
+    pub inputs: Vec<LocalInput>,
+    pub models: Vec<LocalModel>,
+    pub workdir: PathBuf,
+    pub cancel: CancelToken,
+    pub progress: ProgressReporter,
+}
+
+impl JobContext {
+    pub fn model(&self, id: Uuid) -> Result<&LocalModel, JobError> {
+        self.models.iter().find(|m| m.record.id == id).ok_or_else(|| {
+            JobError::new(
+                crate::ErrorCode::ModelNotFound,
+                format!("model {id} does not exist"),
+            )
+        })
+    }
+
+    /// A path in the scratch folder for an artifact named `name`.
+    pub fn artifact_path(&self, name: &str) -> PathBuf {
+        self.workdir.join("artifacts").join(name)
+    }
+}
+
+/// A file a job produced, to be stored as an artifact of its task.
+#[derive(Debug, Clone)]
+pub struct ArtifactFile {
+    pub name: String,
+    pub content_type: String,
+    pub path: PathBuf,
+}
+
+/// A model a `train` job produced, registered when the task completes.
+#[derive(Debug, Clone)]
+pub struct ModelDraft {
+    pub id: Uuid,
+    pub kind: String,
+    pub target: String,
+    pub spec: Value,
+    pub metrics: Value,
+    /// Names of the artifacts holding the weights and the spec.
+    pub weights_artifact: String,
+    pub spec_artifact: String,
+}
+
+/// What a successful job hands back.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub result: Value,
+    pub artifacts: Vec<ArtifactFile>,
+    pub model: Option<ModelDraft>,
+}
+
+/// An artifact after it was stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredArtifact {
+    pub name: String,
+    pub size: i64,
+    pub sha256: String,
+    pub content_type: String,
+    pub key: String,
+}
+
+/// How an attempt ends, as recorded in the store.
+#[derive(Debug, Clone)]
+pub enum Finish {
+    Succeeded {
+        result: Value,
+        artifacts: Vec<StoredArtifact>,
+        model: Option<ModelDraft>,
+    },
+    /// Failed for good.
+    Failed(JobError),
+    /// Failed, but worth another attempt after `delay`.
+    Retry {
+        error: JobError,
+        delay: std::time::Duration,
+    },
+    Cancelled,
+}
+
+/// What a heartbeat learns about the leases it extended.
+#[derive(Debug, Clone, Default)]
+pub struct HeartbeatReport {
+    /// Leases that no longer hold: the task was rescued or finished elsewhere.
+    pub lost: Vec<Uuid>,
+    /// Tasks whose cancellation was requested.
+    pub cancel_requested: Vec<Uuid>,
+}
