@@ -421,7 +421,7 @@ async fn stage(
         });
     }
     let mut models = Vec::with_capacity(checked.models.len());
-    for id in checked.models {
+    for (_, id) in checked.models {
         let record = env
             .store
             .model(id)

@@ -48,8 +48,9 @@ pub trait Params: DeserializeOwned + Serialize {
         Ok(())
     }
 
-    /// Models the task reads; they must exist when it is submitted.
-    fn models(&self) -> Vec<Uuid> {
+    /// Models the task reads, with the param naming each; they must exist
+    /// when it is submitted.
+    fn models(&self) -> Vec<(&'static str, Uuid)> {
         Vec::new()
     }
 }
@@ -68,7 +69,7 @@ pub trait Command: Send + Sync + 'static {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checked {
     pub params: Value,
-    pub models: Vec<Uuid>,
+    pub models: Vec<(&'static str, Uuid)>,
 }
 
 /// A command with its params type erased, as the registry holds it.

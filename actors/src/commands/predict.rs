@@ -30,8 +30,8 @@ pub struct PredictParams {
 }
 
 impl Params for PredictParams {
-    fn models(&self) -> Vec<Uuid> {
-        vec![self.model]
+    fn models(&self) -> Vec<(&'static str, Uuid)> {
+        vec![("model", self.model)]
     }
 }
 

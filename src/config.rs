@@ -1,0 +1,199 @@
+//! Configuration, in layers: built-in defaults, then an optional TOML file,
+//! then `MLQ_*` environment variables, then command-line flags. Defaults work
+//! on a developer machine with a local Postgres.
+//!
+//! Durations are written the human way (`30s`, `250ms`), e.g.
+//! `MLQ_LEASE=1m`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use mlq_actors::pool::PoolConfig;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// `MLQ_DATABASE_URL`: the Postgres that holds tasks. A missing user
+    /// defaults to `$PGUSER`, then `$USER`, as libpq does.
+    pub database_url: SecretString,
+    /// `MLQ_DATABASE_POOL_SIZE`: connections for HTTP handlers and workers.
+    pub database_pool_size: usize,
+    /// `MLQ_BIND`: HTTP listen address; port 0 picks a free port.
+    pub bind: String,
+    /// `MLQ_HTTP_WORKERS`: async HTTP arbiters (threads).
+    pub http_workers: Option<usize>,
+    /// `MLQ_DATA_DIR`: stored objects and scratch space.
+    pub data_dir: PathBuf,
+    /// `MLQ_WORKERS`: ML worker threads (default: cores − 1, at least 1).
+    pub workers: Option<usize>,
+    /// `MLQ_TORCH_THREADS`: libtorch threads per worker (default: cores ÷ workers).
+    pub torch_threads: Option<usize>,
+    /// `MLQ_WORKER_NICE`: how much lower ML threads' OS priority is.
+    pub worker_nice: i32,
+    /// `MLQ_LEASE`: how long a claim holds without a heartbeat.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// `MLQ_HEARTBEAT`: how often leases are extended.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// `MLQ_POLL`: how often the queue is polled when no notification came.
+    #[serde(with = "humantime_serde")]
+    pub poll: Duration,
+    /// `MLQ_RESCUE_EVERY`: how often expired leases are looked for.
+    #[serde(with = "humantime_serde")]
+    pub rescue_every: Duration,
+    /// `MLQ_RETRY_BASE`: first retry delay, doubled per attempt.
+    #[serde(with = "humantime_serde")]
+    pub retry_base: Duration,
+    /// `MLQ_PROGRESS_EVERY`: minimum time between progress writes per task.
+    #[serde(with = "humantime_serde")]
+    pub progress_every: Duration,
+    /// `MLQ_MAX_ATTEMPTS`: attempts per task before it fails for good.
+    pub max_attempts: i32,
+    /// `MLQ_MAX_REQUEST_BYTES`: largest accepted request body.
+    pub max_request_bytes: u64,
+    /// `MLQ_DIAGNOSTICS`: enables the `sleep` command (tests, benchmarks).
+    pub diagnostics: bool,
+    /// `MLQ_LOG`: log filter when `RUST_LOG` is unset.
+    pub log: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            database_url: SecretString::from("postgres://localhost:5432/mlq"),
+            database_pool_size: 16,
+            bind: "127.0.0.1:8080".into(),
+            http_workers: None,
+            data_dir: PathBuf::from("./data"),
+            workers: None,
+            torch_threads: None,
+            worker_nice: 10,
+            lease: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(5),
+            poll: Duration::from_secs(1),
+            rescue_every: Duration::from_secs(5),
+            retry_base: Duration::from_secs(2),
+            progress_every: Duration::from_millis(250),
+            max_attempts: 3,
+            max_request_bytes: 1 << 30,
+            diagnostics: false,
+            log: "info".into(),
+        }
+    }
+}
+
+/// Values given on the command line; each overrides every other layer.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diagnostics: Option<bool>,
+}
+
+impl Settings {
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, Box<figment::Error>> {
+        let mut figment = Figment::new();
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment
+            .merge(Env::prefixed("MLQ_"))
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(Box::new)
+    }
+
+    /// The Postgres connection settings, with the user filled in as libpq
+    /// would.
+    pub fn postgres(&self) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
+        let mut config: tokio_postgres::Config = self.database_url.expose_secret().parse()?;
+        if config.get_user().is_none() {
+            let user = std::env::var("PGUSER")
+                .or_else(|_| std::env::var("USER"))
+                .unwrap_or_else(|_| "postgres".into());
+            config.user(user);
+        }
+        config.connect_timeout(Duration::from_secs(5));
+        Ok(config)
+    }
+
+    pub fn pool(&self) -> PoolConfig {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut pool = PoolConfig::for_cores(cores);
+        if let Some(workers) = self.workers {
+            pool.workers = workers.max(1);
+            pool.torch_threads = (cores / pool.workers).max(1);
+        }
+        if let Some(threads) = self.torch_threads {
+            pool.torch_threads = threads.max(1);
+        }
+        pool.nice = self.worker_nice;
+        pool
+    }
+
+    pub fn objects_dir(&self) -> PathBuf {
+        self.data_dir.join("objects")
+    }
+
+    pub fn scratch_dir(&self) -> PathBuf {
+        self.data_dir.join("scratch")
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's signature
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("mlq.toml", "bind = \"0.0.0.0:1\"\nworkers = 3\nlease = \"1m\"\n")?;
+            jail.set_env("MLQ_WORKERS", "5");
+            let s = Settings::load(Some(Path::new("mlq.toml")), &Overrides::default()).map_err(|e| *e)?;
+            assert_eq!(s.bind, "0.0.0.0:1");
+            assert_eq!(s.workers, Some(5), "env beats the file");
+            assert_eq!(s.lease, Duration::from_secs(60));
+            assert_eq!(s.max_attempts, 3, "defaults fill the rest");
+            let flags = Overrides {
+                workers: Some(7),
+                ..Overrides::default()
+            };
+            let s = Settings::load(Some(Path::new("mlq.toml")), &flags).map_err(|e| *e)?;
+            assert_eq!(s.workers, Some(7), "flags beat env");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("mlq.toml", "wrokers = 3\n")?;
+            let err = Settings::load(Some(Path::new("mlq.toml")), &Overrides::default())
+                .unwrap_err();
+            assert!(err.to_string().contains("wrokers"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_user_is_filled_in() {
+        let s = Settings::default();
+        let pg = s.postgres().unwrap();
+        assert!(pg.get_user().is_some());
+        assert_eq!(pg.get_dbname(), Some("mlq"));
+    }
+}

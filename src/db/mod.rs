@@ -1,0 +1,173 @@
+//! Postgres: connection pool, database creation, migrations, and the queries
+//! for each aggregate (`tasks`, `models`, the `queue` the dispatcher uses).
+//!
+//! Query functions take `&impl GenericClient`, so they run the same on a
+//! pooled connection or inside a transaction.
+
+pub mod listener;
+pub mod models;
+pub mod queue;
+pub mod tasks;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+use crate::config::Settings;
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// Errors of the database layer.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// Postgres cannot be reached at all: the one error an operator must act
+    /// on before anything works, so its message says how.
+    #[error(
+        "cannot reach Postgres at {target}: {reason}. Start it (on Debian: \
+         `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`, \
+         or `make db`) or point MLQ_DATABASE_URL at a running server"
+    )]
+    Unreachable { target: String, reason: String },
+    #[error("invalid database URL: {0}")]
+    Config(String),
+    #[error("database query failed: {0}")]
+    Query(#[from] tokio_postgres::Error),
+    #[error("no database connection available: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database migration failed: {0}")]
+    Migration(#[from] refinery::Error),
+}
+
+impl DbError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unreachable { .. } | Self::Pool(_) => "database_unavailable",
+            Self::Config(_) => "database_config",
+            Self::Query(_) => "database_error",
+            Self::Migration(_) => "migration_failed",
+        }
+    }
+
+    /// Whether retrying later could help (the database is down or busy).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Unreachable { .. } | Self::Pool(_) => true,
+            Self::Query(e) => e.is_closed() || e.as_db_error().is_none(),
+            _ => false,
+        }
+    }
+}
+
+/// Connects, creating the database if it does not exist and applying
+/// migrations, and returns a pool.
+pub async fn connect(settings: &Settings) -> Result<Pool, DbError> {
+    let config = settings
+        .postgres()
+        .map_err(|e| DbError::Config(e.to_string()))?;
+    ensure_database(&config).await?;
+    migrate(&config).await?;
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(settings.database_pool_size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| DbError::Config(e.to_string()))
+}
+
+/// Opens one connection outside the pool, driving it on this arbiter.
+pub async fn connect_one(
+    config: &tokio_postgres::Config,
+) -> Result<tokio_postgres::Client, DbError> {
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| unreachable_or_query(config, e))?;
+    actix::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("postgres connection ended: {e}");
+        }
+    });
+    Ok(client)
+}
+
+fn target(config: &tokio_postgres::Config) -> String {
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "{host}:{port}/{}",
+        config.get_dbname().unwrap_or("postgres")
+    )
+}
+
+fn unreachable_or_query(config: &tokio_postgres::Config, e: tokio_postgres::Error) -> DbError {
+    if e.as_db_error().is_some() {
+        DbError::Query(e)
+    } else {
+        let reason = std::error::Error::source(&e)
+            .map(ToString::to_string)
+            .unwrap_or_else(|| e.to_string());
+        DbError::Unreachable {
+            target: target(config),
+            reason,
+        }
+    }
+}
+
+/// Creates the configured database when it is missing, so a fresh machine
+/// needs no manual `createdb`.
+async fn ensure_database(config: &tokio_postgres::Config) -> Result<(), DbError> {
+    match connect_one(config).await {
+        Ok(_) => return Ok(()),
+        Err(DbError::Query(e)) if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => {}
+        Err(e) => return Err(e),
+    }
+    let name = config.get_dbname().unwrap_or("mlq").to_owned();
+    let mut admin = config.clone();
+    admin.dbname("postgres");
+    let client = connect_one(&admin).await?;
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    match client.batch_execute(&format!("CREATE DATABASE {quoted}")).await {
+        Ok(()) => {
+            tracing::info!(database = %name, "created database");
+            Ok(())
+        }
+        // Another process created it first.
+        Err(e) if e.code() == Some(&SqlState::DUPLICATE_DATABASE) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Applies pending migrations. An advisory lock serializes processes that
+/// start at the same time against one database.
+pub async fn migrate(config: &tokio_postgres::Config) -> Result<(), DbError> {
+    const LOCK: i64 = 0x006d_6c71_5f6d_6967; // "mlq_mig"
+    let mut client = connect_one(config).await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&LOCK])
+        .await?;
+    let report = embedded::migrations::runner()
+        .run_async(&mut client)
+        .await;
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK])
+        .await?;
+    for m in report?.applied_migrations() {
+        tracing::info!(migration = %m, "applied migration");
+    }
+    Ok(())
+}

@@ -1,0 +1,265 @@
+//! The durable queue: Postgres behind the dispatcher's [`TaskStore`] port.
+//!
+//! Claims use one `FOR UPDATE SKIP LOCKED` statement, so any number of
+//! processes can claim from one table without handing a task out twice.
+//! Every write about a running task names its lease token: a worker whose
+//! lease was lost (and whose task was rescued and re-run) changes nothing.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::Pool;
+use serde_json::Value;
+use uuid::Uuid;
+
+use mlq_actors::ports::{StoreError, TaskStore};
+use mlq_actors::progress::Progress;
+use mlq_actors::task::{ClaimedTask, Finish, HeartbeatReport, Lease, ModelRecord};
+
+use super::tasks::json_column;
+use super::DbError;
+
+pub struct PgTaskStore {
+    pool: Pool,
+}
+
+impl PgTaskStore {
+    pub fn new(pool: Pool) -> Self {
+        Self { pool }
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
+        self.pool.get().await.map_err(|e| unavailable(e.into()))
+    }
+}
+
+fn unavailable(e: DbError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn query(e: tokio_postgres::Error) -> StoreError {
+    unavailable(DbError::Query(e))
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[async_trait]
+impl TaskStore for PgTaskStore {
+    async fn claim(
+        &self,
+        worker: &str,
+        commands: &[&str],
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedTask>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                include_str!("sql/claim.sql"),
+                &[&commands, &(limit as i64), &millis(lease), &worker],
+            )
+            .await
+            .map_err(query)?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(ClaimedTask {
+                    lease: Lease {
+                        task_id: row.try_get("id").map_err(query)?,
+                        token: row.try_get("lease_token").map_err(query)?,
+                        attempt: row.try_get("attempts").map_err(query)?,
+                    },
+                    command: row.try_get("command").map_err(query)?,
+                    params: row.try_get("params").map_err(query)?,
+                    max_attempts: row.try_get("max_attempts").map_err(query)?,
+                    inputs: json_column(&row, "inputs").map_err(unavailable)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn heartbeat(
+        &self,
+        leases: &[Lease],
+        lease: Duration,
+    ) -> Result<HeartbeatReport, StoreError> {
+        let ids: Vec<Uuid> = leases.iter().map(|l| l.task_id).collect();
+        let tokens: Vec<Uuid> = leases.iter().map(|l| l.token).collect();
+        let client = self.client().await?;
+        let rows = client
+            .query(include_str!("sql/heartbeat.sql"), &[&ids, &tokens, &millis(lease)])
+            .await
+            .map_err(query)?;
+        let held: Vec<(Uuid, bool)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        Ok(HeartbeatReport {
+            lost: ids
+                .iter()
+                .filter(|id| !held.iter().any(|(h, _)| h == *id))
+                .copied()
+                .collect(),
+            cancel_requested: held.iter().filter(|(_, c)| *c).map(|(id, _)| *id).collect(),
+        })
+    }
+
+    async fn save_progress(&self, lease: &Lease, progress: &Progress) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let value = serde_json::to_value(progress).unwrap_or(Value::Null);
+        let n = client
+            .execute(
+                "UPDATE tasks SET progress = $3, updated_at = now()
+                 WHERE id = $1 AND lease_token = $2",
+                &[&lease.task_id, &lease.token, &value],
+            )
+            .await
+            .map_err(query)?;
+        Ok(n == 1)
+    }
+
+    async fn finish(&self, lease: &Lease, finish: Finish) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(query)?;
+        let fence = [&lease.task_id as &(dyn tokio_postgres::types::ToSql + Sync), &lease.token];
+        let updated = match &finish {
+            Finish::Succeeded { result, .. } => {
+                tx.execute(
+                    r#"UPDATE tasks
+                       SET status = 'succeeded', result = $3, error = NULL,
+                           progress = progress || '{"fraction": 1, "stage": "done"}',
+                           finished_at = now(), updated_at = now(),
+                           lease_token = NULL, lease_expires_at = NULL
+                       WHERE id = $1 AND lease_token = $2"#,
+                    &[fence[0], fence[1], result],
+                )
+                .await
+            }
+            Finish::Failed(error) => {
+                tx.execute(
+                    "UPDATE tasks
+                     SET status = 'failed', error = $3, finished_at = now(), updated_at = now(),
+                         lease_token = NULL, lease_expires_at = NULL
+                     WHERE id = $1 AND lease_token = $2",
+                    &[fence[0], fence[1], &error.to_json()],
+                )
+                .await
+            }
+            Finish::Retry { error, delay } => {
+                // A cancel that arrived while the attempt failed wins.
+                tx.execute(
+                    r#"UPDATE tasks
+                       SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
+                           finished_at = CASE WHEN cancel_requested THEN now() END,
+                           error = $3,
+                           run_at = now() + $4 * interval '1 millisecond',
+                           progress = progress || '{"stage": "waiting to retry"}',
+                           updated_at = now(), lease_token = NULL, lease_expires_at = NULL
+                       WHERE id = $1 AND lease_token = $2"#,
+                    &[fence[0], fence[1], &error.to_json(), &millis(*delay)],
+                )
+                .await
+            }
+            Finish::Cancelled => {
+                tx.execute(
+                    r#"UPDATE tasks
+                       SET status = 'cancelled', finished_at = now(), updated_at = now(),
+                           error = '{"code": "cancelled", "message": "the task was cancelled"}',
+                           lease_token = NULL, lease_expires_at = NULL
+                       WHERE id = $1 AND lease_token = $2"#,
+                    &fence,
+                )
+                .await
+            }
+        }
+        .map_err(query)?;
+        if updated == 0 {
+            return Err(StoreError::LeaseLost(lease.task_id));
+        }
+        if let Finish::Succeeded {
+            artifacts, model, ..
+        } = &finish
+        {
+            for a in artifacts {
+                tx.execute(
+                    "INSERT INTO artifacts (task_id, name, size, sha256, content_type, object_key)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                    &[&lease.task_id, &a.name, &a.size, &a.sha256, &a.content_type, &a.key],
+                )
+                .await
+                .map_err(query)?;
+            }
+            if let Some(m) = model {
+                let key_of = |name: &str| {
+                    artifacts
+                        .iter()
+                        .find(|a| a.name == name)
+                        .map(|a| a.key.clone())
+                        .ok_or_else(|| {
+                            StoreError::Unavailable(format!("model artifact {name} was not stored"))
+                        })
+                };
+                tx.execute(
+                    "INSERT INTO models (id, task_id, kind, target, spec, metrics, weights_key, spec_key)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    &[
+                        &m.id,
+                        &lease.task_id,
+                        &m.kind,
+                        &m.target,
+                        &m.spec,
+                        &m.metrics,
+                        &key_of(&m.weights_artifact)?,
+                        &key_of(&m.spec_artifact)?,
+                    ],
+                )
+                .await
+                .map_err(query)?;
+            }
+        }
+        tx.commit().await.map_err(query)
+    }
+
+    async fn rescue_expired(&self, backoff_base: Duration) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(include_str!("sql/rescue.sql"), &[&millis(backoff_base)])
+            .await
+            .map_err(query)?;
+        for row in &rows {
+            let (id, status): (Uuid, String) = (row.get(0), row.get(1));
+            tracing::warn!(task = %id, %status, "lease expired");
+        }
+        Ok(rows.len() as u64)
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                r#"WITH released AS (
+                       UPDATE tasks
+                       SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
+                           finished_at = CASE WHEN cancel_requested THEN now() END,
+                           attempts = attempts - 1, run_at = now(), updated_at = now(),
+                           progress = progress || '{"stage": "requeued"}',
+                           lease_token = NULL, lease_expires_at = NULL
+                       WHERE id = $1 AND lease_token = $2
+                       RETURNING id
+                   )
+                   SELECT pg_notify('mlq_tasks', '') FROM released"#,
+                &[&lease.task_id, &lease.token],
+            )
+            .await
+            .map_err(query)?;
+        Ok(())
+    }
+
+    async fn model(&self, id: Uuid) -> Result<Option<ModelRecord>, StoreError> {
+        let client = self.client().await?;
+        let row = super::models::get(&client, id).await.map_err(unavailable)?;
+        Ok(row.map(|m| ModelRecord {
+            id: m.id,
+            spec: m.spec,
+            weights_key: m.weights_key,
+        }))
+    }
+}

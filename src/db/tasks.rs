@@ -1,0 +1,199 @@
+//! Queries on tasks as users see them: create, read, list, cancel.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+use serde_json::Value;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use mlq_actors::task::{InputFile, StoredArtifact};
+
+use super::DbError;
+
+/// A task row with its inputs and artifacts.
+#[derive(Debug, Clone)]
+pub struct TaskRecord {
+    pub id: Uuid,
+    pub command: String,
+    pub params: Value,
+    pub status: String,
+    pub progress: Value,
+    pub result: Option<Value>,
+    pub error: Option<Value>,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub cancel_requested: bool,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub inputs: Vec<InputFile>,
+    pub artifacts: Vec<StoredArtifact>,
+}
+
+impl TryFrom<Row> for TaskRecord {
+    type Error = DbError;
+
+    fn try_from(row: Row) -> Result<Self, DbError> {
+        Ok(Self {
+            id: row.try_get("id")?,
+            command: row.try_get("command")?,
+            params: row.try_get("params")?,
+            status: row.try_get("status")?,
+            progress: row.try_get("progress")?,
+            result: row.try_get("result")?,
+            error: row.try_get("error")?,
+            attempts: row.try_get("attempts")?,
+            max_attempts: row.try_get("max_attempts")?,
+            cancel_requested: row.try_get("cancel_requested")?,
+            created_at: row.try_get("created_at")?,
+            started_at: row.try_get("started_at")?,
+            finished_at: row.try_get("finished_at")?,
+            inputs: json_column(&row, "inputs")?,
+            artifacts: json_column(&row, "artifacts")?,
+        })
+    }
+}
+
+pub(crate) fn json_column<T: serde::de::DeserializeOwned>(
+    row: &Row,
+    name: &str,
+) -> Result<T, DbError> {
+    let value: Value = row.try_get(name)?;
+    serde_json::from_value(value)
+        .map_err(|e| DbError::Config(format!("column {name} has an unexpected shape: {e}")))
+}
+
+/// A task to create.
+pub struct NewTask<'a> {
+    pub id: Uuid,
+    pub command: &'a str,
+    pub params: &'a Value,
+    pub max_attempts: i32,
+    pub inputs: &'a [InputFile],
+}
+
+/// Inserts a task and its inputs in one transaction. The row is the queue
+/// entry: once this commits, the task will run.
+pub async fn insert(client: &mut deadpool_postgres::Client, task: NewTask<'_>) -> Result<(), DbError> {
+    let tx = client.transaction().await?;
+    tx.execute(
+        "INSERT INTO tasks (id, command, params, max_attempts) VALUES ($1, $2, $3, $4)",
+        &[&task.id, &task.command, task.params, &task.max_attempts],
+    )
+    .await?;
+    for input in task.inputs {
+        tx.execute(
+            "INSERT INTO task_inputs (task_id, position, name, size, sha256, content_type, object_key)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &task.id,
+                &input.position,
+                &input.name,
+                &input.size,
+                &input.sha256,
+                &input.content_type,
+                &input.key,
+            ],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+pub async fn get(client: &impl GenericClient, id: Uuid) -> Result<Option<TaskRecord>, DbError> {
+    client
+        .query_opt("SELECT * FROM task_details WHERE id = $1", &[&id])
+        .await?
+        .map(TaskRecord::try_from)
+        .transpose()
+}
+
+/// One page of tasks, newest first, created before the task `before`.
+pub async fn list(
+    client: &impl GenericClient,
+    status: Option<&str>,
+    before: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<TaskRecord>, DbError> {
+    client
+        .query(include_str!("sql/list_tasks.sql"), &[&status, &before, &limit])
+        .await?
+        .into_iter()
+        .map(TaskRecord::try_from)
+        .collect()
+}
+
+/// What a cancel request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancel {
+    /// The task was queued and is now cancelled.
+    Cancelled,
+    /// The task is running; its worker was told to stop.
+    Requested,
+    /// The task had already finished with this status.
+    AlreadyFinished,
+    NotFound,
+}
+
+/// Cancels a queued task at once, or asks the process running it to stop
+/// (through `mlq_cancel` notifications, with heartbeats as the backstop).
+pub async fn cancel(client: &mut deadpool_postgres::Client, id: Uuid) -> Result<Cancel, DbError> {
+    let tx = client.transaction().await?;
+    let status: Option<String> = tx
+        .query_opt("SELECT status FROM tasks WHERE id = $1 FOR UPDATE", &[&id])
+        .await?
+        .map(|r| r.get(0));
+    let outcome = match status.as_deref() {
+        None => Cancel::NotFound,
+        Some("queued") => {
+            tx.execute(
+                r#"UPDATE tasks
+                   SET status = 'cancelled', cancel_requested = true, finished_at = now(),
+                       updated_at = now(),
+                       error = '{"code": "cancelled", "message": "the task was cancelled"}'
+                   WHERE id = $1"#,
+                &[&id],
+            )
+            .await?;
+            Cancel::Cancelled
+        }
+        Some("running") => {
+            tx.execute(
+                "UPDATE tasks SET cancel_requested = true, updated_at = now() WHERE id = $1",
+                &[&id],
+            )
+            .await?;
+            tx.execute("SELECT pg_notify('mlq_cancel', $1)", &[&id.to_string()])
+                .await?;
+            Cancel::Requested
+        }
+        Some(_) => Cancel::AlreadyFinished,
+    };
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+pub async fn artifact(
+    client: &impl GenericClient,
+    task: Uuid,
+    name: &str,
+) -> Result<Option<StoredArtifact>, DbError> {
+    let row = client
+        .query_opt(
+            "SELECT name, size, sha256, content_type, object_key AS key
+             FROM artifacts WHERE task_id = $1 AND name = $2",
+            &[&task, &name],
+        )
+        .await?;
+    row.map(|r| {
+        Ok(StoredArtifact {
+            name: r.try_get("name")?,
+            size: r.try_get("size")?,
+            sha256: r.try_get("sha256")?,
+            content_type: r.try_get("content_type")?,
+            key: r.try_get("key")?,
+        })
+    })
+    .transpose()
+}

@@ -1,0 +1,116 @@
+//! The one place errors become HTTP responses.
+//!
+//! Policy: anything the client can fix is a 4xx whose JSON body names the
+//! problem (`{"error": {"code", "message", "field"?}}`); a database that is
+//! down is a 503 the client may retry; anything else is a 500, logged with
+//! its cause, and never caused by input alone.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use mlq_actors::commands::SubmitError;
+use mlq_actors::ports::ObjectError;
+
+use crate::db::DbError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("unknown command {command:?}; known commands: {known}")]
+    UnknownCommand { command: String, known: String },
+    #[error("invalid params: {field}: {message}")]
+    InvalidParams { field: String, message: String },
+    #[error("{0}")]
+    MissingFile(String),
+    #[error("{0}")]
+    TooManyFiles(String),
+    #[error("request body is larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("unsupported content type {0:?}: send multipart/form-data or application/json")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("object storage: {0}")]
+    Storage(#[from] ObjectError),
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest { code, .. } | Self::Conflict { code, .. } => code,
+            Self::UnknownCommand { .. } => "unknown_command",
+            Self::InvalidParams { .. } => "invalid_params",
+            Self::MissingFile(_) => "missing_file",
+            Self::TooManyFiles(_) => "too_many_files",
+            Self::TooLarge { .. } => "payload_too_large",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::NotFound(_) => "not_found",
+            Self::Db(e) => e.code(),
+            Self::Storage(_) => "storage_error",
+        }
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::InvalidParams { field, message } => Self::InvalidParams { field, message },
+            SubmitError::MissingFile(m) => Self::MissingFile(m),
+            SubmitError::TooManyFiles(m) => Self::TooManyFiles(m),
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for ApiError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        Self::Db(e.into())
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::BadRequest { .. } | Self::UnknownCommand { .. } => StatusCode::BAD_REQUEST,
+            Self::InvalidParams { .. } | Self::MissingFile(_) | Self::TooManyFiles(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::Db(e) if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Db(_) | Self::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        if status.is_server_error() {
+            tracing::error!(code = self.code(), "request failed: {self}");
+        }
+        let mut body = json!({ "code": self.code(), "message": self.to_string() });
+        if let Self::InvalidParams { field, .. } = self {
+            body["field"] = json!(field);
+        }
+        HttpResponse::build(status).json(json!({ "error": body }))
+    }
+}
+
+/// Turns actix's own extractor errors (bad JSON, bad path or query) into the
+/// same JSON shape.
+pub fn extractor_error(code: &'static str, err: impl std::fmt::Display) -> actix_web::Error {
+    ApiError::bad_request(code, err.to_string()).into()
+}

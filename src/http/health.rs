@@ -1,0 +1,47 @@
+//! `/healthz` (the process is alive) and `/readyz` (it can do its job: the
+//! database answers and the ML pool is at full size).
+
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use super::AppState;
+
+pub fn config(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz));
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let database = tokio::time::timeout(Duration::from_secs(2), async {
+        let client = state.db.get().await.map_err(|e| e.to_string())?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|_| Err("timed out".into()));
+    let alive = state.board.alive();
+    let ready = database.is_ok() && alive == state.workers;
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "database": match &database { Ok(()) => "ok".to_owned(), Err(e) => e.clone() },
+        "workers": {
+            "configured": state.workers,
+            "alive": alive,
+            "detail": state.board.snapshot(),
+        },
+    });
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}

@@ -1,0 +1,53 @@
+//! The HTTP API. One module per resource, each exporting `config`; this
+//! module composes them and turns actix's own extractor errors into mlq's
+//! JSON error shape.
+
+pub mod error;
+pub mod health;
+pub mod models;
+mod submit;
+pub mod tasks;
+
+use std::sync::Arc;
+
+use actix_web::{web, HttpResponse};
+use deadpool_postgres::Pool;
+
+use mlq_actors::commands::Commands;
+use mlq_actors::pool::WorkerBoard;
+use mlq_actors::ports::ObjectStore;
+
+use self::error::{extractor_error, ApiError};
+
+/// What handlers share.
+pub struct AppState {
+    pub db: Pool,
+    pub objects: Arc<dyn ObjectStore>,
+    pub commands: Commands,
+    pub board: WorkerBoard,
+    /// The configured pool size, to compare with the live one.
+    pub workers: usize,
+    pub max_attempts: i32,
+    pub max_request_bytes: u64,
+}
+
+pub fn config(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(web::PathConfig::default().error_handler(|e, _| extractor_error("invalid_path", e)))
+        .app_data(web::QueryConfig::default().error_handler(|e, _| extractor_error("invalid_query", e)))
+        .app_data(web::JsonConfig::default().error_handler(|e, _| extractor_error("invalid_json", e)))
+        .configure(health::config)
+        .service(
+            web::scope("/api/v1")
+                .configure(tasks::config)
+                .configure(models::config),
+        )
+        .default_service(web::to(not_found));
+}
+
+async fn not_found(req: actix_web::HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!(
+        "no route for {} {}",
+        req.method(),
+        req.path()
+    )))
+}

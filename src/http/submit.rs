@@ -1,0 +1,268 @@
+//! Reading a task submission: `multipart/form-data` with files, or JSON.
+//!
+//! File parts stream straight into the object store as they arrive, hashed
+//! on the way; nothing is held whole in memory. If the request fails part
+//! way (bad field, over the limit, client gone), every object it stored is
+//! deleted before the error is returned.
+
+use actix_multipart::{Field, Multipart};
+use actix_web::{web, HttpRequest};
+use futures_util::{StreamExt, TryStreamExt};
+use serde::Deserialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use mlq_actors::ports::{ObjectKey, ObjectStore, Upload};
+use mlq_actors::task::InputFile;
+
+use super::error::ApiError;
+use super::AppState;
+
+/// Largest `command` or `params` form field.
+const MAX_TEXT_FIELD: usize = 1 << 20;
+
+#[derive(Debug)]
+pub struct Submission {
+    pub command: String,
+    pub params: Value,
+    pub inputs: Vec<InputFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonSubmission {
+    command: String,
+    #[serde(default)]
+    params: Value,
+}
+
+/// Reads the body of `POST /api/v1/tasks` for task `task`.
+pub async fn read(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    task: Uuid,
+) -> Result<Submission, ApiError> {
+    let limit = state.max_request_bytes;
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::TooLarge { limit });
+    }
+    let mime = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let essence = mime.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match essence.as_str() {
+        "multipart/form-data" => {
+            let mut stored = Vec::new();
+            let result = read_multipart(req, payload, state, task, &mut stored).await;
+            if result.is_err() {
+                discard(state.objects.as_ref(), &stored).await;
+            }
+            result
+        }
+        "application/json" => read_json(payload, limit).await,
+        _ => Err(ApiError::UnsupportedMediaType(mime)),
+    }
+}
+
+/// Deletes stored inputs of a submission that did not become a task.
+pub async fn discard(objects: &dyn ObjectStore, inputs: &[InputFile]) {
+    for input in inputs {
+        if let Err(e) = objects.delete(&input.key).await {
+            tracing::warn!(key = %input.key, "could not delete orphaned input: {e}");
+        }
+    }
+}
+
+async fn read_json(mut payload: web::Payload, limit: u64) -> Result<Submission, ApiError> {
+    let limit = limit.min(MAX_TEXT_FIELD as u64) as usize;
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::TooLarge {
+                limit: limit as u64,
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let parsed: JsonSubmission = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid JSON body: {e}")))?;
+    Ok(Submission {
+        command: parsed.command,
+        params: params_object(parsed.params)?,
+        inputs: Vec::new(),
+    })
+}
+
+async fn read_multipart(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    task: Uuid,
+    stored: &mut Vec<InputFile>,
+) -> Result<Submission, ApiError> {
+    let limit = state.max_request_bytes;
+    let mut multipart = Multipart::new(req.headers(), payload);
+    let mut received: u64 = 0;
+    let mut command = None;
+    let mut params = Value::Null;
+    while let Some(field) = multipart.try_next().await.map_err(multipart_error)? {
+        let name = field.name().unwrap_or("").to_owned();
+        match name.as_str() {
+            "command" => {
+                let text = read_text(field, &mut received, limit).await?;
+                let text = text.trim().to_owned();
+                // Reject an unknown command before any file is uploaded.
+                super::tasks::command(state, &text)?;
+                command = Some(text);
+            }
+            "params" => {
+                let text = read_text(field, &mut received, limit).await?;
+                let value: Value = serde_json::from_str(&text).map_err(|e| ApiError::InvalidParams {
+                    field: "params".into(),
+                    message: format!("not valid JSON: {e}"),
+                })?;
+                params = params_object(value)?;
+            }
+            "file" => {
+                let position = stored.len() as i32;
+                let input = store_file(field, state, task, position, &mut received, limit).await?;
+                stored.push(input);
+            }
+            other => {
+                return Err(ApiError::bad_request(
+                    "unexpected_field",
+                    format!("unexpected form field {other:?}: expected command, params and file"),
+                ))
+            }
+        }
+    }
+    let command = command.ok_or_else(|| {
+        ApiError::bad_request("missing_command", "the form has no \"command\" field")
+    })?;
+    Ok(Submission {
+        command,
+        params,
+        inputs: std::mem::take(stored),
+    })
+}
+
+async fn read_text(mut field: Field, received: &mut u64, limit: u64) -> Result<String, ApiError> {
+    let name = field.name().unwrap_or("").to_owned();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = field.try_next().await.map_err(multipart_error)? {
+        count(received, chunk.len(), limit)?;
+        if bytes.len() + chunk.len() > MAX_TEXT_FIELD {
+            return Err(ApiError::bad_request(
+                "field_too_large",
+                format!("form field {name:?} is larger than {MAX_TEXT_FIELD} bytes"),
+            ));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| ApiError::bad_request("invalid_field", format!("form field {name:?} is not UTF-8 text")))
+}
+
+async fn store_file(
+    mut field: Field,
+    state: &AppState,
+    task: Uuid,
+    position: i32,
+    received: &mut u64,
+    limit: u64,
+) -> Result<InputFile, ApiError> {
+    let key = ObjectKey::Input { task, position }.as_string();
+    let filename = field
+        .content_disposition()
+        .and_then(|cd| cd.get_filename())
+        .map(sanitize_name)
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| format!("file{}", position + 1));
+    let content_type = field
+        .content_type()
+        .map(|m| m.essence_str().to_owned())
+        .unwrap_or_else(|| "application/octet-stream".into());
+    let mut upload = Upload::start(state.objects.as_ref(), &key).await?;
+    let result = async {
+        while let Some(chunk) = field.try_next().await.map_err(multipart_error)? {
+            count(received, chunk.len(), limit)?;
+            upload.write(chunk).await?;
+        }
+        Ok::<_, ApiError>(())
+    }
+    .await;
+    if let Err(e) = result {
+        upload.abort().await;
+        return Err(e);
+    }
+    let stored = upload.finish().await?;
+    Ok(InputFile {
+        position,
+        name: filename,
+        size: stored.size as i64,
+        sha256: stored.sha256,
+        content_type,
+        key,
+    })
+}
+
+fn count(received: &mut u64, n: usize, limit: u64) -> Result<(), ApiError> {
+    *received += n as u64;
+    if *received > limit {
+        Err(ApiError::TooLarge { limit })
+    } else {
+        Ok(())
+    }
+}
+
+/// A client's file name is metadata only; keep it printable and short.
+fn sanitize_name(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
+    base.chars().filter(|c| !c.is_control()).take(255).collect()
+}
+
+fn params_object(value: Value) -> Result<Value, ApiError> {
+    match value {
+        Value::Null => Ok(Value::Object(Default::default())),
+        Value::Object(_) => Ok(value),
+        _ => Err(ApiError::InvalidParams {
+            field: "params".into(),
+            message: "must be a JSON object".into(),
+        }),
+    }
+}
+
+fn multipart_error(e: actix_multipart::MultipartError) -> ApiError {
+    ApiError::bad_request("invalid_multipart", format!("malformed multipart body: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_lose_their_paths() {
+        assert_eq!(sanitize_name("../../etc/passwd"), "passwd");
+        assert_eq!(sanitize_name("C:\\data\\train.csv"), "train.csv");
+        assert_eq!(sanitize_name("a\u{0}b.csv"), "ab.csv");
+    }
+
+    #[test]
+    fn params_must_be_an_object() {
+        assert!(params_object(Value::Null).unwrap().as_object().unwrap().is_empty());
+        assert!(matches!(
+            params_object(serde_json::json!([1])),
+            Err(ApiError::InvalidParams { field, .. }) if field == "params"
+        ));
+    }
+}

@@ -1,0 +1,280 @@
+//! `/api/v1/tasks`: submit, read, list and cancel tasks; download artifacts.
+
+use std::sync::Arc;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use mlq_actors::commands::AnyCommand;
+use mlq_actors::task::{InputFile, StoredArtifact};
+
+use super::error::ApiError;
+use super::{submit, AppState};
+use crate::db::{self, tasks::Cancel, tasks::TaskRecord};
+
+pub fn config(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/tasks")
+            .route("", web::post().to(create))
+            .route("", web::get().to(list))
+            .route("/{id}", web::get().to(get))
+            .route("/{id}/cancel", web::post().to(cancel))
+            .route("/{id}/artifacts/{name}", web::get().to(artifact)),
+    );
+}
+
+const STATUSES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
+
+/// A task as the API shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TaskView {
+    pub id: Uuid,
+    pub command: String,
+    pub status: String,
+    pub progress: Value,
+    pub params: Value,
+    pub inputs: Vec<InputView>,
+    pub artifacts: Vec<ArtifactView>,
+    pub result: Option<Value>,
+    pub error: Option<Value>,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub cancel_requested: bool,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct InputView {
+    pub name: String,
+    pub size: i64,
+    pub sha256: String,
+    pub content_type: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ArtifactView {
+    pub name: String,
+    pub size: i64,
+    pub sha256: String,
+    pub content_type: String,
+    pub url: String,
+}
+
+impl From<TaskRecord> for TaskView {
+    fn from(t: TaskRecord) -> Self {
+        let id = t.id;
+        Self {
+            id,
+            command: t.command,
+            status: t.status,
+            progress: t.progress,
+            params: t.params,
+            inputs: t.inputs.into_iter().map(InputView::from).collect(),
+            artifacts: t
+                .artifacts
+                .into_iter()
+                .map(|a| ArtifactView::new(id, a))
+                .collect(),
+            result: t.result,
+            error: t.error,
+            attempts: t.attempts,
+            max_attempts: t.max_attempts,
+            cancel_requested: t.cancel_requested,
+            created_at: t.created_at,
+            started_at: t.started_at,
+            finished_at: t.finished_at,
+        }
+    }
+}
+
+impl From<InputFile> for InputView {
+    fn from(i: InputFile) -> Self {
+        Self {
+            name: i.name,
+            size: i.size,
+            sha256: i.sha256,
+            content_type: i.content_type,
+        }
+    }
+}
+
+impl ArtifactView {
+    fn new(task: Uuid, a: StoredArtifact) -> Self {
+        Self {
+            url: format!("/api/v1/tasks/{task}/artifacts/{}", a.name),
+            name: a.name,
+            size: a.size,
+            sha256: a.sha256,
+            content_type: a.content_type,
+        }
+    }
+}
+
+/// The registered command called `name`.
+pub(super) fn command<'a>(state: &'a AppState, name: &str) -> Result<&'a Arc<dyn AnyCommand>, ApiError> {
+    state.commands.get(name).ok_or_else(|| ApiError::UnknownCommand {
+        command: name.to_owned(),
+        known: state.commands.names().collect::<Vec<_>>().join(", "),
+    })
+}
+
+/// `POST /api/v1/tasks`: validates, stores the inputs and queues the task.
+async fn create(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = Uuid::new_v4();
+    let submission = submit::read(&req, payload, &state, id).await?;
+    match register(&state, id, &submission).await {
+        Ok(task) => Ok(HttpResponse::Accepted()
+            .insert_header((header::LOCATION, format!("/api/v1/tasks/{id}")))
+            .json(TaskView::from(task))),
+        Err(e) => {
+            submit::discard(state.objects.as_ref(), &submission.inputs).await;
+            Err(e)
+        }
+    }
+}
+
+async fn register(
+    state: &AppState,
+    id: Uuid,
+    submission: &submit::Submission,
+) -> Result<TaskRecord, ApiError> {
+    let checked = command(state, &submission.command)?
+        .check(submission.params.clone(), submission.inputs.len())?;
+    let mut client = state.db.get().await?;
+    let ids: Vec<Uuid> = checked.models.iter().map(|(_, id)| *id).collect();
+    if let Some(missing) = db::models::missing(&client, &ids).await?.first() {
+        let field = checked
+            .models
+            .iter()
+            .find(|(_, id)| id == missing)
+            .map_or("model", |(f, _)| f);
+        return Err(ApiError::InvalidParams {
+            field: field.into(),
+            message: format!("no model with id {missing}"),
+        });
+    }
+    db::tasks::insert(
+        &mut client,
+        db::tasks::NewTask {
+            id,
+            command: &submission.command,
+            params: &checked.params,
+            max_attempts: state.max_attempts,
+            inputs: &submission.inputs,
+        },
+    )
+    .await?;
+    tracing::info!(task = %id, command = %submission.command, inputs = submission.inputs.len(), "task queued");
+    db::tasks::get(&client, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("task {id} vanished after it was created")))
+}
+
+async fn get(id: web::Path<Uuid>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    let client = state.db.get().await?;
+    let task = db::tasks::get(&client, id).await?.ok_or_else(|| no_task(id))?;
+    Ok(HttpResponse::Ok().json(TaskView::from(task)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    status: Option<String>,
+    limit: Option<i64>,
+    before: Option<Uuid>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TaskPage {
+    pub tasks: Vec<TaskView>,
+    /// Pass as `before` to get the next page; null on the last page.
+    pub next_before: Option<Uuid>,
+}
+
+/// `GET /api/v1/tasks?status=&limit=&before=`: newest first.
+async fn list(
+    query: web::Query<ListQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let q = query.into_inner();
+    if let Some(status) = q.status.as_deref() {
+        if !STATUSES.contains(&status) {
+            return Err(ApiError::bad_request(
+                "invalid_status",
+                format!("status must be one of {}", STATUSES.join(", ")),
+            ));
+        }
+    }
+    let limit = page_limit(q.limit)?;
+    let client = state.db.get().await?;
+    let tasks = db::tasks::list(&client, q.status.as_deref(), q.before, limit).await?;
+    let next_before = (tasks.len() as i64 == limit).then(|| tasks.last().map(|t| t.id)).flatten();
+    Ok(HttpResponse::Ok().json(TaskPage {
+        tasks: tasks.into_iter().map(TaskView::from).collect(),
+        next_before,
+    }))
+}
+
+pub(super) fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
+    match limit.unwrap_or(50) {
+        n @ 1..=200 => Ok(n),
+        n => Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be between 1 and 200, got {n}"),
+        )),
+    }
+}
+
+/// `POST /api/v1/tasks/{id}/cancel`: a queued task is cancelled at once; a
+/// running one stops at its next check (between batches).
+async fn cancel(id: web::Path<Uuid>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    let mut client = state.db.get().await?;
+    match db::tasks::cancel(&mut client, id).await? {
+        Cancel::NotFound => return Err(no_task(id)),
+        Cancel::AlreadyFinished => {
+            return Err(ApiError::Conflict {
+                code: "task_finished",
+                message: format!("task {id} has already finished"),
+            })
+        }
+        Cancel::Cancelled | Cancel::Requested => {}
+    }
+    let task = db::tasks::get(&client, id).await?.ok_or_else(|| no_task(id))?;
+    Ok(HttpResponse::Ok().json(TaskView::from(task)))
+}
+
+/// `GET /api/v1/tasks/{id}/artifacts/{name}`: streams a result file.
+async fn artifact(
+    path: web::Path<(Uuid, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (id, name) = path.into_inner();
+    let client = state.db.get().await?;
+    let artifact = db::tasks::artifact(&client, id, &name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("task {id} has no artifact {name:?}")))?;
+    drop(client);
+    let body = state.objects.open(&artifact.key).await?;
+    Ok(HttpResponse::Ok()
+        .content_type(artifact.content_type)
+        .insert_header((header::ETAG, format!("\"{}\"", artifact.sha256)))
+        .insert_header(header::ContentDisposition::attachment(artifact.name))
+        .no_chunking(body.size)
+        .streaming(body.stream))
+}
+
+fn no_task(id: Uuid) -> ApiError {
+    ApiError::NotFound(format!("no task with id {id}"))
+}

@@ -1,0 +1,19 @@
+//! mlq: an ML processing service. Users upload files, start ML commands on
+//! them and follow each task's progress; Postgres is the durable queue and a
+//! supervised pool of libtorch workers does the work.
+//!
+//! - [`config`]: layered settings.
+//! - [`startup`]: builds the application (shared by `main` and the tests).
+//! - [`http`]: the REST API, one module per resource.
+//! - [`db`]: Postgres, including the queue behind the dispatcher's port.
+//! - [`storage`]: object storage behind the object-store port.
+//!
+//! The actor system itself (dispatcher, ML pool, commands) lives in the
+//! `mlq-actors` crate.
+
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod startup;
+pub mod storage;
+pub mod telemetry;

@@ -1,0 +1,160 @@
+//! Building the whole application from its settings. `main` and the
+//! integration tests start mlq through exactly this code.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix::{Actor, Addr};
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{web, App, HttpServer};
+use tracing_actix_web::TracingLogger;
+
+use mlq_actors::commands::Commands;
+use mlq_actors::dispatcher::{Dispatcher, DispatcherConfig, Drain};
+use mlq_actors::pool::{MlWorker, WorkerBoard};
+use mlq_actors::ports::ObjectStore;
+
+use crate::config::Settings;
+use crate::db::{self, queue::PgTaskStore, DbError};
+use crate::http::{self, AppState};
+use crate::storage::FsStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("cannot use data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {bind}: {source}")]
+    Bind {
+        bind: String,
+        source: std::io::Error,
+    },
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    dispatcher: Addr<Dispatcher>,
+}
+
+impl Application {
+    /// Connects to Postgres (creating and migrating the database as needed),
+    /// starts the ML pool, the dispatcher and the notification listener, and
+    /// binds the HTTP server. Must run inside an actix system.
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let pool = db::connect(&settings).await?;
+        let objects: Arc<dyn ObjectStore> = Arc::new(
+            FsStore::new(settings.objects_dir()).map_err(|source| StartupError::DataDir {
+                path: settings.objects_dir().display().to_string(),
+                source,
+            })?,
+        );
+        std::fs::create_dir_all(settings.scratch_dir()).map_err(|source| StartupError::DataDir {
+            path: settings.scratch_dir().display().to_string(),
+            source,
+        })?;
+        let commands = Commands::standard(settings.diagnostics);
+        let pool_config = settings.pool();
+        let board = WorkerBoard::default();
+        let ml = MlWorker::start_pool(pool_config, board.clone());
+        tracing::info!(
+            workers = pool_config.workers,
+            torch_threads = pool_config.torch_threads,
+            nice = pool_config.nice,
+            "ML pool started"
+        );
+
+        let dispatcher = Dispatcher::new(
+            DispatcherConfig {
+                name: format!("{}:{}", hostname(), std::process::id()),
+                lease: settings.lease,
+                heartbeat: settings.heartbeat,
+                poll: settings.poll,
+                rescue_every: settings.rescue_every,
+                retry_base: settings.retry_base,
+                progress_every: settings.progress_every,
+                scratch: settings.scratch_dir(),
+            },
+            Arc::new(PgTaskStore::new(pool.clone())),
+            objects.clone(),
+            commands.clone(),
+            ml,
+            pool_config.workers,
+        )
+        .start();
+        let pg = settings
+            .postgres()
+            .map_err(|e| DbError::Config(e.to_string()))?;
+        db::listener::spawn(pg, dispatcher.clone());
+
+        let listener = TcpListener::bind(&settings.bind).map_err(|source| StartupError::Bind {
+            bind: settings.bind.clone(),
+            source,
+        })?;
+        let port = listener.local_addr().map_err(|source| StartupError::Bind {
+            bind: settings.bind.clone(),
+            source,
+        })?.port();
+        let state = web::Data::new(AppState {
+            db: pool,
+            objects,
+            commands,
+            board,
+            workers: pool_config.workers,
+            max_attempts: settings.max_attempts,
+            max_request_bytes: settings.max_request_bytes,
+        });
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .wrap(TracingLogger::default())
+                .app_data(state.clone())
+                .configure(http::config)
+        })
+        .shutdown_timeout(10);
+        if let Some(n) = settings.http_workers {
+            server = server.workers(n.max(1));
+        }
+        let server = server
+            .listen(listener)
+            .map_err(|source| StartupError::Bind {
+                bind: settings.bind.clone(),
+                source,
+            })?
+            .run();
+        tracing::info!(port, "mlq listening");
+        Ok(Self {
+            port,
+            server,
+            dispatcher,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A handle to stop the HTTP server (tests, signals).
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until the server stops (SIGINT/SIGTERM or `handle().stop()`),
+    /// then hands running tasks back to the queue.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        if let Err(e) = self.dispatcher.send(Drain).await {
+            tracing::warn!("could not drain the dispatcher: {e}");
+        }
+        result
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "mlq".into())
+}
