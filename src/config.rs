@@ -161,9 +161,13 @@ mod tests {
     #[test]
     fn layers_apply_in_order() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("mlq.toml", "bind = \"0.0.0.0:1\"\nworkers = 3\nlease = \"1m\"\n")?;
+            jail.create_file(
+                "mlq.toml",
+                "bind = \"0.0.0.0:1\"\nworkers = 3\nlease = \"1m\"\n",
+            )?;
             jail.set_env("MLQ_WORKERS", "5");
-            let s = Settings::load(Some(Path::new("mlq.toml")), &Overrides::default()).map_err(|e| *e)?;
+            let s = Settings::load(Some(Path::new("mlq.toml")), &Overrides::default())
+                .map_err(|e| *e)?;
             assert_eq!(s.bind, "0.0.0.0:1");
             assert_eq!(s.workers, Some(5), "env beats the file");
             assert_eq!(s.lease, Duration::from_secs(60));
@@ -182,8 +186,8 @@ mod tests {
     fn unknown_keys_are_rejected() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("mlq.toml", "wrokers = 3\n")?;
-            let err = Settings::load(Some(Path::new("mlq.toml")), &Overrides::default())
-                .unwrap_err();
+            let err =
+                Settings::load(Some(Path::new("mlq.toml")), &Overrides::default()).unwrap_err();
             assert!(err.to_string().contains("wrokers"), "{err}");
             Ok(())
         });

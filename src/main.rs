@@ -63,10 +63,15 @@ fn main() -> ExitCode {
     let result = actix_web::rt::System::new().block_on(async move {
         match cli.command {
             Command::Serve => {
-                let app = Application::build(settings).await.map_err(|e| e.to_string())?;
+                let app = Application::build(settings)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 app.run_until_stopped().await.map_err(|e| e.to_string())
             }
-            Command::Migrate => db::connect(&settings).await.map(drop).map_err(|e| e.to_string()),
+            Command::Migrate => db::connect(&settings)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
         }
     });
     match result {

@@ -47,15 +47,18 @@ impl Application {
     /// binds the HTTP server. Must run inside an actix system.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let pool = db::connect(&settings).await?;
-        let objects: Arc<dyn ObjectStore> = Arc::new(
-            FsStore::new(settings.objects_dir()).map_err(|source| StartupError::DataDir {
-                path: settings.objects_dir().display().to_string(),
+        let objects: Arc<dyn ObjectStore> =
+            Arc::new(FsStore::new(settings.objects_dir()).map_err(|source| {
+                StartupError::DataDir {
+                    path: settings.objects_dir().display().to_string(),
+                    source,
+                }
+            })?);
+        std::fs::create_dir_all(settings.scratch_dir()).map_err(|source| {
+            StartupError::DataDir {
+                path: settings.scratch_dir().display().to_string(),
                 source,
-            })?,
-        );
-        std::fs::create_dir_all(settings.scratch_dir()).map_err(|source| StartupError::DataDir {
-            path: settings.scratch_dir().display().to_string(),
-            source,
+            }
         })?;
         let commands = Commands::standard(settings.diagnostics);
         let pool_config = settings.pool();
@@ -70,7 +73,12 @@ impl Application {
 
         let dispatcher = Dispatcher::new(
             DispatcherConfig {
-                name: format!("{}:{}", hostname(), std::process::id()),
+                name: format!(
+                    "{}:{}:{}",
+                    hostname(),
+                    std::process::id(),
+                    &uuid::Uuid::new_v4().simple().to_string()[..8]
+                ),
                 lease: settings.lease,
                 heartbeat: settings.heartbeat,
                 poll: settings.poll,
@@ -95,10 +103,13 @@ impl Application {
             bind: settings.bind.clone(),
             source,
         })?;
-        let port = listener.local_addr().map_err(|source| StartupError::Bind {
-            bind: settings.bind.clone(),
-            source,
-        })?.port();
+        let port = listener
+            .local_addr()
+            .map_err(|source| StartupError::Bind {
+                bind: settings.bind.clone(),
+                source,
+            })?
+            .port();
         let state = web::Data::new(AppState {
             db: pool,
             objects,

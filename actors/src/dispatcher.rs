@@ -364,7 +364,16 @@ async fn run(
             format!("unknown command {}", task.command),
         )));
     };
-    let ctx = match stage(env, task, &command, workdir, cancel.clone(), progress.clone()).await {
+    let ctx = match stage(
+        env,
+        task,
+        &command,
+        workdir,
+        cancel.clone(),
+        progress.clone(),
+    )
+    .await
+    {
         Ok(ctx) => ctx,
         Err(e) => return Some(Err(e)),
     };
@@ -428,7 +437,10 @@ async fn stage(
             .await
             .map_err(JobError::storage)?
             .ok_or_else(|| {
-                JobError::new(ErrorCode::ModelNotFound, format!("model {id} does not exist"))
+                JobError::new(
+                    ErrorCode::ModelNotFound,
+                    format!("model {id} does not exist"),
+                )
             })?;
         let weights = workdir.join("models").join(format!("{id}.safetensors"));
         fetch(env, &record.weights_key, &weights).await?;

@@ -8,8 +8,7 @@
 use serde::Serialize;
 
 /// Stable error codes. They are part of the API: clients match on them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
     /// Params that passed submit-time checks but cannot be used.
     InvalidParams,
@@ -73,6 +72,12 @@ impl ErrorCode {
     /// fail the same way again.
     pub fn is_transient(self) -> bool {
         matches!(self, Self::Storage)
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 

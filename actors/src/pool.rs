@@ -216,7 +216,10 @@ mod tests {
         for cores in 1..=64 {
             let c = PoolConfig::for_cores(cores);
             assert!(c.workers >= 1);
-            assert!(c.workers * c.torch_threads <= cores.max(1), "{cores}: {c:?}");
+            assert!(
+                c.workers * c.torch_threads <= cores.max(1),
+                "{cores}: {c:?}"
+            );
             if cores > 1 {
                 assert_eq!(c.workers, cores - 1);
             }

@@ -103,12 +103,15 @@ pub struct JobContext {
 
 impl JobContext {
     pub fn model(&self, id: Uuid) -> Result<&LocalModel, JobError> {
-        self.models.iter().find(|m| m.record.id == id).ok_or_else(|| {
-            JobError::new(
-                crate::ErrorCode::ModelNotFound,
-                format!("model {id} does not exist"),
-            )
-        })
+        self.models
+            .iter()
+            .find(|m| m.record.id == id)
+            .ok_or_else(|| {
+                JobError::new(
+                    crate::ErrorCode::ModelNotFound,
+                    format!("model {id} does not exist"),
+                )
+            })
     }
 
     /// A path in the scratch folder for an artifact named `name`.

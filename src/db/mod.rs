@@ -141,7 +141,10 @@ async fn ensure_database(config: &tokio_postgres::Config) -> Result<(), DbError>
     admin.dbname("postgres");
     let client = connect_one(&admin).await?;
     let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-    match client.batch_execute(&format!("CREATE DATABASE {quoted}")).await {
+    match client
+        .batch_execute(&format!("CREATE DATABASE {quoted}"))
+        .await
+    {
         Ok(()) => {
             tracing::info!(database = %name, "created database");
             Ok(())
@@ -160,9 +163,7 @@ pub async fn migrate(config: &tokio_postgres::Config) -> Result<(), DbError> {
     client
         .execute("SELECT pg_advisory_lock($1)", &[&LOCK])
         .await?;
-    let report = embedded::migrations::runner()
-        .run_async(&mut client)
-        .await;
+    let report = embedded::migrations::runner().run_async(&mut client).await;
     client
         .execute("SELECT pg_advisory_unlock($1)", &[&LOCK])
         .await?;

@@ -88,7 +88,10 @@ impl TaskStore for PgTaskStore {
         let tokens: Vec<Uuid> = leases.iter().map(|l| l.token).collect();
         let client = self.client().await?;
         let rows = client
-            .query(include_str!("sql/heartbeat.sql"), &[&ids, &tokens, &millis(lease)])
+            .query(
+                include_str!("sql/heartbeat.sql"),
+                &[&ids, &tokens, &millis(lease)],
+            )
             .await
             .map_err(query)?;
         let held: Vec<(Uuid, bool)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
@@ -119,7 +122,10 @@ impl TaskStore for PgTaskStore {
     async fn finish(&self, lease: &Lease, finish: Finish) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query)?;
-        let fence = [&lease.task_id as &(dyn tokio_postgres::types::ToSql + Sync), &lease.token];
+        let fence = [
+            &lease.task_id as &(dyn tokio_postgres::types::ToSql + Sync),
+            &lease.token,
+        ];
         let updated = match &finish {
             Finish::Succeeded { result, .. } => {
                 tx.execute(
@@ -182,7 +188,14 @@ impl TaskStore for PgTaskStore {
                 tx.execute(
                     "INSERT INTO artifacts (task_id, name, size, sha256, content_type, object_key)
                      VALUES ($1, $2, $3, $4, $5, $6)",
-                    &[&lease.task_id, &a.name, &a.size, &a.sha256, &a.content_type, &a.key],
+                    &[
+                        &lease.task_id,
+                        &a.name,
+                        &a.size,
+                        &a.sha256,
+                        &a.content_type,
+                        &a.key,
+                    ],
                 )
                 .await
                 .map_err(query)?;

@@ -73,8 +73,12 @@ pub struct NewTask<'a> {
 }
 
 /// Inserts a task and its inputs in one transaction. The row is the queue
-/// entry: once this commits, the task will run.
-pub async fn insert(client: &mut deadpool_postgres::Client, task: NewTask<'_>) -> Result<(), DbError> {
+/// entry: once this commits, the task will run. Returns the task as it was
+/// accepted (a dispatcher may claim it the moment this commits).
+pub async fn insert(
+    client: &mut deadpool_postgres::Client,
+    task: NewTask<'_>,
+) -> Result<TaskRecord, DbError> {
     let tx = client.transaction().await?;
     tx.execute(
         "INSERT INTO tasks (id, command, params, max_attempts) VALUES ($1, $2, $3, $4)",
@@ -97,8 +101,9 @@ pub async fn insert(client: &mut deadpool_postgres::Client, task: NewTask<'_>) -
         )
         .await?;
     }
+    let accepted = get(&tx, task.id).await?;
     tx.commit().await?;
-    Ok(())
+    accepted.ok_or_else(|| DbError::Config(format!("task {} vanished on insert", task.id)))
 }
 
 pub async fn get(client: &impl GenericClient, id: Uuid) -> Result<Option<TaskRecord>, DbError> {
@@ -117,7 +122,10 @@ pub async fn list(
     limit: i64,
 ) -> Result<Vec<TaskRecord>, DbError> {
     client
-        .query(include_str!("sql/list_tasks.sql"), &[&status, &before, &limit])
+        .query(
+            include_str!("sql/list_tasks.sql"),
+            &[&status, &before, &limit],
+        )
         .await?
         .into_iter()
         .map(TaskRecord::try_from)

@@ -32,16 +32,18 @@ pub struct AppState {
 }
 
 pub fn config(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(web::PathConfig::default().error_handler(|e, _| extractor_error("invalid_path", e)))
-        .app_data(web::QueryConfig::default().error_handler(|e, _| extractor_error("invalid_query", e)))
-        .app_data(web::JsonConfig::default().error_handler(|e, _| extractor_error("invalid_json", e)))
-        .configure(health::config)
-        .service(
-            web::scope("/api/v1")
-                .configure(tasks::config)
-                .configure(models::config),
-        )
-        .default_service(web::to(not_found));
+    cfg.app_data(
+        web::PathConfig::default().error_handler(|e, _| extractor_error("invalid_path", e)),
+    )
+    .app_data(web::QueryConfig::default().error_handler(|e, _| extractor_error("invalid_query", e)))
+    .app_data(web::JsonConfig::default().error_handler(|e, _| extractor_error("invalid_json", e)))
+    .configure(health::config)
+    .service(
+        web::scope("/api/v1")
+            .configure(tasks::config)
+            .configure(models::config),
+    )
+    .default_service(web::to(not_found));
 }
 
 async fn not_found(req: actix_web::HttpRequest) -> Result<HttpResponse, ApiError> {

@@ -60,11 +60,16 @@ pub struct ModelPage {
     pub next_before: Option<Uuid>,
 }
 
-async fn list(query: web::Query<ListQuery>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn list(
+    query: web::Query<ListQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let limit = page_limit(query.limit)?;
     let client = state.db.get().await?;
     let models = db::models::list(&client, query.before, limit).await?;
-    let next_before = (models.len() as i64 == limit).then(|| models.last().map(|m| m.id)).flatten();
+    let next_before = (models.len() as i64 == limit)
+        .then(|| models.last().map(|m| m.id))
+        .flatten();
     Ok(HttpResponse::Ok().json(ModelPage {
         models: models.into_iter().map(ModelView::from).collect(),
         next_before,

@@ -58,7 +58,12 @@ pub async fn read(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let essence = mime.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = mime
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     match essence.as_str() {
         "multipart/form-data" => {
             let mut stored = Vec::new();
@@ -127,10 +132,11 @@ async fn read_multipart(
             }
             "params" => {
                 let text = read_text(field, &mut received, limit).await?;
-                let value: Value = serde_json::from_str(&text).map_err(|e| ApiError::InvalidParams {
-                    field: "params".into(),
-                    message: format!("not valid JSON: {e}"),
-                })?;
+                let value: Value =
+                    serde_json::from_str(&text).map_err(|e| ApiError::InvalidParams {
+                        field: "params".into(),
+                        message: format!("not valid JSON: {e}"),
+                    })?;
                 params = params_object(value)?;
             }
             "file" => {
@@ -169,8 +175,12 @@ async fn read_text(mut field: Field, received: &mut u64, limit: u64) -> Result<S
         }
         bytes.extend_from_slice(&chunk);
     }
-    String::from_utf8(bytes)
-        .map_err(|_| ApiError::bad_request("invalid_field", format!("form field {name:?} is not UTF-8 text")))
+    String::from_utf8(bytes).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_field",
+            format!("form field {name:?} is not UTF-8 text"),
+        )
+    })
 }
 
 async fn store_file(
@@ -243,7 +253,10 @@ fn params_object(value: Value) -> Result<Value, ApiError> {
 }
 
 fn multipart_error(e: actix_multipart::MultipartError) -> ApiError {
-    ApiError::bad_request("invalid_multipart", format!("malformed multipart body: {e}"))
+    ApiError::bad_request(
+        "invalid_multipart",
+        format!("malformed multipart body: {e}"),
+    )
 }
 
 #[cfg(test)]
@@ -259,7 +272,11 @@ mod tests {
 
     #[test]
     fn params_must_be_an_object() {
-        assert!(params_object(Value::Null).unwrap().as_object().unwrap().is_empty());
+        assert!(params_object(Value::Null)
+            .unwrap()
+            .as_object()
+            .unwrap()
+            .is_empty());
         assert!(matches!(
             params_object(serde_json::json!([1])),
             Err(ApiError::InvalidParams { field, .. }) if field == "params"

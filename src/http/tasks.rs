@@ -117,11 +117,17 @@ impl ArtifactView {
 }
 
 /// The registered command called `name`.
-pub(super) fn command<'a>(state: &'a AppState, name: &str) -> Result<&'a Arc<dyn AnyCommand>, ApiError> {
-    state.commands.get(name).ok_or_else(|| ApiError::UnknownCommand {
-        command: name.to_owned(),
-        known: state.commands.names().collect::<Vec<_>>().join(", "),
-    })
+pub(super) fn command<'a>(
+    state: &'a AppState,
+    name: &str,
+) -> Result<&'a Arc<dyn AnyCommand>, ApiError> {
+    state
+        .commands
+        .get(name)
+        .ok_or_else(|| ApiError::UnknownCommand {
+            command: name.to_owned(),
+            known: state.commands.names().collect::<Vec<_>>().join(", "),
+        })
 }
 
 /// `POST /api/v1/tasks`: validates, stores the inputs and queues the task.
@@ -163,7 +169,7 @@ async fn register(
             message: format!("no model with id {missing}"),
         });
     }
-    db::tasks::insert(
+    let task = db::tasks::insert(
         &mut client,
         db::tasks::NewTask {
             id,
@@ -175,15 +181,15 @@ async fn register(
     )
     .await?;
     tracing::info!(task = %id, command = %submission.command, inputs = submission.inputs.len(), "task queued");
-    db::tasks::get(&client, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("task {id} vanished after it was created")))
+    Ok(task)
 }
 
 async fn get(id: web::Path<Uuid>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     let client = state.db.get().await?;
-    let task = db::tasks::get(&client, id).await?.ok_or_else(|| no_task(id))?;
+    let task = db::tasks::get(&client, id)
+        .await?
+        .ok_or_else(|| no_task(id))?;
     Ok(HttpResponse::Ok().json(TaskView::from(task)))
 }
 
@@ -219,7 +225,9 @@ async fn list(
     let limit = page_limit(q.limit)?;
     let client = state.db.get().await?;
     let tasks = db::tasks::list(&client, q.status.as_deref(), q.before, limit).await?;
-    let next_before = (tasks.len() as i64 == limit).then(|| tasks.last().map(|t| t.id)).flatten();
+    let next_before = (tasks.len() as i64 == limit)
+        .then(|| tasks.last().map(|t| t.id))
+        .flatten();
     Ok(HttpResponse::Ok().json(TaskPage {
         tasks: tasks.into_iter().map(TaskView::from).collect(),
         next_before,
@@ -251,7 +259,9 @@ async fn cancel(id: web::Path<Uuid>, state: web::Data<AppState>) -> Result<HttpR
         }
         Cancel::Cancelled | Cancel::Requested => {}
     }
-    let task = db::tasks::get(&client, id).await?.ok_or_else(|| no_task(id))?;
+    let task = db::tasks::get(&client, id)
+        .await?
+        .ok_or_else(|| no_task(id))?;
     Ok(HttpResponse::Ok().json(TaskView::from(task)))
 }
 

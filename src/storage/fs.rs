@@ -30,7 +30,9 @@ impl FsStore {
     fn path(&self, key: &str) -> Result<PathBuf, ObjectError> {
         let bad = key.is_empty()
             || key.starts_with('/')
-            || key.split('/').any(|part| part.is_empty() || part == "." || part == "..");
+            || key
+                .split('/')
+                .any(|part| part.is_empty() || part == "." || part == "..");
         if bad {
             return Err(ObjectError::Backend(format!("invalid object key {key:?}")));
         }
@@ -103,10 +105,17 @@ impl ObjectStore for FsStore {
     }
 
     async fn delete(&self, key: &str) -> Result<(), ObjectError> {
-        match tokio::fs::remove_file(self.path(key)?).await {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
+        let path = self.path(key)?;
+        match tokio::fs::remove_file(&path).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
         }
+        // Drop the task's folder once it is empty; failing because another
+        // object is still in it is the expected case.
+        if let Some(dir) = path.parent().filter(|d| *d != self.root) {
+            let _ = tokio::fs::remove_dir(dir).await;
+        }
+        Ok(())
     }
 
     /// A hard link when the scratch folder shares the filesystem (the
@@ -136,7 +145,10 @@ mod tests {
         let store = FsStore::new(dir.path()).unwrap();
         let mut upload = Upload::start(&store, "inputs/t/0").await.unwrap();
         upload.write(Bytes::from_static(b"hello ")).await.unwrap();
-        assert!(matches!(store.open("inputs/t/0").await, Err(ObjectError::NotFound(_))));
+        assert!(matches!(
+            store.open("inputs/t/0").await,
+            Err(ObjectError::NotFound(_))
+        ));
         upload.write(Bytes::from_static(b"world")).await.unwrap();
         let stored = upload.finish().await.unwrap();
         assert_eq!(stored.size, 11);
@@ -156,8 +168,14 @@ mod tests {
         let mut upload = Upload::start(&store, "inputs/t/1").await.unwrap();
         upload.write(Bytes::from_static(b"partial")).await.unwrap();
         upload.abort().await;
-        assert!(matches!(store.open("inputs/t/1").await, Err(ObjectError::NotFound(_))));
-        assert_eq!(std::fs::read_dir(dir.path().join(".tmp")).unwrap().count(), 0);
+        assert!(matches!(
+            store.open("inputs/t/1").await,
+            Err(ObjectError::NotFound(_))
+        ));
+        assert_eq!(
+            std::fs::read_dir(dir.path().join(".tmp")).unwrap().count(),
+            0
+        );
     }
 
     #[tokio::test]

@@ -181,21 +181,45 @@ mod tests {
         let commands = Commands::standard(false);
         let train = commands.get("train").unwrap();
         let err = train.check(json!({}), 1).unwrap_err();
-        assert!(matches!(&err, SubmitError::InvalidParams { field, .. } if field == "target"), "{err:?}");
-        let err = train.check(json!({"target": "y", "epoch": 3}), 1).unwrap_err();
-        assert!(matches!(&err, SubmitError::InvalidParams { field, .. } if field == "epoch"), "{err:?}");
-        let err = train.check(json!({"target": "y", "epochs": "ten"}), 1).unwrap_err();
-        assert!(matches!(&err, SubmitError::InvalidParams { field, .. } if field == "epochs"), "{err:?}");
-        let err = train.check(json!({"target": "y", "hidden": [8, -1]}), 1).unwrap_err();
-        assert!(matches!(&err, SubmitError::InvalidParams { field, .. } if field == "hidden[1]"), "{err:?}");
+        assert!(
+            matches!(&err, SubmitError::InvalidParams { field, .. } if field == "target"),
+            "{err:?}"
+        );
+        let err = train
+            .check(json!({"target": "y", "epoch": 3}), 1)
+            .unwrap_err();
+        assert!(
+            matches!(&err, SubmitError::InvalidParams { field, .. } if field == "epoch"),
+            "{err:?}"
+        );
+        let err = train
+            .check(json!({"target": "y", "epochs": "ten"}), 1)
+            .unwrap_err();
+        assert!(
+            matches!(&err, SubmitError::InvalidParams { field, .. } if field == "epochs"),
+            "{err:?}"
+        );
+        let err = train
+            .check(json!({"target": "y", "hidden": [8, -1]}), 1)
+            .unwrap_err();
+        assert!(
+            matches!(&err, SubmitError::InvalidParams { field, .. } if field == "hidden[1]"),
+            "{err:?}"
+        );
     }
 
     #[test]
     fn file_counts_are_checked() {
         let commands = Commands::standard(false);
         let train = commands.get("train").unwrap();
-        assert!(matches!(train.check(json!({"target": "y"}), 0), Err(SubmitError::MissingFile(_))));
-        assert!(matches!(train.check(json!({"target": "y"}), 2), Err(SubmitError::TooManyFiles(_))));
+        assert!(matches!(
+            train.check(json!({"target": "y"}), 0),
+            Err(SubmitError::MissingFile(_))
+        ));
+        assert!(matches!(
+            train.check(json!({"target": "y"}), 2),
+            Err(SubmitError::TooManyFiles(_))
+        ));
         assert!(train.check(json!({"target": "y"}), 1).is_ok());
     }
 

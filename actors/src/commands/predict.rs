@@ -75,13 +75,21 @@ impl Command for Predict {
         }
         let data = table::load(path, &headers, &kinds, &ctx.cancel)?;
         if data.rows == 0 {
-            return Err(JobError::new(ErrorCode::TooFewRows, "the file has no data rows"));
+            return Err(JobError::new(
+                ErrorCode::TooFewRows,
+                "the file has no data rows",
+            ));
         }
         let width = spec.input_width();
         let x = network::matrix(&spec.encode(&data)?, data.rows, width);
 
         let mut vs = nn::VarStore::new(Device::Cpu);
-        let net = network::mlp(&vs.root(), width as i64, &spec.hidden, spec.output_width() as i64);
+        let net = network::mlp(
+            &vs.root(),
+            width as i64,
+            &spec.hidden,
+            spec.output_width() as i64,
+        );
         vs.load(&model.weights).map_err(|e| {
             JobError::new(
                 ErrorCode::ModelIncompatible,
@@ -130,7 +138,10 @@ impl Command for Predict {
 
 /// What the network said, in the target's own terms.
 enum Predictions {
-    Classes { labels: Vec<usize>, probabilities: Vec<Vec<f32>> },
+    Classes {
+        labels: Vec<usize>,
+        probabilities: Vec<Vec<f32>>,
+    },
     Values(Vec<f64>),
 }
 
@@ -154,11 +165,17 @@ impl Predictions {
                     })
                     .collect();
                 debug_assert_eq!(probabilities.len(), rows);
-                Ok(Self::Classes { labels, probabilities })
+                Ok(Self::Classes {
+                    labels,
+                    probabilities,
+                })
             }
             ProblemKind::Regression => {
                 let scale = spec.target_scale.ok_or_else(|| {
-                    JobError::new(ErrorCode::ModelIncompatible, "regression model has no target scale")
+                    JobError::new(
+                        ErrorCode::ModelIncompatible,
+                        "regression model has no target scale",
+                    )
                 })?;
                 let flat = Vec::<f32>::try_from(out.reshape([-1]))?;
                 Ok(Self::Values(
@@ -230,7 +247,10 @@ impl Predictions {
         let file = std::fs::File::create(path)?;
         let mut w = csv::Writer::from_writer(std::io::BufWriter::new(file));
         match self {
-            Self::Classes { labels, probabilities } => {
+            Self::Classes {
+                labels,
+                probabilities,
+            } => {
                 let mut header = vec!["row".to_owned(), "prediction".to_owned()];
                 header.extend(spec.classes.iter().map(|c| format!("p_{c}")));
                 w.write_record(&header)?;

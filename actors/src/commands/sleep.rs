@@ -76,7 +76,9 @@ impl Command for Sleep {
                 result: json!({ "slept_ms": p.ms, "steps": p.steps, "inputs": ctx.inputs.len() }),
                 ..Outcome::default()
             }),
-            Some(Failure::Transient) => Err(JobError::storage("sleep was asked to fail transiently")),
+            Some(Failure::Transient) => {
+                Err(JobError::storage("sleep was asked to fail transiently"))
+            }
             Some(Failure::Permanent) => Err(JobError::new(
                 ErrorCode::InvalidParams,
                 "sleep was asked to fail",

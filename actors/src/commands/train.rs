@@ -104,10 +104,17 @@ impl Params for TrainParams {
                 format!("at most {MAX_LAYERS} layers, got {}", self.hidden.len()),
             ));
         }
-        if let Some(i) = self.hidden.iter().position(|&h| !(1..=MAX_WIDTH).contains(&h)) {
+        if let Some(i) = self
+            .hidden
+            .iter()
+            .position(|&h| !(1..=MAX_WIDTH).contains(&h))
+        {
             return Err(SubmitError::param(
                 &format!("hidden[{i}]"),
-                format!("layer sizes must be between 1 and {MAX_WIDTH}, got {}", self.hidden[i]),
+                format!(
+                    "layer sizes must be between 1 and {MAX_WIDTH}, got {}",
+                    self.hidden[i]
+                ),
             ));
         }
         if !(0.0..=0.5).contains(&self.validation_split) {
@@ -118,10 +125,16 @@ impl Params for TrainParams {
         }
         if let Some(features) = &self.features {
             if features.is_empty() {
-                return Err(SubmitError::param("features", "must name at least one column"));
+                return Err(SubmitError::param(
+                    "features",
+                    "must name at least one column",
+                ));
             }
             if features.contains(&self.target) {
-                return Err(SubmitError::param("features", "must not include the target column"));
+                return Err(SubmitError::param(
+                    "features",
+                    "must not include the target column",
+                ));
             }
         }
         Ok(())
@@ -141,7 +154,11 @@ impl Command for Train {
         let headers = table::read_headers(path)?;
         let features: Vec<String> = match &p.features {
             Some(f) => f.clone(),
-            None => headers.iter().filter(|h| **h != p.target).cloned().collect(),
+            None => headers
+                .iter()
+                .filter(|h| **h != p.target)
+                .cloned()
+                .collect(),
         };
         if !headers.contains(&p.target) {
             return Err(JobError::new(
@@ -257,14 +274,19 @@ impl Command for Train {
             ctx.progress.report(progress);
         }
 
-        ctx.progress.report(Progress::new(1.0, "saving model"));
+        let mut saving = Progress::new(1.0, "saving model");
+        saving.metrics = last.clone();
+        ctx.progress.report(saving);
         let model_id = Uuid::new_v4();
         let weights = ctx.artifact_path("model.safetensors");
         let spec_path = ctx.artifact_path("model.json");
         vs.save(&weights)?;
         let spec_json = serde_json::to_value(&spec).expect("spec serializes");
-        std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec_json).unwrap_or_default())
-            .map_err(|e| JobError::storage(format!("writing model.json: {e}")))?;
+        std::fs::write(
+            &spec_path,
+            serde_json::to_vec_pretty(&spec_json).unwrap_or_default(),
+        )
+        .map_err(|e| JobError::storage(format!("writing model.json: {e}")))?;
 
         let metrics = json!(last);
         Ok(Outcome {
@@ -326,7 +348,10 @@ impl Fit {
         }
         tch::no_grad(|| {
             let out = net.forward(&self.x_val);
-            m.insert("val_loss".into(), loss(kind, &out, &self.y_val).double_value(&[]));
+            m.insert(
+                "val_loss".into(),
+                loss(kind, &out, &self.y_val).double_value(&[]),
+            );
             match kind {
                 ProblemKind::Classification => {
                     let predicted = Vec::<i64>::try_from(out.argmax(-1, false)).unwrap_or_default();
@@ -342,7 +367,10 @@ impl Fit {
                             .map(|v| f64::from(v) * s.std + s.mean)
                             .collect()
                     };
-                    m.insert("val_rmse".into(), metrics::rmse(&unscale(&out), &unscale(&self.y_val)));
+                    m.insert(
+                        "val_rmse".into(),
+                        metrics::rmse(&unscale(&out), &unscale(&self.y_val)),
+                    );
                 }
             }
         });
@@ -367,7 +395,10 @@ fn problem_kind(p: &TrainParams, s: &ColumnStats) -> Result<ProblemKind, JobErro
     if let Some(row) = s.first_missing {
         return Err(JobError::new(
             ErrorCode::MissingValue,
-            format!("row {row}, column \"{}\": the target value is missing", p.target),
+            format!(
+                "row {row}, column \"{}\": the target value is missing",
+                p.target
+            ),
         ));
     }
     let kind = match p.kind {
@@ -389,7 +420,10 @@ fn problem_kind(p: &TrainParams, s: &ColumnStats) -> Result<ProblemKind, JobErro
         )),
         ProblemKind::Classification if s.distinct.len() > MAX_LEVELS => Err(JobError::new(
             ErrorCode::TooManyCategories,
-            format!("target column \"{}\" has more than {MAX_LEVELS} classes", p.target),
+            format!(
+                "target column \"{}\" has more than {MAX_LEVELS} classes",
+                p.target
+            ),
         )),
         ProblemKind::Regression if s.text > 0 => {
             let (row, value) = s.first_text.clone().unwrap_or_default();
@@ -414,12 +448,20 @@ fn encode_target(
     match &column.data {
         ColumnData::Categorical { codes, levels } => {
             let y: Vec<i64> = codes.iter().map(|c| c.map_or(0, i64::from)).collect();
-            Ok((Tensor::from_slice(&y).to_kind(Kind::Int64), levels.clone(), None))
+            Ok((
+                Tensor::from_slice(&y).to_kind(Kind::Int64),
+                levels.clone(),
+                None,
+            ))
         }
         ColumnData::Numeric(values) => {
             let Scale { mean, std } = Scale::fit(values, train_rows);
             let y: Vec<f32> = values.iter().map(|v| ((v - mean) / std) as f32).collect();
-            Ok((Tensor::from_slice(&y), Vec::new(), Some(Scale { mean, std })))
+            Ok((
+                Tensor::from_slice(&y),
+                Vec::new(),
+                Some(Scale { mean, std }),
+            ))
         }
     }
 }

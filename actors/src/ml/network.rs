@@ -10,11 +10,21 @@ pub fn mlp(root: &nn::Path, input: i64, hidden: &[i64], output: i64) -> impl Mod
     let mut width = input;
     for (i, &h) in hidden.iter().enumerate() {
         seq = seq
-            .add(nn::linear(root / format!("hidden{i}"), width, h, Default::default()))
+            .add(nn::linear(
+                root / format!("hidden{i}"),
+                width,
+                h,
+                Default::default(),
+            ))
             .add_fn(|x| x.relu());
         width = h;
     }
-    seq.add(nn::linear(root / "output", width, output, Default::default()))
+    seq.add(nn::linear(
+        root / "output",
+        width,
+        output,
+        Default::default(),
+    ))
 }
 
 /// Number of weights and biases in such a network.

@@ -167,12 +167,16 @@ impl ModelSpec {
                         out[row * width + offset] = ((v - mean) / std) as f32;
                     }
                 }
-                (Feature::Categorical { levels, .. }, ColumnData::Categorical { codes, levels: seen }) => {
+                (
+                    Feature::Categorical { levels, .. },
+                    ColumnData::Categorical {
+                        codes,
+                        levels: seen,
+                    },
+                ) => {
                     // Map this file's levels onto the training levels by value.
-                    let lookup: Vec<Option<usize>> = seen
-                        .iter()
-                        .map(|l| levels.binary_search(l).ok())
-                        .collect();
+                    let lookup: Vec<Option<usize>> =
+                        seen.iter().map(|l| levels.binary_search(l).ok()).collect();
                     for (row, code) in codes.iter().enumerate() {
                         if let Some(slot) = code.and_then(|c| lookup[c as usize]) {
                             out[row * width + offset + slot] = 1.0;
@@ -182,7 +186,10 @@ impl ModelSpec {
                 _ => {
                     return Err(JobError::new(
                         ErrorCode::ModelIncompatible,
-                        format!("column \"{}\" has the wrong type for this model", feature.name()),
+                        format!(
+                            "column \"{}\" has the wrong type for this model",
+                            feature.name()
+                        ),
                     ))
                 }
             }
@@ -217,13 +224,26 @@ mod tests {
             ],
         };
         let x = Feature::fit("x", &table.columns[0].data, &[0, 1]);
-        assert_eq!(x, Feature::Numeric { name: "x".into(), mean: 2.0, std: 1.0 });
+        assert_eq!(
+            x,
+            Feature::Numeric {
+                name: "x".into(),
+                mean: 2.0,
+                std: 1.0
+            }
+        );
         let spec = ModelSpec {
             format: FORMAT.into(),
             kind: ProblemKind::Regression,
             target: "y".into(),
             // Training saw "blue" and "red": "green" is unseen and encodes as zeros.
-            features: vec![x, Feature::Categorical { name: "c".into(), levels: vec!["blue".into(), "red".into()] }],
+            features: vec![
+                x,
+                Feature::Categorical {
+                    name: "c".into(),
+                    levels: vec!["blue".into(), "red".into()],
+                },
+            ],
             classes: vec![],
             target_scale: None,
             hidden: vec![],

@@ -436,7 +436,10 @@ mod tests {
         assert_eq!(code(scan_all(b"a,a\n1,2\n")), ErrorCode::DuplicateColumn);
         assert_eq!(code(scan_all(b"\x00\x01\x02PK\x03")), ErrorCode::NotCsv);
         assert_eq!(code(scan_all(b"a,b\n1,2\n3\n")), ErrorCode::RaggedRow);
-        assert_eq!(code(scan_all(b"a,b\n1,2\n3,inf\n")), ErrorCode::NonFiniteValue);
+        assert_eq!(
+            code(scan_all(b"a,b\n1,2\n3,inf\n")),
+            ErrorCode::NonFiniteValue
+        );
         assert_eq!(code(scan_all(b"a,b\n1,\xff\xfe\n")), ErrorCode::NotCsv);
     }
 
@@ -449,14 +452,22 @@ mod tests {
 
     #[test]
     fn kinds_are_inferred_and_typos_reported() {
-        let (rows, stats) = scan_all(b"x,color,y\n1,red,1\n2.5,blue,2\n,green,oops\n4,red,4\n").unwrap();
+        let (rows, stats) =
+            scan_all(b"x,color,y\n1,red,1\n2.5,blue,2\n,green,oops\n4,red,4\n").unwrap();
         assert_eq!(rows, 4);
         assert_eq!(infer_kind("x", &stats[0]).unwrap(), ColumnKind::Numeric);
         assert_eq!(stats[0].missing, 1);
-        assert_eq!(infer_kind("color", &stats[1]).unwrap(), ColumnKind::Categorical);
+        assert_eq!(
+            infer_kind("color", &stats[1]).unwrap(),
+            ColumnKind::Categorical
+        );
         let err = infer_kind("y", &stats[2]).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidNumber);
-        assert!(err.message.contains("row 3") && err.message.contains("\"y\""), "{}", err.message);
+        assert!(
+            err.message.contains("row 3") && err.message.contains("\"y\""),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

@@ -1,0 +1,46 @@
+# mlq: `make run` and `make test` do all set-up on a fresh machine.
+#
+# Heavy, shareable things live in one cache (libtorch, the Cargo target
+# directory), so fresh clones on the same machine build incrementally.
+
+SHELL := /bin/bash
+MLQ_CACHE ?= $(HOME)/.cache/mlq
+export MLQ_CACHE
+export LIBTORCH := $(MLQ_CACHE)/libtorch-2.11.0
+export CARGO_TARGET_DIR ?= $(MLQ_CACHE)/target
+CARGO ?= cargo
+
+.PHONY: run test bench deps libtorch db build lint clean-test-dbs
+
+## run: set up what is missing, build, and start mlq on http://127.0.0.1:8080
+run: deps
+	$(CARGO) build --release --bin mlq
+	$(CARGO_TARGET_DIR)/release/mlq serve
+
+## test: set up what is missing and run every check and test
+test: deps lint clean-test-dbs
+	$(CARGO) test --workspace --all-targets
+
+## bench: benchmarks; tables on stdout, JSON under target/bench/
+bench: deps
+	$(CARGO) bench --bench pipeline
+
+deps: libtorch db
+
+libtorch:
+	@scripts/libtorch.sh
+
+db:
+	@scripts/postgres.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Each integration test creates its own database; drop those of earlier runs.
+clean-test-dbs:
+	@psql -h 127.0.0.1 -U postgres -d postgres -Atc \
+	    "SELECT datname FROM pg_database WHERE datname LIKE 'mlq\_test\_%'" \
+	  | while read -r name; do \
+	      psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$$name\" WITH (FORCE)"; \
+	    done

@@ -1,0 +1,216 @@
+//! The REST surface: health, submission, reading, listing, cancelling.
+
+use std::time::Duration;
+
+use awc::http::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{multipart, spawn_app};
+
+#[actix_web::test]
+async fn health_and_readiness_report_the_pool() {
+    let app = spawn_app().await;
+    let (status, body) = app.get("/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "ok");
+    let (status, body) = app.get("/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["database"], "ok");
+    assert_eq!(body["workers"]["configured"], 1);
+    assert_eq!(body["workers"]["alive"], 1);
+    assert_eq!(body["workers"]["detail"][0]["state"], "idle");
+}
+
+#[actix_web::test]
+async fn a_json_task_is_accepted_run_and_readable() {
+    let app = spawn_app().await;
+    let (status, body) = app
+        .post_json(
+            "/api/v1/tasks",
+            &json!({"command": "sleep", "params": {"ms": 10}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["status"], "queued");
+    assert_eq!(body["params"]["ms"], 10);
+    assert_eq!(body["attempts"], 0);
+    let id: uuid::Uuid = body["id"].as_str().unwrap().parse().unwrap();
+
+    let task = app.finished(id, Duration::from_secs(20)).await;
+    assert_eq!(task["status"], "succeeded", "{task:#}");
+    assert_eq!(task["attempts"], 1);
+    assert_eq!(task["result"]["slept_ms"], 10);
+    assert_eq!(task["progress"]["fraction"], 1.0);
+    assert!(task["error"].is_null());
+    for field in ["created_at", "started_at", "finished_at"] {
+        assert!(task[field].is_string(), "{field} missing: {task:#}");
+    }
+}
+
+#[actix_web::test]
+async fn accepted_tasks_carry_a_location_header() {
+    let app = spawn_app().await;
+    let res = app
+        .client
+        .post(app.url("/api/v1/tasks"))
+        .send_json(&json!({"command": "sleep"}))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let location = res
+        .headers()
+        .get("location")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(location.starts_with("/api/v1/tasks/"), "{location}");
+    let (status, body) = app.get(&location).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["command"], "sleep");
+}
+
+#[actix_web::test]
+async fn uploaded_files_are_recorded_with_size_and_sha256() {
+    let app = spawn_app().await;
+    let (status, body) = app
+        .submit_files(
+            "sleep",
+            json!({}),
+            &[("hello.txt", b"hello world"), ("two.csv", b"a\n1\n")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let inputs = body["inputs"].as_array().unwrap();
+    assert_eq!(inputs.len(), 2);
+    assert_eq!(inputs[0]["name"], "hello.txt");
+    assert_eq!(inputs[0]["size"], 11);
+    assert_eq!(
+        inputs[0]["sha256"],
+        "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"
+    );
+    assert_eq!(inputs[0]["content_type"], "text/csv");
+    assert_eq!(inputs[1]["name"], "two.csv");
+    let id = body["id"].as_str().unwrap().parse().unwrap();
+    let task = app.finished(id, Duration::from_secs(20)).await;
+    assert_eq!(
+        task["result"]["inputs"], 2,
+        "the job saw both files: {task:#}"
+    );
+}
+
+#[actix_web::test]
+async fn listing_is_newest_first_filtered_and_paginated() {
+    let app = spawn_app().await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(app.submit("sleep", json!({})).await);
+    }
+    for id in &ids {
+        app.finished(*id, Duration::from_secs(20)).await;
+    }
+    let (status, page) = app.get("/api/v1/tasks?limit=2").await;
+    assert_eq!(status, StatusCode::OK);
+    let listed: Vec<String> = page["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(listed, vec![ids[4].to_string(), ids[3].to_string()]);
+    let before = page["next_before"].as_str().unwrap();
+    let (_, next) = app
+        .get(&format!("/api/v1/tasks?limit=2&before={before}"))
+        .await;
+    assert_eq!(next["tasks"][0]["id"], ids[2].to_string());
+
+    let (_, succeeded) = app.get("/api/v1/tasks?status=succeeded&limit=200").await;
+    assert_eq!(succeeded["tasks"].as_array().unwrap().len(), 5);
+    assert!(succeeded["next_before"].is_null());
+    let (_, failed) = app.get("/api/v1/tasks?status=failed").await;
+    assert!(failed["tasks"].as_array().unwrap().is_empty());
+
+    let (status, body) = app.get("/api/v1/tasks?status=bogus").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "invalid_status");
+    let (status, body) = app.get("/api/v1/tasks?limit=0").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "invalid_limit");
+}
+
+#[actix_web::test]
+async fn queued_and_running_tasks_can_be_cancelled() {
+    let app = spawn_app().await;
+    // The one worker is busy with a long task, so the second stays queued.
+    let running = app
+        .submit("sleep", json!({"ms": 60000, "steps": 600}))
+        .await;
+    app.wait_for(running, Duration::from_secs(20), |t| {
+        t["status"] == "running"
+    })
+    .await;
+    let queued = app.submit("sleep", json!({})).await;
+
+    let (status, body) = app
+        .post_json(&format!("/api/v1/tasks/{queued}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "cancelled");
+    assert_eq!(body["error"]["code"], "cancelled");
+
+    let (status, body) = app
+        .post_json(&format!("/api/v1/tasks/{running}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["cancel_requested"], true);
+    let task = app
+        .wait_for(running, Duration::from_secs(5), |t| {
+            t["status"] == "cancelled"
+        })
+        .await;
+    assert!(task["finished_at"].is_string());
+
+    let (status, body) = app
+        .post_json(&format!("/api/v1/tasks/{running}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(body["error"]["code"], "task_finished");
+
+    // The cancelled queued task never ran.
+    let task = app.task(queued).await;
+    assert_eq!(task["attempts"], 0);
+    assert!(task["started_at"].is_null());
+}
+
+#[actix_web::test]
+async fn unknown_things_are_404_with_json() {
+    let app = spawn_app().await;
+    let missing = uuid::Uuid::new_v4();
+    for path in [
+        format!("/api/v1/tasks/{missing}"),
+        format!("/api/v1/models/{missing}"),
+        format!("/api/v1/tasks/{missing}/artifacts/model.json"),
+        "/api/v1/nothing-here".to_owned(),
+    ] {
+        let (status, body) = app.get(&path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(body["error"]["code"], "not_found", "{path}");
+    }
+    let (status, body) = app
+        .post_json(&format!("/api/v1/tasks/{missing}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "not_found");
+    let (status, body) = app.get("/api/v1/tasks/not-a-uuid").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "invalid_path");
+}
+
+#[actix_web::test]
+async fn multipart_without_a_command_is_rejected() {
+    let app = spawn_app().await;
+    let (content_type, body) = multipart(&[("params", "{}")], &[("a.csv", b"x\n1\n")]);
+    let (status, body) = app.post_raw("/api/v1/tasks", &content_type, body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "missing_command");
+}

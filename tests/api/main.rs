@@ -1,0 +1,8 @@
+//! Integration tests: each starts the real application on port 0 against its
+//! own fresh Postgres database and talks to it over HTTP.
+
+mod api;
+mod bad_input;
+mod helpers;
+mod ml;
+mod queue;
