@@ -4,10 +4,10 @@
 # directory), so fresh clones on the same machine build incrementally.
 
 SHELL := /bin/bash
-MLQ_CACHE ?= $(HOME)/.cache/mlq
-export MLQ_CACHE
-export LIBTORCH := $(MLQ_CACHE)/libtorch-2.11.0
-export CARGO_TARGET_DIR ?= $(MLQ_CACHE)/target
+BUILD_CACHE ?= $(HOME)/.cache/mlq
+export BUILD_CACHE
+export LIBTORCH := $(BUILD_CACHE)/libtorch-2.11.0
+export CARGO_TARGET_DIR ?= $(BUILD_CACHE)/target
 CARGO ?= cargo
 
 .PHONY: run test bench deps libtorch db build lint clean-test-dbs

@@ -9,7 +9,7 @@
 set -euo pipefail
 
 version=2.11.0
-cache=${MLQ_CACHE:-$HOME/.cache/mlq}
+cache=${BUILD_CACHE:-$HOME/.cache/mlq}
 dest=$cache/libtorch-$version
 repo=$(cd "$(dirname "$0")/.." && pwd)
 

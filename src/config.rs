@@ -110,7 +110,9 @@ impl Settings {
             figment = figment.merge(Toml::file_exact(file));
         }
         figment
-            .merge(Env::prefixed("MLQ_"))
+            // MLQ_CONFIG names the file itself (see `main`); the test suite's
+            // database URL is not a setting of the service.
+            .merge(Env::prefixed("MLQ_").ignore(&["config", "test_database_url"]))
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(Box::new)
