@@ -1,1 +1,395 @@
-fn main() {}
+//! `make bench`: the service's two promises, measured on the real binary.
+//!
+//! (a) `GET /api/v1/tasks/{id}` latency with the ML pool idle, then with it
+//!     saturated by `train` tasks, side by side in one run.
+//! (b) End-to-end throughput and latency of `sleep` tasks with `ms: 0`:
+//!     submit over HTTP → claimed → run on the pool → recorded as succeeded.
+//!
+//! Prints a table and writes `target/bench/pipeline.json`. Sizes can be
+//! scaled down with `BENCH_SCALE=0.1` for a quick look.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio_postgres::NoTls;
+
+fn admin_url() -> String {
+    std::env::var("MLQ_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+fn scale(n: usize) -> usize {
+    let s: f64 = std::env::var("BENCH_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0);
+    ((n as f64 * s) as usize).max(10)
+}
+
+struct Server {
+    child: Child,
+    base: String,
+    _data: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGTERM: a graceful stop, as an operator would do it.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start_server(database: &str) -> Server {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_mlq"))
+        .arg("serve")
+        .env("MLQ_DATABASE_URL", format!("{}/{database}", admin_url()))
+        .env("MLQ_BIND", format!("127.0.0.1:{port}"))
+        .env("MLQ_DATA_DIR", data.path())
+        .env("MLQ_DIAGNOSTICS", "true")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("mlq starts");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = awc::Client::default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(res) = client.get(format!("{base}/readyz")).send().await {
+            if res.status().is_success() {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "mlq did not become ready");
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    Server {
+        child,
+        base,
+        _data: data,
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+struct Stats {
+    p50: f64,
+    p99: f64,
+    mean: f64,
+    n: usize,
+}
+
+fn stats(mut ms: Vec<f64>) -> Stats {
+    ms.sort_by(f64::total_cmp);
+    Stats {
+        p50: percentile(&ms, 0.5),
+        p99: percentile(&ms, 0.99),
+        mean: ms.iter().sum::<f64>() / ms.len() as f64,
+        n: ms.len(),
+    }
+}
+
+async fn post_json(client: &awc::Client, url: &str, body: &Value) -> Value {
+    let mut res = client.post(url).send_json(body).await.expect("POST");
+    res.json::<Value>().limit(1 << 24).await.expect("JSON")
+}
+
+/// Sequential GETs of one task, in milliseconds each.
+async fn get_latencies(client: &awc::Client, url: &str, n: usize) -> Vec<f64> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        let mut res = client.get(url).send().await.expect("GET");
+        let _ = res.body().await.expect("body");
+        assert!(res.status().is_success());
+        out.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    out
+}
+
+fn wide_csv(rows: usize) -> Vec<u8> {
+    let mut out = (0..16)
+        .map(|i| format!("f{i}"))
+        .collect::<Vec<_>>()
+        .join(",")
+        + ",label\n";
+    let mut x: u64 = 1;
+    for r in 0..rows {
+        let mut sum = 0.0;
+        for _ in 0..16 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let v = (x >> 33) as f64 / (1u64 << 31) as f64;
+            sum += v;
+            out.push_str(&format!("{v:.4},"));
+        }
+        out.push_str(if sum > 8.0 || r % 7 == 0 {
+            "yes\n"
+        } else {
+            "no\n"
+        });
+    }
+    out.into_bytes()
+}
+
+fn multipart(command: &str, params: &Value, file: &[u8]) -> (String, Vec<u8>) {
+    let b = "mlq-bench-boundary";
+    let mut body = format!(
+        "--{b}\r\nContent-Disposition: form-data; name=\"command\"\r\n\r\n{command}\r\n\
+         --{b}\r\nContent-Disposition: form-data; name=\"params\"\r\n\r\n{params}\r\n\
+         --{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"data.csv\"\r\n\
+         Content-Type: text/csv\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(file);
+    body.extend_from_slice(format!("\r\n--{b}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={b}"), body)
+}
+
+async fn latency_bench(server: &Server) -> Value {
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .finish();
+    let tasks = format!("{}/api/v1/tasks", server.base);
+    let probe = post_json(
+        &client,
+        &tasks,
+        &json!({"command": "sleep", "params": {"ms": 0}}),
+    )
+    .await;
+    let url = format!("{tasks}/{}", probe["id"].as_str().unwrap());
+    let n = scale(3000);
+    get_latencies(&client, &url, 200).await; // warm-up
+    let idle = stats(get_latencies(&client, &url, n).await);
+
+    // Saturate the pool: more long train tasks than workers.
+    let csv = wide_csv(scale(20_000));
+    let params = json!({"target": "label", "epochs": 1000, "hidden": [256, 256], "batch_size": 64});
+    let mut train_ids = Vec::new();
+    for _ in 0..3 {
+        let (content_type, body) = multipart("train", &params, &csv);
+        let mut res = client
+            .post(&tasks)
+            .insert_header(("content-type", content_type))
+            .send_body(body)
+            .await
+            .expect("submit train");
+        let task: Value = res.json().await.unwrap();
+        train_ids.push(task["id"].as_str().unwrap().to_owned());
+    }
+    // Wait until training is in its epochs, so libtorch holds every core.
+    let first = format!("{tasks}/{}", train_ids[0]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut res = client.get(&first).send().await.unwrap();
+        let task: Value = res.json().limit(1 << 24).await.unwrap();
+        if task["progress"]["stage"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("epoch"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "train never started: {task}");
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let busy = stats(get_latencies(&client, &url, n).await);
+    for id in &train_ids {
+        let _ = client.post(format!("{tasks}/{id}/cancel")).send().await;
+    }
+    json!({
+        "requests_each": n,
+        "idle_ms": {"p50": idle.p50, "p99": idle.p99, "mean": idle.mean},
+        "busy_ms": {"p50": busy.p50, "p99": busy.p99, "mean": busy.mean},
+        "p50_ratio_busy_over_idle": busy.p50 / idle.p50,
+        "p99_ratio_busy_over_idle": busy.p99 / idle.p99,
+        "loadavg_during_busy": load.trim(),
+        "busy_samples": busy.n,
+    })
+}
+
+async fn throughput_bench(server: &Server, database: &str) -> Value {
+    let n = scale(5000);
+    let concurrency = 32;
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .finish();
+    let tasks = format!("{}/api/v1/tasks", server.base);
+    let (db, conn) = tokio_postgres::connect(&format!("{}/{database}", admin_url()), NoTls)
+        .await
+        .unwrap();
+    actix_rt::spawn(conn);
+    let before: i64 = db
+        .query_one("SELECT count(*) FROM tasks WHERE status = 'succeeded'", &[])
+        .await
+        .unwrap()
+        .get(0);
+
+    let start = Instant::now();
+    let submit_one = |_| {
+        let client = client.clone();
+        let tasks = tasks.clone();
+        async move {
+            let mut res = client
+                .post(&tasks)
+                .send_json(&json!({"command": "sleep", "params": {"ms": 0}}))
+                .await
+                .expect("submit");
+            let _ = res.body().await;
+            assert_eq!(res.status().as_u16(), 202);
+        }
+    };
+    // Submit with bounded concurrency.
+    use futures_util::StreamExt;
+    futures_util::stream::iter(0..n)
+        .map(submit_one)
+        .buffer_unordered(concurrency)
+        .collect::<Vec<_>>()
+        .await;
+    let submitted = start.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let done: i64 = db
+            .query_one("SELECT count(*) FROM tasks WHERE status = 'succeeded'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if done - before >= n as i64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} finished",
+            done - before
+        );
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    let elapsed = start.elapsed();
+    let rows = db
+        .query(
+            "SELECT extract(epoch FROM finished_at - created_at)::float8 * 1000,
+                    extract(epoch FROM started_at - created_at)::float8 * 1000
+             FROM tasks WHERE command = 'sleep' AND status = 'succeeded'
+             ORDER BY created_at DESC LIMIT $1",
+            &[&(n as i64)],
+        )
+        .await
+        .unwrap();
+    let latency = stats(rows.iter().map(|r| r.get::<_, f64>(0)).collect());
+    let queued = stats(rows.iter().map(|r| r.get::<_, f64>(1)).collect());
+    json!({
+        "tasks": n,
+        "submit_concurrency": concurrency,
+        "submit_seconds": submitted.as_secs_f64(),
+        "submit_per_second": n as f64 / submitted.as_secs_f64(),
+        "end_to_end_seconds": elapsed.as_secs_f64(),
+        "tasks_per_second": n as f64 / elapsed.as_secs_f64(),
+        "latency_ms": {"p50": latency.p50, "p99": latency.p99, "mean": latency.mean},
+        "queue_wait_ms": {"p50": queued.p50, "p99": queued.p99},
+    })
+}
+
+fn main() {
+    actix_rt::System::new().block_on(async {
+        let database = format!("mlq_bench_{}", uuid::Uuid::new_v4().simple());
+        let server = start_server(&database).await;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+
+        let throughput = throughput_bench(&server, &database).await;
+        let latency = latency_bench(&server).await;
+        drop(server);
+
+        let report = json!({
+            "machine": {"cores": cores},
+            "get_task_latency": latency,
+            "sleep_pipeline": throughput,
+        });
+        let l = &report["get_task_latency"];
+        let t = &report["sleep_pipeline"];
+        println!("\nmlq pipeline benchmark ({cores} cores, release build, real server process)\n");
+        println!(
+            "(a) GET /api/v1/tasks/{{id}}, {} sequential requests each",
+            l["requests_each"]
+        );
+        println!("    {:<28} {:>9} {:>9}", "", "p50 ms", "p99 ms");
+        println!(
+            "    {:<28} {:>9.3} {:>9.3}",
+            "ML pool idle",
+            l["idle_ms"]["p50"].as_f64().unwrap(),
+            l["idle_ms"]["p99"].as_f64().unwrap()
+        );
+        println!(
+            "    {:<28} {:>9.3} {:>9.3}",
+            "ML pool saturated (train)",
+            l["busy_ms"]["p50"].as_f64().unwrap(),
+            l["busy_ms"]["p99"].as_f64().unwrap()
+        );
+        println!(
+            "    {:<28} {:>9.2} {:>9.2}   (target p99 ratio <= 2)",
+            "ratio busy / idle",
+            l["p50_ratio_busy_over_idle"].as_f64().unwrap(),
+            l["p99_ratio_busy_over_idle"].as_f64().unwrap()
+        );
+        println!(
+            "    load average while busy: {}",
+            l["loadavg_during_busy"].as_str().unwrap()
+        );
+        println!(
+            "\n(b) sleep ms=0, submit -> succeeded, {} tasks, {} concurrent submitters",
+            t["tasks"], t["submit_concurrency"]
+        );
+        println!(
+            "    throughput            {:>9.0} tasks/s   (target >= 1000)",
+            t["tasks_per_second"].as_f64().unwrap()
+        );
+        println!(
+            "    submissions           {:>9.0} req/s",
+            t["submit_per_second"].as_f64().unwrap()
+        );
+        println!(
+            "    latency p50 / p99     {:>9.1} / {:.1} ms",
+            t["latency_ms"]["p50"].as_f64().unwrap(),
+            t["latency_ms"]["p99"].as_f64().unwrap()
+        );
+        println!(
+            "    queue wait p50 / p99  {:>9.1} / {:.1} ms",
+            t["queue_wait_ms"]["p50"].as_f64().unwrap(),
+            t["queue_wait_ms"]["p99"].as_f64().unwrap()
+        );
+
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pipeline.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&report).unwrap()).unwrap();
+        println!("\nwrote {}", path.display());
+
+        if let Ok((admin, conn)) =
+            tokio_postgres::connect(&format!("{}/postgres", admin_url()), NoTls).await
+        {
+            actix_rt::spawn(conn);
+            let _ = admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+                .await;
+        }
+    });
+}

@@ -31,7 +31,7 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// `MLQ_WORKERS`: ML worker threads (default: cores − 1, at least 1).
     pub workers: Option<usize>,
-    /// `MLQ_TORCH_THREADS`: libtorch threads per worker (default: cores ÷ workers).
+    /// `MLQ_TORCH_THREADS`: libtorch threads per worker (default: (cores − 1) ÷ workers).
     pub torch_threads: Option<usize>,
     /// `MLQ_WORKER_NICE`: how much lower ML threads' OS priority is.
     pub worker_nice: i32,
@@ -88,6 +88,28 @@ impl Default for Settings {
     }
 }
 
+/// Every setting, as read from `MLQ_<KEY>` environment variables.
+const ENV_KEYS: &[&str] = &[
+    "database_url",
+    "database_pool_size",
+    "bind",
+    "http_workers",
+    "data_dir",
+    "workers",
+    "torch_threads",
+    "worker_nice",
+    "lease",
+    "heartbeat",
+    "poll",
+    "rescue_every",
+    "retry_base",
+    "progress_every",
+    "max_attempts",
+    "max_request_bytes",
+    "diagnostics",
+    "log",
+];
+
 /// Values given on the command line; each overrides every other layer.
 #[derive(Debug, Default, Serialize)]
 pub struct Overrides {
@@ -110,9 +132,9 @@ impl Settings {
             figment = figment.merge(Toml::file_exact(file));
         }
         figment
-            // MLQ_CONFIG names the file itself (see `main`); the test suite's
-            // database URL is not a setting of the service.
-            .merge(Env::prefixed("MLQ_").ignore(&["config", "test_database_url"]))
+            // Only settings: other MLQ_ variables (MLQ_CONFIG names the file
+            // itself) must not make the service refuse to start.
+            .merge(Env::prefixed("MLQ_").only(ENV_KEYS))
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(Box::new)
@@ -134,11 +156,7 @@ impl Settings {
 
     pub fn pool(&self) -> PoolConfig {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let mut pool = PoolConfig::for_cores(cores);
-        if let Some(workers) = self.workers {
-            pool.workers = workers.max(1);
-            pool.torch_threads = (cores / pool.workers).max(1);
-        }
+        let mut pool = PoolConfig::for_cores(cores, self.workers);
         if let Some(threads) = self.torch_threads {
             pool.torch_threads = threads.max(1);
         }
@@ -191,6 +209,37 @@ mod tests {
             let err =
                 Settings::load(Some(Path::new("mlq.toml")), &Overrides::default()).unwrap_err();
             assert!(err.to_string().contains("wrokers"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn every_setting_can_come_from_the_environment() {
+        // The file layer lists the fields it expects when it meets an
+        // unknown one: the environment must know the same set.
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("mlq.toml", "not_a_setting = 1\n")?;
+            let err = Settings::load(Some(Path::new("mlq.toml")), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            let list = &err[err.find("one of ").unwrap() + 7..err.rfind("` for key").unwrap()];
+            let mut expected: Vec<&str> = list.split(", ").map(|k| k.trim_matches('`')).collect();
+            expected.sort_unstable();
+            let mut known = ENV_KEYS.to_vec();
+            known.sort_unstable();
+            assert_eq!(expected, known, "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unrelated_mlq_variables_are_not_settings() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("MLQ_CONFIG", "elsewhere.toml");
+            jail.set_env("MLQ_TEST_DATABASE_URL", "postgres://x");
+            jail.set_env("MLQ_BIND", "127.0.0.1:9");
+            let s = Settings::load(None, &Overrides::default()).map_err(|e| *e)?;
+            assert_eq!(s.bind, "127.0.0.1:9");
             Ok(())
         });
     }

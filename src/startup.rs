@@ -87,7 +87,13 @@ impl Application {
                 progress_every: settings.progress_every,
                 scratch: settings.scratch_dir(),
             },
-            Arc::new(PgTaskStore::new(pool.clone())),
+            // Its own connections, opened and driven on the dispatcher's
+            // arbiter: busy HTTP handlers cannot starve the queue, and
+            // stopping the HTTP workers does not close them.
+            Arc::new(PgTaskStore::new(db::pool(
+                &settings,
+                pool_config.workers + 4,
+            )?)),
             objects.clone(),
             commands.clone(),
             ml,

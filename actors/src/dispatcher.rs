@@ -25,7 +25,7 @@ use crate::commands::{AnyCommand, Commands};
 use crate::error::{ErrorCode, JobError};
 use crate::pool::{MlWorker, RunJob};
 use crate::ports::{self, ObjectError, ObjectKey, ObjectStore, StoreError, TaskStore};
-use crate::progress::ProgressReporter;
+use crate::progress::{Progress, ProgressReporter};
 use crate::task::{
     CancelToken, ClaimedTask, Finish, JobContext, Lease, LocalInput, LocalModel, Outcome,
     StoredArtifact,
@@ -61,6 +61,11 @@ struct Env {
 pub struct Dispatcher {
     env: Arc<Env>,
     capacity: usize,
+    /// Worker slots taken: from claim until the job leaves its worker. The
+    /// outcome is recorded after the slot is freed, so the next claim
+    /// overlaps with it.
+    busy: usize,
+    /// Tasks whose lease this process holds, until their outcome is recorded.
     running: HashMap<Uuid, Running>,
     claiming: bool,
     /// A wake arrived while a claim was in flight.
@@ -91,6 +96,7 @@ impl Dispatcher {
                 pool,
             }),
             capacity,
+            busy: 0,
             running: HashMap::new(),
             claiming: false,
             again: false,
@@ -108,13 +114,13 @@ impl Dispatcher {
                 cancel: cancel.clone(),
             },
         );
-        tracing::info!(task = %id, command = %task.command, attempt = task.lease.attempt, "task started");
+        self.busy += 1;
+        tracing::debug!(task = %id, command = %task.command, attempt = task.lease.attempt, "task started");
         ctx.spawn(
-            execute(self.env.clone(), task, cancel)
+            execute(self.env.clone(), task, cancel, ctx.address())
                 .into_actor(self)
-                .map(move |_, act, ctx| {
+                .map(move |_, act, _| {
                     act.running.remove(&id);
-                    ctx.notify(Wake);
                 }),
         );
     }
@@ -187,7 +193,7 @@ impl Handler<Wake> for Dispatcher {
             self.again = true;
             return;
         }
-        let free = self.capacity.saturating_sub(self.running.len());
+        let free = self.capacity.saturating_sub(self.busy);
         if free == 0 {
             return;
         }
@@ -216,6 +222,20 @@ impl Handler<Wake> for Dispatcher {
     }
 }
 
+/// A job has left its worker: the slot can take the next task.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct WorkerFreed;
+
+impl Handler<WorkerFreed> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, _: WorkerFreed, ctx: &mut Context<Self>) {
+        self.busy = self.busy.saturating_sub(1);
+        ctx.notify(Wake);
+    }
+}
+
 /// Stop a task if it runs here (a user cancelled it).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -228,19 +248,6 @@ impl Handler<CancelTask> for Dispatcher {
         if let Some(r) = self.running.get(&msg.0) {
             r.cancel.cancel();
         }
-    }
-}
-
-/// Number of tasks running in this process.
-#[derive(Message)]
-#[rtype(result = "usize")]
-pub struct RunningCount;
-
-impl Handler<RunningCount> for Dispatcher {
-    type Result = usize;
-
-    fn handle(&mut self, _: RunningCount, _: &mut Context<Self>) -> usize {
-        self.running.len()
     }
 }
 
@@ -276,14 +283,16 @@ impl Handler<Drain> for Dispatcher {
 }
 
 /// Runs one claimed task to its recorded end.
-async fn execute(env: Arc<Env>, task: ClaimedTask, cancel: CancelToken) {
+async fn execute(env: Arc<Env>, task: ClaimedTask, cancel: CancelToken, me: Addr<Dispatcher>) {
     let lease = task.lease;
     let workdir = env
         .config
         .scratch
         .join(format!("{}-{}", lease.task_id, lease.attempt));
     let progress = ProgressReporter::default();
-    let outcome = match run(&env, &task, &workdir, cancel, progress.clone()).await {
+    let ran = run(&env, &task, &workdir, cancel, progress.clone()).await;
+    me.do_send(WorkerFreed);
+    let outcome = match ran {
         Some(outcome) => outcome,
         // The pool is gone (shutting down): leave the lease to expire so the
         // task is rescued, by this process after a restart or by another.
@@ -304,13 +313,10 @@ async fn execute(env: Arc<Env>, task: ClaimedTask, cancel: CancelToken) {
         Err(e) if e.is_cancelled() => Finish::Cancelled,
         Err(e) => after_failure(&env, &task, e),
     };
-    // The last progress report is always written, however recent the one
-    // before it was.
-    let mut seen = 0;
-    if let Some(p) = progress.take_newer(&mut seen) {
-        let _ = env.store.save_progress(&lease, &p).await;
-    }
-    record(&env, &lease, finish).await;
+    // The last progress report is always written (with the outcome),
+    // however recent the one before it was.
+    let last = progress.take_newer(&mut 0);
+    record(&env, &lease, finish, last.as_ref()).await;
     remove_dir(&workdir).await;
 }
 
@@ -331,10 +337,10 @@ fn after_failure(env: &Env, task: &ClaimedTask, error: JobError) -> Finish {
 /// Writes the end of an attempt, retrying briefly if the store is down. If
 /// it stays down, the lease expires and the task is rescued: at least once,
 /// never lost.
-async fn record(env: &Env, lease: &Lease, finish: Finish) {
+async fn record(env: &Env, lease: &Lease, finish: Finish, progress: Option<&Progress>) {
     let mut delay = Duration::from_millis(100);
     for _ in 0..5 {
-        match env.store.finish(lease, finish.clone()).await {
+        match env.store.finish(lease, finish.clone(), progress).await {
             Ok(()) => return,
             Err(StoreError::LeaseLost(id)) => {
                 tracing::info!(task = %id, attempt = lease.attempt, "lease lost; this attempt's outcome is discarded");
@@ -414,10 +420,15 @@ async fn stage(
     let checked = command
         .check(task.params.clone(), task.inputs.len())
         .map_err(|e| JobError::new(ErrorCode::InvalidParams, e.to_string()))?;
-    for sub in ["inputs", "models", "artifacts"] {
-        tokio::fs::create_dir_all(workdir.join(sub))
-            .await
-            .map_err(|e| JobError::storage(format!("creating scratch folder: {e}")))?;
+    for (sub, needed) in [
+        ("inputs", !task.inputs.is_empty()),
+        ("models", !checked.models.is_empty()),
+    ] {
+        if needed {
+            tokio::fs::create_dir_all(workdir.join(sub))
+                .await
+                .map_err(|e| JobError::storage(format!("creating scratch folder: {e}")))?;
+        }
     }
     let mut inputs = Vec::with_capacity(task.inputs.len());
     for input in &task.inputs {

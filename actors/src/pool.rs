@@ -33,13 +33,17 @@ pub struct PoolConfig {
 }
 
 impl PoolConfig {
-    /// Defaults for this machine: one core left for HTTP and Postgres, and
-    /// `workers × torch_threads` never above the core count.
-    pub fn for_cores(cores: usize) -> Self {
-        let workers = cores.saturating_sub(1).max(1);
+    /// Sizes the pool for a machine with `cores` cores: `workers` threads
+    /// (default cores − 1, at least 1), and libtorch threads per worker such
+    /// that all ML threads together leave one core to HTTP and Postgres and
+    /// never exceed the cores.
+    pub fn for_cores(cores: usize, workers: Option<usize>) -> Self {
+        let cores = cores.max(1);
+        let workers = workers.unwrap_or(cores - 1).max(1);
+        let spare = cores.saturating_sub(1).max(1);
         Self {
             workers,
-            torch_threads: (cores / workers).max(1),
+            torch_threads: (spare / workers).max(1),
             nice: 10,
         }
     }
@@ -122,6 +126,7 @@ impl Actor for MlWorker {
     type Context = SyncContext<Self>;
 
     fn started(&mut self, _: &mut Self::Context) {
+        name_thread(&format!("mlq-ml-{}", self.id));
         lower_priority(self.config.nice);
         // Per thread: OpenMP's thread count is a per-thread setting.
         tch::set_num_threads(self.config.torch_threads as i32);
@@ -187,6 +192,17 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     text.lines().take(3).collect::<Vec<_>>().join(" ")
 }
 
+/// Names the OS thread, so `top -H` and `/proc` show which threads are ML
+/// workers. Linux keeps at most 15 bytes.
+fn name_thread(name: &str) {
+    let mut bytes: Vec<u8> = name.bytes().take(15).collect();
+    bytes.push(0);
+    // SAFETY: `bytes` is a NUL-terminated buffer that outlives the call.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, bytes.as_ptr() as libc::c_ulong, 0, 0, 0);
+    }
+}
+
 /// Lowers this thread's scheduling priority. Threads it spawns later
 /// (libgomp's OpenMP team) inherit it.
 fn lower_priority(nice: i32) {
@@ -214,15 +230,18 @@ mod tests {
     #[test]
     fn defaults_leave_a_core_and_never_oversubscribe() {
         for cores in 1..=64 {
-            let c = PoolConfig::for_cores(cores);
-            assert!(c.workers >= 1);
-            assert!(
-                c.workers * c.torch_threads <= cores.max(1),
+            let c = PoolConfig::for_cores(cores, None);
+            assert_eq!(c.workers, (cores - 1).max(1));
+            assert_eq!(
+                c.workers * c.torch_threads,
+                (cores - 1).max(1),
                 "{cores}: {c:?}"
             );
-            if cores > 1 {
-                assert_eq!(c.workers, cores - 1);
+            for workers in 1..=cores {
+                let c = PoolConfig::for_cores(cores, Some(workers));
+                assert!(c.workers * c.torch_threads <= cores, "{cores}: {c:?}");
             }
         }
+        assert_eq!(PoolConfig::for_cores(16, Some(3)).torch_threads, 5);
     }
 }

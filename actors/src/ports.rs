@@ -57,8 +57,14 @@ pub trait TaskStore: Send + Sync + 'static {
         progress: &crate::progress::Progress,
     ) -> Result<bool, StoreError>;
 
-    /// Ends an attempt, fenced by the lease.
-    async fn finish(&self, lease: &Lease, finish: Finish) -> Result<(), StoreError>;
+    /// Ends an attempt, fenced by the lease, recording the job's last
+    /// progress report with it when there is one not yet written.
+    async fn finish(
+        &self,
+        lease: &Lease,
+        finish: Finish,
+        progress: Option<&crate::progress::Progress>,
+    ) -> Result<(), StoreError>;
 
     /// Re-queues (with backoff) or fails tasks whose lease expired because
     /// the process running them died. Returns how many were rescued.

@@ -114,9 +114,15 @@ impl JobContext {
             })
     }
 
-    /// A path in the scratch folder for an artifact named `name`.
+    /// A path in the scratch folder for an artifact named `name`. The
+    /// folder is made on first use: most jobs of small commands have none.
     pub fn artifact_path(&self, name: &str) -> PathBuf {
-        self.workdir.join("artifacts").join(name)
+        let dir = self.workdir.join("artifacts");
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            // Writing the artifact will fail and report it.
+            tracing::warn!("creating {}: {e}", dir.display());
+        }
+        dir.join(name)
     }
 }
 

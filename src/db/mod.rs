@@ -61,13 +61,22 @@ impl DbError {
 }
 
 /// Connects, creating the database if it does not exist and applying
-/// migrations, and returns a pool.
+/// migrations, and returns a pool of `database_pool_size` connections.
 pub async fn connect(settings: &Settings) -> Result<Pool, DbError> {
     let config = settings
         .postgres()
         .map_err(|e| DbError::Config(e.to_string()))?;
     ensure_database(&config).await?;
     migrate(&config).await?;
+    pool(settings, settings.database_pool_size)
+}
+
+/// A pool of up to `size` connections. Connections are opened lazily and
+/// driven on the arbiter that opens them.
+pub fn pool(settings: &Settings, size: usize) -> Result<Pool, DbError> {
+    let config = settings
+        .postgres()
+        .map_err(|e| DbError::Config(e.to_string()))?;
     let manager = Manager::from_config(
         config,
         NoTls,
@@ -76,7 +85,7 @@ pub async fn connect(settings: &Settings) -> Result<Pool, DbError> {
         },
     );
     Pool::builder(manager)
-        .max_size(settings.database_pool_size)
+        .max_size(size)
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .build()
         .map_err(|e| DbError::Config(e.to_string()))

@@ -14,13 +14,101 @@ use uuid::Uuid;
 
 use mlq_actors::ports::{StoreError, TaskStore};
 use mlq_actors::progress::Progress;
-use mlq_actors::task::{ClaimedTask, Finish, HeartbeatReport, Lease, ModelRecord};
+use mlq_actors::task::{
+    ClaimedTask, Finish, HeartbeatReport, Lease, ModelDraft, ModelRecord, StoredArtifact,
+};
 
 use super::tasks::json_column;
 use super::DbError;
 
 pub struct PgTaskStore {
     pool: Pool,
+}
+
+// Each ends an attempt, fenced by its lease ($1 task, $2 token), keeping
+// the job's last progress report ($3) when one is given.
+const SUCCEEDED: &str = r#"
+    UPDATE tasks
+    SET status = 'succeeded', result = $4, error = NULL,
+        progress = coalesce($3, progress) || '{"fraction": 1, "stage": "done"}',
+        finished_at = now(), updated_at = now(), lease_token = NULL, lease_expires_at = NULL
+    WHERE id = $1 AND lease_token = $2"#;
+
+const FAILED: &str = "
+    UPDATE tasks
+    SET status = 'failed', error = $4, progress = coalesce($3, progress),
+        finished_at = now(), updated_at = now(), lease_token = NULL, lease_expires_at = NULL
+    WHERE id = $1 AND lease_token = $2";
+
+// A cancel that arrived while the attempt failed wins over the retry.
+const RETRY: &str = r#"
+    UPDATE tasks
+    SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
+        finished_at = CASE WHEN cancel_requested THEN now() END,
+        error = $4, run_at = now() + $5 * interval '1 millisecond',
+        progress = coalesce($3, progress) || '{"stage": "waiting to retry"}',
+        updated_at = now(), lease_token = NULL, lease_expires_at = NULL
+    WHERE id = $1 AND lease_token = $2"#;
+
+const CANCELLED: &str = r#"
+    UPDATE tasks
+    SET status = 'cancelled', progress = coalesce($3, progress),
+        error = '{"code": "cancelled", "message": "the task was cancelled"}',
+        finished_at = now(), updated_at = now(), lease_token = NULL, lease_expires_at = NULL
+    WHERE id = $1 AND lease_token = $2"#;
+
+/// Inserts a successful attempt's artifacts and model, inside its
+/// completion transaction.
+async fn record_outputs(
+    tx: &deadpool_postgres::Transaction<'_>,
+    lease: &Lease,
+    artifacts: &[StoredArtifact],
+    model: Option<&ModelDraft>,
+) -> Result<(), StoreError> {
+    for a in artifacts {
+        tx.execute(
+            "INSERT INTO artifacts (task_id, name, size, sha256, content_type, object_key)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &lease.task_id,
+                &a.name,
+                &a.size,
+                &a.sha256,
+                &a.content_type,
+                &a.key,
+            ],
+        )
+        .await
+        .map_err(query)?;
+    }
+    if let Some(m) = model {
+        let key_of = |name: &str| {
+            artifacts
+                .iter()
+                .find(|a| a.name == name)
+                .map(|a| a.key.clone())
+                .ok_or_else(|| {
+                    StoreError::Unavailable(format!("model artifact {name} was not stored"))
+                })
+        };
+        tx.execute(
+            "INSERT INTO models (id, task_id, kind, target, spec, metrics, weights_key, spec_key)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &m.id,
+                &lease.task_id,
+                &m.kind,
+                &m.target,
+                &m.spec,
+                &m.metrics,
+                &key_of(&m.weights_artifact)?,
+                &key_of(&m.spec_artifact)?,
+            ],
+        )
+        .await
+        .map_err(query)?;
+    }
+    Ok(())
 }
 
 impl PgTaskStore {
@@ -119,116 +207,83 @@ impl TaskStore for PgTaskStore {
         Ok(n == 1)
     }
 
-    async fn finish(&self, lease: &Lease, finish: Finish) -> Result<(), StoreError> {
+    async fn finish(
+        &self,
+        lease: &Lease,
+        finish: Finish,
+        progress: Option<&Progress>,
+    ) -> Result<(), StoreError> {
+        let progress = progress.map(|p| serde_json::to_value(p).unwrap_or(Value::Null));
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(query)?;
-        let fence = [
-            &lease.task_id as &(dyn tokio_postgres::types::ToSql + Sync),
-            &lease.token,
-        ];
-        let updated = match &finish {
-            Finish::Succeeded { result, .. } => {
-                tx.execute(
-                    r#"UPDATE tasks
-                       SET status = 'succeeded', result = $3, error = NULL,
-                           progress = progress || '{"fraction": 1, "stage": "done"}',
-                           finished_at = now(), updated_at = now(),
-                           lease_token = NULL, lease_expires_at = NULL
-                       WHERE id = $1 AND lease_token = $2"#,
-                    &[fence[0], fence[1], result],
-                )
-                .await
+        match &finish {
+            Finish::Succeeded {
+                result,
+                artifacts,
+                model,
+            } if !artifacts.is_empty() || model.is_some() => {
+                // The outcome, its artifacts and its model land together or
+                // not at all.
+                let tx = client.transaction().await.map_err(query)?;
+                let n = tx
+                    .execute(
+                        SUCCEEDED,
+                        &[&lease.task_id, &lease.token, &progress, result],
+                    )
+                    .await
+                    .map_err(query)?;
+                if n == 0 {
+                    return Err(StoreError::LeaseLost(lease.task_id));
+                }
+                record_outputs(&tx, lease, artifacts, model.as_ref()).await?;
+                tx.commit().await.map_err(query)
             }
-            Finish::Failed(error) => {
-                tx.execute(
-                    "UPDATE tasks
-                     SET status = 'failed', error = $3, finished_at = now(), updated_at = now(),
-                         lease_token = NULL, lease_expires_at = NULL
-                     WHERE id = $1 AND lease_token = $2",
-                    &[fence[0], fence[1], &error.to_json()],
-                )
-                .await
-            }
-            Finish::Retry { error, delay } => {
-                // A cancel that arrived while the attempt failed wins.
-                tx.execute(
-                    r#"UPDATE tasks
-                       SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
-                           finished_at = CASE WHEN cancel_requested THEN now() END,
-                           error = $3,
-                           run_at = now() + $4 * interval '1 millisecond',
-                           progress = progress || '{"stage": "waiting to retry"}',
-                           updated_at = now(), lease_token = NULL, lease_expires_at = NULL
-                       WHERE id = $1 AND lease_token = $2"#,
-                    &[fence[0], fence[1], &error.to_json(), &millis(*delay)],
-                )
-                .await
-            }
-            Finish::Cancelled => {
-                tx.execute(
-                    r#"UPDATE tasks
-                       SET status = 'cancelled', finished_at = now(), updated_at = now(),
-                           error = '{"code": "cancelled", "message": "the task was cancelled"}',
-                           lease_token = NULL, lease_expires_at = NULL
-                       WHERE id = $1 AND lease_token = $2"#,
-                    &fence,
-                )
-                .await
-            }
-        }
-        .map_err(query)?;
-        if updated == 0 {
-            return Err(StoreError::LeaseLost(lease.task_id));
-        }
-        if let Finish::Succeeded {
-            artifacts, model, ..
-        } = &finish
-        {
-            for a in artifacts {
-                tx.execute(
-                    "INSERT INTO artifacts (task_id, name, size, sha256, content_type, object_key)
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                    &[
-                        &lease.task_id,
-                        &a.name,
-                        &a.size,
-                        &a.sha256,
-                        &a.content_type,
-                        &a.key,
-                    ],
-                )
-                .await
+            // Everything else is one statement: no transaction round trips.
+            _ => {
+                let n = match &finish {
+                    Finish::Succeeded { result, .. } => {
+                        client
+                            .execute(
+                                SUCCEEDED,
+                                &[&lease.task_id, &lease.token, &progress, result],
+                            )
+                            .await
+                    }
+                    Finish::Failed(error) => {
+                        client
+                            .execute(
+                                FAILED,
+                                &[&lease.task_id, &lease.token, &progress, &error.to_json()],
+                            )
+                            .await
+                    }
+                    Finish::Retry { error, delay } => {
+                        client
+                            .execute(
+                                RETRY,
+                                &[
+                                    &lease.task_id,
+                                    &lease.token,
+                                    &progress,
+                                    &error.to_json(),
+                                    &millis(*delay),
+                                ],
+                            )
+                            .await
+                    }
+                    Finish::Cancelled => {
+                        client
+                            .execute(CANCELLED, &[&lease.task_id, &lease.token, &progress])
+                            .await
+                    }
+                }
                 .map_err(query)?;
-            }
-            if let Some(m) = model {
-                let key_of = |name: &str| {
-                    artifacts
-                        .iter()
-                        .find(|a| a.name == name)
-                        .map(|a| a.key.clone())
-                        .ok_or_else(|| {
-                            StoreError::Unavailable(format!("model artifact {name} was not stored"))
-                        })
-                };
-                tx.execute(
-                    "INSERT INTO models (id, task_id, kind, target, spec, metrics, weights_key, spec_key)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                    &[
-                        &m.id,
-                        &lease.task_id,
-                        &m.kind,
-                        &m.target,
-                        &m.spec,
-                        &m.metrics,
-                        &key_of(&m.weights_artifact)?,
-                        &key_of(&m.spec_artifact)?,
-                    ],
-                )
-                .await
-                .map_err(query)?;
+                if n == 0 {
+                    Err(StoreError::LeaseLost(lease.task_id))
+                } else {
+                    Ok(())
+                }
             }
         }
-        tx.commit().await.map_err(query)
     }
 
     async fn rescue_expired(&self, backoff_base: Duration) -> Result<u64, StoreError> {

@@ -3,6 +3,7 @@
 
 mod api;
 mod bad_input;
+mod cli;
 mod helpers;
 mod ml;
 mod queue;

@@ -204,3 +204,35 @@ async fn predict_without_the_target_column_still_predicts() {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[actix_web::test]
+async fn cancelling_a_training_run_stops_it_between_batches() {
+    let app = spawn_app().await;
+    let id = app
+        .submit_accepted(
+            "train",
+            json!({"target": "label", "epochs": 1000, "batch_size": 1}),
+            &[("b.csv", &blobs_csv(2000, 9))],
+        )
+        .await;
+    app.wait_for(id, TRAINING, |t| {
+        t["progress"]["stage"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("epoch"))
+    })
+    .await;
+    let (status, _) = app
+        .post_json(&format!("/api/v1/tasks/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let task = app
+        .wait_for(id, Duration::from_secs(5), |t| t["status"] == "cancelled")
+        .await;
+    assert_eq!(task["error"]["code"], "cancelled");
+    assert!(
+        task["artifacts"].as_array().unwrap().is_empty(),
+        "no half-trained model"
+    );
+    let (_, models) = app.get("/api/v1/models").await;
+    assert!(models["models"].as_array().unwrap().is_empty());
+}

@@ -58,6 +58,7 @@ async fn a_task_whose_worker_vanished_is_rerun_and_finishes_exactly_once() {
                 artifacts: vec![],
                 model: None,
             },
+            None,
         )
         .await;
     assert!(
@@ -232,4 +233,39 @@ async fn shutting_down_hands_running_tasks_back() {
         .await;
     assert_eq!(status, awc::http::StatusCode::OK);
     assert_eq!(b.finished(id, WITHIN).await["status"], "cancelled");
+}
+
+#[actix_web::test]
+async fn ml_threads_run_at_a_lower_os_priority() {
+    let app = spawn_app().await;
+    assert_eq!(app.ready_workers().await, 1);
+    // Field 19 of /proc/<pid>/task/<tid>/stat is the nice value; the comm
+    // field (2) holds the thread name the pool gives its workers.
+    let mut ml_threads = Vec::new();
+    let mut main_nice = None;
+    for entry in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let (head, tail) = stat.split_at(stat.rfind(')').unwrap());
+        let name = &head[head.find('(').unwrap() + 1..];
+        let nice: i32 = tail[2..]
+            .split_whitespace()
+            .nth(16)
+            .unwrap()
+            .parse()
+            .unwrap();
+        if name.starts_with("mlq-ml-") {
+            ml_threads.push(nice);
+        }
+        if entry.file_name().to_str() == Some(&std::process::id().to_string()) {
+            main_nice = Some(nice);
+        }
+    }
+    let base = main_nice.unwrap();
+    assert!(!ml_threads.is_empty(), "no ML worker threads found");
+    assert!(
+        ml_threads.iter().all(|n| *n >= base + 10 || *n == 19),
+        "ML threads {ml_threads:?} vs process {base}"
+    );
 }
