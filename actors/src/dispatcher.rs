@@ -389,7 +389,8 @@ async fn run(
         ctx,
     });
     tokio::pin!(request);
-    let mut tick = tokio::time::interval(env.config.progress_every);
+    let every = env.config.progress_every;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let mut seen = 0;
     loop {
         tokio::select! {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use serde_json::Value;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use mlq_actors::ports::{StoreError, TaskStore};
@@ -143,9 +144,13 @@ impl TaskStore for PgTaskStore {
         lease: Duration,
     ) -> Result<Vec<ClaimedTask>, StoreError> {
         let client = self.client().await?;
+        let statement = client
+            .prepare_cached(include_str!("sql/claim.sql"))
+            .await
+            .map_err(query)?;
         let rows = client
             .query(
-                include_str!("sql/claim.sql"),
+                &statement,
                 &[&commands, &(limit as i64), &millis(lease), &worker],
             )
             .await
@@ -196,12 +201,15 @@ impl TaskStore for PgTaskStore {
     async fn save_progress(&self, lease: &Lease, progress: &Progress) -> Result<bool, StoreError> {
         let client = self.client().await?;
         let value = serde_json::to_value(progress).unwrap_or(Value::Null);
-        let n = client
-            .execute(
+        let statement = client
+            .prepare_cached(
                 "UPDATE tasks SET progress = $3, updated_at = now()
                  WHERE id = $1 AND lease_token = $2",
-                &[&lease.task_id, &lease.token, &value],
             )
+            .await
+            .map_err(query)?;
+        let n = client
+            .execute(&statement, &[&lease.task_id, &lease.token, &value])
             .await
             .map_err(query)?;
         Ok(n == 1)
@@ -215,73 +223,44 @@ impl TaskStore for PgTaskStore {
     ) -> Result<(), StoreError> {
         let progress = progress.map(|p| serde_json::to_value(p).unwrap_or(Value::Null));
         let mut client = self.client().await?;
+        let (error, delay);
+        let (sql, extra): (&str, Vec<&(dyn ToSql + Sync)>) = match &finish {
+            Finish::Succeeded { result, .. } => (SUCCEEDED, vec![result]),
+            Finish::Failed(e) => {
+                error = e.to_json();
+                (FAILED, vec![&error])
+            }
+            Finish::Retry { error: e, delay: d } => {
+                (error, delay) = (e.to_json(), millis(*d));
+                (RETRY, vec![&error, &delay])
+            }
+            Finish::Cancelled => (CANCELLED, vec![]),
+        };
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&lease.task_id, &lease.token, &progress];
+        params.extend(extra);
+        let fenced = |n: u64| {
+            if n == 0 {
+                Err(StoreError::LeaseLost(lease.task_id))
+            } else {
+                Ok(())
+            }
+        };
         match &finish {
             Finish::Succeeded {
-                result,
-                artifacts,
-                model,
+                artifacts, model, ..
             } if !artifacts.is_empty() || model.is_some() => {
                 // The outcome, its artifacts and its model land together or
                 // not at all.
                 let tx = client.transaction().await.map_err(query)?;
-                let n = tx
-                    .execute(
-                        SUCCEEDED,
-                        &[&lease.task_id, &lease.token, &progress, result],
-                    )
-                    .await
-                    .map_err(query)?;
-                if n == 0 {
-                    return Err(StoreError::LeaseLost(lease.task_id));
-                }
+                let statement = tx.prepare_cached(sql).await.map_err(query)?;
+                fenced(tx.execute(&statement, &params).await.map_err(query)?)?;
                 record_outputs(&tx, lease, artifacts, model.as_ref()).await?;
                 tx.commit().await.map_err(query)
             }
             // Everything else is one statement: no transaction round trips.
             _ => {
-                let n = match &finish {
-                    Finish::Succeeded { result, .. } => {
-                        client
-                            .execute(
-                                SUCCEEDED,
-                                &[&lease.task_id, &lease.token, &progress, result],
-                            )
-                            .await
-                    }
-                    Finish::Failed(error) => {
-                        client
-                            .execute(
-                                FAILED,
-                                &[&lease.task_id, &lease.token, &progress, &error.to_json()],
-                            )
-                            .await
-                    }
-                    Finish::Retry { error, delay } => {
-                        client
-                            .execute(
-                                RETRY,
-                                &[
-                                    &lease.task_id,
-                                    &lease.token,
-                                    &progress,
-                                    &error.to_json(),
-                                    &millis(*delay),
-                                ],
-                            )
-                            .await
-                    }
-                    Finish::Cancelled => {
-                        client
-                            .execute(CANCELLED, &[&lease.task_id, &lease.token, &progress])
-                            .await
-                    }
-                }
-                .map_err(query)?;
-                if n == 0 {
-                    Err(StoreError::LeaseLost(lease.task_id))
-                } else {
-                    Ok(())
-                }
+                let statement = client.prepare_cached(sql).await.map_err(query)?;
+                fenced(client.execute(&statement, &params).await.map_err(query)?)
             }
         }
     }

@@ -72,43 +72,34 @@ pub struct NewTask<'a> {
     pub inputs: &'a [InputFile],
 }
 
-/// Inserts a task and its inputs in one transaction. The row is the queue
-/// entry: once this commits, the task will run. Returns the task as it was
-/// accepted (a dispatcher may claim it the moment this commits).
-pub async fn insert(
-    client: &mut deadpool_postgres::Client,
-    task: NewTask<'_>,
-) -> Result<TaskRecord, DbError> {
-    let tx = client.transaction().await?;
-    tx.execute(
-        "INSERT INTO tasks (id, command, params, max_attempts) VALUES ($1, $2, $3, $4)",
-        &[&task.id, &task.command, task.params, &task.max_attempts],
-    )
-    .await?;
-    for input in task.inputs {
-        tx.execute(
-            "INSERT INTO task_inputs (task_id, position, name, size, sha256, content_type, object_key)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+/// Inserts a task and its inputs. Returns the task as it was accepted (a
+/// dispatcher may claim it the moment this commits).
+pub async fn insert(client: &impl GenericClient, task: NewTask<'_>) -> Result<TaskRecord, DbError> {
+    let inputs = serde_json::to_value(task.inputs).unwrap_or(Value::Null);
+    let statement = client
+        .prepare_cached(include_str!("sql/insert_task.sql"))
+        .await?;
+    let row = client
+        .query_one(
+            &statement,
             &[
                 &task.id,
-                &input.position,
-                &input.name,
-                &input.size,
-                &input.sha256,
-                &input.content_type,
-                &input.key,
+                &task.command,
+                task.params,
+                &task.max_attempts,
+                &inputs,
             ],
         )
         .await?;
-    }
-    let accepted = get(&tx, task.id).await?;
-    tx.commit().await?;
-    accepted.ok_or_else(|| DbError::Config(format!("task {} vanished on insert", task.id)))
+    TaskRecord::try_from(row)
 }
 
 pub async fn get(client: &impl GenericClient, id: Uuid) -> Result<Option<TaskRecord>, DbError> {
+    let statement = client
+        .prepare_cached("SELECT * FROM task_details WHERE id = $1")
+        .await?;
     client
-        .query_opt("SELECT * FROM task_details WHERE id = $1", &[&id])
+        .query_opt(&statement, &[&id])
         .await?
         .map(TaskRecord::try_from)
         .transpose()

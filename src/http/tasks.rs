@@ -156,7 +156,7 @@ async fn register(
 ) -> Result<TaskRecord, ApiError> {
     let checked = command(state, &submission.command)?
         .check(submission.params.clone(), submission.inputs.len())?;
-    let mut client = state.db.get().await?;
+    let client = state.db.get().await?;
     let ids: Vec<Uuid> = checked.models.iter().map(|(_, id)| *id).collect();
     if let Some(missing) = db::models::missing(&client, &ids).await?.first() {
         let field = checked
@@ -170,7 +170,7 @@ async fn register(
         });
     }
     let task = db::tasks::insert(
-        &mut client,
+        &client,
         db::tasks::NewTask {
             id,
             command: &submission.command,
