@@ -179,8 +179,10 @@ async fn latency_bench(server: &Server) -> Value {
     .await;
     let url = format!("{tasks}/{}", probe["id"].as_str().unwrap());
     let n = scale(3000);
-    get_latencies(&client, &url, 200).await; // warm-up
-    let idle = stats(get_latencies(&client, &url, n).await);
+    // Warm up, then sample idle before and after the busy phase, so slow
+    // drift on a shared machine weighs on both sides alike.
+    get_latencies(&client, &url, 200).await;
+    let mut idle = get_latencies(&client, &url, n / 2).await;
 
     // Saturate the pool: more long train tasks than workers.
     let csv = wide_csv(scale(20_000));
@@ -217,6 +219,29 @@ async fn latency_bench(server: &Server) -> Value {
     for id in &train_ids {
         let _ = client.post(format!("{tasks}/{id}/cancel")).send().await;
     }
+    // Wait for the pool to be idle again before the second idle sample.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut res = client
+            .get(format!("{}/readyz", server.base))
+            .send()
+            .await
+            .unwrap();
+        let ready: Value = res.json().limit(1 << 20).await.unwrap();
+        let busy_workers = ready["workers"]["detail"]
+            .as_array()
+            .map_or(0, |w| w.iter().filter(|w| w["state"] == "busy").count());
+        if busy_workers == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "train tasks did not stop: {ready}"
+        );
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    idle.extend(get_latencies(&client, &url, n - n / 2).await);
+    let idle = stats(idle);
     json!({
         "requests_each": n,
         "idle_ms": {"p50": idle.p50, "p99": idle.p99, "mean": idle.mean},
@@ -315,8 +340,10 @@ fn main() {
         let server = start_server(&database).await;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
 
-        let throughput = throughput_bench(&server, &database).await;
+        // Latency first, on a fresh database: the throughput run leaves
+        // thousands of rows for autovacuum to chew on.
         let latency = latency_bench(&server).await;
+        let throughput = throughput_bench(&server, &database).await;
         drop(server);
 
         let report = json!({
@@ -328,7 +355,7 @@ fn main() {
         let t = &report["sleep_pipeline"];
         println!("\nmlq pipeline benchmark ({cores} cores, release build, real server process)\n");
         println!(
-            "(a) GET /api/v1/tasks/{{id}}, {} sequential requests each",
+            "(a) GET /api/v1/tasks/{{id}}, {} sequential requests each (idle: half before, half after busy)",
             l["requests_each"]
         );
         println!("    {:<28} {:>9} {:>9}", "", "p50 ms", "p99 ms");
