@@ -19,7 +19,7 @@ run: deps
 
 ## test: set up what is missing and run every check and test
 test: deps lint clean-test-dbs
-	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace
 
 ## bench: benchmarks; tables on stdout, JSON under target/bench/
 bench: deps

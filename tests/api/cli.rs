@@ -74,3 +74,26 @@ fn a_bad_config_file_is_reported() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("wrokers"));
 }
+
+#[test]
+fn the_docker_files_build_what_the_repository_builds() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = std::fs::read_to_string(root.join("docker/Dockerfile")).unwrap();
+    let compose = std::fs::read_to_string(root.join("docker/compose.yml")).unwrap();
+    let fetch = std::fs::read_to_string(root.join("scripts/libtorch.sh")).unwrap();
+    // The image fetches libtorch with the repository's own script and
+    // copies the library folder the binary's rpath names.
+    assert!(dockerfile.contains("RUN scripts/libtorch.sh"));
+    let version = fetch
+        .lines()
+        .find_map(|l| l.strip_prefix("version="))
+        .unwrap();
+    assert!(dockerfile.contains(&format!("libtorch-{version}/lib")), "Dockerfile and scripts/libtorch.sh disagree on {version}");
+    assert!(dockerfile.contains("cargo build --release --bin mlq"));
+    // Compose builds that Dockerfile from the repository root, and every
+    // mlq process shares one database and one object volume.
+    assert!(compose.contains("dockerfile: docker/Dockerfile"));
+    assert!(compose.contains("context: .."));
+    assert_eq!(compose.matches("MLQ_DATABASE_URL").count(), 1, "one anchor shared by all mlq services");
+    assert!(compose.contains("<<: *mlq"));
+}
