@@ -253,52 +253,69 @@ async fn latency_bench(server: &Server) -> Value {
     })
 }
 
+/// Rounds of the sleep pipeline; the median round is reported.
+const ROUNDS: usize = 3;
+
 async fn throughput_bench(server: &Server, database: &str) -> Value {
-    let n = scale(5000);
+    let (db, conn) = tokio_postgres::connect(&format!("{}/{database}", admin_url()), NoTls)
+        .await
+        .unwrap();
+    actix_rt::spawn(conn);
+    let mut rounds = Vec::new();
+    for _ in 0..ROUNDS {
+        rounds.push(throughput_round(server, &db).await);
+    }
+    rounds.sort_by(|a, b| {
+        a["tasks_per_second"]
+            .as_f64()
+            .unwrap()
+            .total_cmp(&b["tasks_per_second"].as_f64().unwrap())
+    });
+    let mut median = rounds[ROUNDS / 2].clone();
+    median["rounds_tasks_per_second"] = rounds
+        .iter()
+        .map(|r| r["tasks_per_second"].clone())
+        .collect();
+    median
+}
+
+/// Submits `n` sleep tasks with bounded concurrency and waits until all
+/// have succeeded.
+async fn throughput_round(server: &Server, db: &tokio_postgres::Client) -> Value {
+    use futures_util::StreamExt;
+    let n = scale(3000);
     let concurrency = 32;
     let client = awc::Client::builder()
         .timeout(Duration::from_secs(60))
         .finish();
     let tasks = format!("{}/api/v1/tasks", server.base);
-    let (db, conn) = tokio_postgres::connect(&format!("{}/{database}", admin_url()), NoTls)
-        .await
-        .unwrap();
-    actix_rt::spawn(conn);
-    let before: i64 = db
-        .query_one("SELECT count(*) FROM tasks WHERE status = 'succeeded'", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let count = "SELECT count(*) FROM tasks WHERE status = 'succeeded' AND command = 'sleep'";
+    let before: i64 = db.query_one(count, &[]).await.unwrap().get(0);
+    let since: chrono::DateTime<chrono::Utc> =
+        db.query_one("SELECT now()", &[]).await.unwrap().get(0);
 
     let start = Instant::now();
-    let submit_one = |_| {
-        let client = client.clone();
-        let tasks = tasks.clone();
-        async move {
-            let mut res = client
-                .post(&tasks)
-                .send_json(&json!({"command": "sleep", "params": {"ms": 0}}))
-                .await
-                .expect("submit");
-            let _ = res.body().await;
-            assert_eq!(res.status().as_u16(), 202);
-        }
-    };
-    // Submit with bounded concurrency.
-    use futures_util::StreamExt;
     futures_util::stream::iter(0..n)
-        .map(submit_one)
+        .map(|_| {
+            let client = client.clone();
+            let tasks = tasks.clone();
+            async move {
+                let mut res = client
+                    .post(&tasks)
+                    .send_json(&json!({"command": "sleep", "params": {"ms": 0}}))
+                    .await
+                    .expect("submit");
+                let _ = res.body().await;
+                assert_eq!(res.status().as_u16(), 202);
+            }
+        })
         .buffer_unordered(concurrency)
         .collect::<Vec<_>>()
         .await;
     let submitted = start.elapsed();
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let done: i64 = db
-            .query_one("SELECT count(*) FROM tasks WHERE status = 'succeeded'", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let done: i64 = db.query_one(count, &[]).await.unwrap().get(0);
         if done - before >= n as i64 {
             break;
         }
@@ -314,9 +331,8 @@ async fn throughput_bench(server: &Server, database: &str) -> Value {
         .query(
             "SELECT extract(epoch FROM finished_at - created_at)::float8 * 1000,
                     extract(epoch FROM started_at - created_at)::float8 * 1000
-             FROM tasks WHERE command = 'sleep' AND status = 'succeeded'
-             ORDER BY created_at DESC LIMIT $1",
-            &[&(n as i64)],
+             FROM tasks WHERE command = 'sleep' AND created_at >= $1",
+            &[&since],
         )
         .await
         .unwrap();
@@ -382,12 +398,13 @@ fn main() {
             l["loadavg_during_busy"].as_str().unwrap()
         );
         println!(
-            "\n(b) sleep ms=0, submit -> succeeded, {} tasks, {} concurrent submitters",
+            "\n(b) sleep ms=0, submit -> succeeded, {} tasks per round, {} concurrent submitters, median of {ROUNDS} rounds",
             t["tasks"], t["submit_concurrency"]
         );
         println!(
-            "    throughput            {:>9.0} tasks/s   (target >= 1000)",
-            t["tasks_per_second"].as_f64().unwrap()
+            "    throughput            {:>9.0} tasks/s   (target >= 1000; rounds: {})",
+            t["tasks_per_second"].as_f64().unwrap(),
+            t["rounds_tasks_per_second"]
         );
         println!(
             "    submissions           {:>9.0} req/s",

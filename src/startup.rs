@@ -90,7 +90,7 @@ impl Application {
             // Its own connections, opened and driven on the dispatcher's
             // arbiter: busy HTTP handlers cannot starve the queue, and
             // stopping the HTTP workers does not close them.
-            Arc::new(PgTaskStore::new(db::pool(
+            Arc::new(PgTaskStore::new(db::queue_pool(
                 &settings,
                 pool_config.workers + 4,
             )?)),

@@ -77,6 +77,24 @@ pub fn pool(settings: &Settings, size: usize) -> Result<Pool, DbError> {
     let config = settings
         .postgres()
         .map_err(|e| DbError::Config(e.to_string()))?;
+    build_pool(config, size)
+}
+
+/// The dispatcher's pool. Its queries all follow an index in order (the
+/// claim's `ORDER BY … LIMIT` has an index made for it), but with stale
+/// statistics, as after a burst of inserts, the planner may instead sort
+/// every queued row on each claim: 5 ms per claim at 6,000 queued tasks,
+/// measured. Disabling explicit sorts on these connections keeps the plan
+/// that stays cheap however deep the queue is.
+pub fn queue_pool(settings: &Settings, size: usize) -> Result<Pool, DbError> {
+    let mut config = settings
+        .postgres()
+        .map_err(|e| DbError::Config(e.to_string()))?;
+    config.options("-c enable_sort=off");
+    build_pool(config, size)
+}
+
+fn build_pool(config: tokio_postgres::Config, size: usize) -> Result<Pool, DbError> {
     let manager = Manager::from_config(
         config,
         NoTls,

@@ -88,12 +88,19 @@ fn the_docker_files_build_what_the_repository_builds() {
         .lines()
         .find_map(|l| l.strip_prefix("version="))
         .unwrap();
-    assert!(dockerfile.contains(&format!("libtorch-{version}/lib")), "Dockerfile and scripts/libtorch.sh disagree on {version}");
+    assert!(
+        dockerfile.contains(&format!("libtorch-{version}/lib")),
+        "Dockerfile and scripts/libtorch.sh disagree on {version}"
+    );
     assert!(dockerfile.contains("cargo build --release --bin mlq"));
     // Compose builds that Dockerfile from the repository root, and every
     // mlq process shares one database and one object volume.
     assert!(compose.contains("dockerfile: docker/Dockerfile"));
     assert!(compose.contains("context: .."));
-    assert_eq!(compose.matches("MLQ_DATABASE_URL").count(), 1, "one anchor shared by all mlq services");
+    assert_eq!(
+        compose.matches("MLQ_DATABASE_URL").count(),
+        1,
+        "one anchor shared by all mlq services"
+    );
     assert!(compose.contains("<<: *mlq"));
 }
