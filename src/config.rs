@@ -136,8 +136,39 @@ impl Settings {
             // itself) must not make the service refuse to start.
             .merge(Env::prefixed("MLQ_").only(ENV_KEYS))
             .merge(Serialized::defaults(overrides))
-            .extract()
+            .extract::<Self>()
             .map_err(Box::new)
+            .and_then(|s| s.validate().map(|()| s).map_err(|e| Box::new(e.into())))
+    }
+
+    /// Rejects combinations that would break the queue rather than fail
+    /// loudly later.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("lease", self.lease),
+            ("heartbeat", self.heartbeat),
+            ("poll", self.poll),
+            ("rescue_every", self.rescue_every),
+            ("progress_every", self.progress_every),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
+            return Err(format!("{name} must be longer than zero"));
+        }
+        if self.heartbeat * 2 > self.lease {
+            return Err(format!(
+                "heartbeat ({:?}) must be at most half the lease ({:?}), or leases expire while tasks run",
+                self.heartbeat, self.lease
+            ));
+        }
+        if self.max_attempts < 1 {
+            return Err("max_attempts must be at least 1".into());
+        }
+        if self.database_pool_size < 1 || self.max_request_bytes < 1 || self.workers == Some(0) {
+            return Err(
+                "database_pool_size, max_request_bytes and workers must be at least 1".into(),
+            );
+        }
+        Ok(())
     }
 
     /// The Postgres connection settings, with the user filled in as libpq
@@ -200,6 +231,33 @@ mod tests {
             assert_eq!(s.workers, Some(7), "flags beat env");
             Ok(())
         });
+    }
+
+    #[test]
+    fn settings_that_would_break_the_queue_are_rejected() {
+        let ok = Settings::default();
+        assert_eq!(ok.validate(), Ok(()));
+        let bad = [
+            Settings {
+                max_attempts: 0,
+                ..Settings::default()
+            },
+            Settings {
+                heartbeat: Duration::from_secs(30),
+                ..Settings::default()
+            },
+            Settings {
+                poll: Duration::ZERO,
+                ..Settings::default()
+            },
+            Settings {
+                workers: Some(0),
+                ..Settings::default()
+            },
+        ];
+        for s in bad {
+            assert!(s.validate().is_err(), "{s:?}");
+        }
     }
 
     #[test]

@@ -21,6 +21,8 @@ use crate::storage::FsStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
     #[error(transparent)]
     Db(#[from] DbError),
     #[error("cannot use data directory {path}: {source}")]
@@ -46,6 +48,7 @@ impl Application {
     /// starts the ML pool, the dispatcher and the notification listener, and
     /// binds the HTTP server. Must run inside an actix system.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        settings.validate().map_err(StartupError::Config)?;
         let pool = db::connect(&settings).await?;
         let objects: Arc<dyn ObjectStore> =
             Arc::new(FsStore::new(settings.objects_dir()).map_err(|source| {
@@ -60,6 +63,7 @@ impl Application {
                 source,
             }
         })?;
+        sweep_scratch(&pool, &settings.scratch_dir()).await;
         let commands = Commands::standard(settings.diagnostics);
         let pool_config = settings.pool();
         let board = WorkerBoard::default();
@@ -167,6 +171,41 @@ impl Application {
             tracing::warn!("could not drain the dispatcher: {e}");
         }
         result
+    }
+}
+
+/// Removes scratch folders left by attempts that no longer run (a crashed
+/// or killed process never cleans up after itself). Folders are named by
+/// lease token; young ones are kept, as another process sharing the data
+/// directory may have just claimed their task.
+async fn sweep_scratch(pool: &deadpool_postgres::Pool, scratch: &std::path::Path) {
+    let live: Vec<String> = match pool.get().await {
+        Ok(client) => match client
+            .query(
+                "SELECT lease_token::text FROM tasks WHERE status = 'running'",
+                &[],
+            )
+            .await
+        {
+            Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+            Err(_) => return,
+        },
+        Err(_) => return,
+    };
+    let Ok(entries) = std::fs::read_dir(scratch) else {
+        return;
+    };
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(600);
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t < old);
+        if stale && !live.contains(&name) {
+            tracing::info!(folder = %name, "removing stale scratch folder");
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 

@@ -65,12 +65,17 @@ pub struct Dispatcher {
     /// outcome is recorded after the slot is freed, so the next claim
     /// overlaps with it.
     busy: usize,
-    /// Tasks whose lease this process holds, until their outcome is recorded.
+    /// Attempts whose lease this process holds, by lease token, until their
+    /// outcome is recorded. By token, not task: after a lost lease the same
+    /// task can be claimed again here while its old attempt winds down.
     running: HashMap<Uuid, Running>,
     claiming: bool,
     /// A wake arrived while a claim was in flight.
     again: bool,
     draining: bool,
+    /// Told when a claim that was in flight as draining began has handed
+    /// its tasks back.
+    claim_drained: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 struct Running {
@@ -101,14 +106,16 @@ impl Dispatcher {
             claiming: false,
             again: false,
             draining: false,
+            claim_drained: None,
         }
     }
 
     fn start_task(&mut self, task: ClaimedTask, ctx: &mut Context<Self>) {
         let id = task.lease.task_id;
+        let token = task.lease.token;
         let cancel = CancelToken::default();
         self.running.insert(
-            id,
+            token,
             Running {
                 lease: task.lease,
                 cancel: cancel.clone(),
@@ -120,7 +127,7 @@ impl Dispatcher {
             execute(self.env.clone(), task, cancel, ctx.address())
                 .into_actor(self)
                 .map(move |_, act, _| {
-                    act.running.remove(&id);
+                    act.running.remove(&token);
                 }),
         );
     }
@@ -134,14 +141,14 @@ impl Dispatcher {
         let fut = async move { env.store.heartbeat(&leases, env.config.lease).await };
         ctx.spawn(fut.into_actor(self).map(|report, act, _| match report {
             Ok(report) => {
-                for id in report.lost {
-                    if let Some(r) = act.running.get(&id) {
-                        tracing::warn!(task = %id, "lease lost; stopping the job");
+                for token in report.lost {
+                    if let Some(r) = act.running.get(&token) {
+                        tracing::warn!(task = %r.lease.task_id, "lease lost; stopping the job");
                         r.cancel.cancel();
                     }
                 }
-                for id in report.cancel_requested {
-                    if let Some(r) = act.running.get(&id) {
+                for token in report.cancel_requested {
+                    if let Some(r) = act.running.get(&token) {
                         r.cancel.cancel();
                     }
                 }
@@ -208,12 +215,29 @@ impl Handler<Wake> for Dispatcher {
         ctx.spawn(fut.into_actor(self).map(|claimed, act, ctx| {
             act.claiming = false;
             match claimed {
+                // Draining began while this claim was in flight: hand the
+                // tasks straight back.
+                Ok(tasks) if act.draining => {
+                    let env = act.env.clone();
+                    let done = act.claim_drained.take();
+                    actix::spawn(async move {
+                        for task in tasks {
+                            release(&env, &task.lease).await;
+                        }
+                        if let Some(done) = done {
+                            let _ = done.send(());
+                        }
+                    });
+                }
                 Ok(tasks) => {
                     for task in tasks {
                         act.start_task(task, ctx);
                     }
                 }
                 Err(e) => tracing::warn!("claim failed: {e}"),
+            }
+            if let Some(done) = act.claim_drained.take() {
+                let _ = done.send(());
             }
             if std::mem::take(&mut act.again) {
                 ctx.notify(Wake);
@@ -245,7 +269,7 @@ impl Handler<CancelTask> for Dispatcher {
     type Result = ();
 
     fn handle(&mut self, msg: CancelTask, _: &mut Context<Self>) {
-        if let Some(r) = self.running.get(&msg.0) {
+        for r in self.running.values().filter(|r| r.lease.task_id == msg.0) {
             r.cancel.cancel();
         }
     }
@@ -263,32 +287,52 @@ impl Handler<Drain> for Dispatcher {
 
     fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> Self::Result {
         self.draining = true;
-        let leases: Vec<Lease> = self.running.values().map(|r| r.lease).collect();
-        let cancels: Vec<CancelToken> = self.running.values().map(|r| r.cancel.clone()).collect();
+        let claim_done = self.claiming.then(|| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.claim_drained = Some(tx);
+            rx
+        });
+        let running: Vec<(Lease, CancelToken)> = self
+            .running
+            .values()
+            .map(|r| (r.lease, r.cancel.clone()))
+            .collect();
         let env = self.env.clone();
         Box::pin(async move {
-            for lease in &leases {
-                if let Err(e) = env.store.release(lease).await {
-                    tracing::warn!(task = %lease.task_id, "could not release task: {e}");
+            for (lease, cancel) in &running {
+                // Stop only jobs whose task is safely back in the queue; the
+                // rest finish and record their outcome as usual.
+                if release(&env, lease).await {
+                    cancel.cancel();
                 }
             }
-            for c in cancels {
-                c.cancel();
+            if let Some(done) = claim_done {
+                let _ = tokio::time::timeout(Duration::from_secs(5), done).await;
             }
-            if !leases.is_empty() {
-                tracing::info!("handed {} running task(s) back to the queue", leases.len());
+            if !running.is_empty() {
+                tracing::info!("handed {} running task(s) back to the queue", running.len());
             }
         })
+    }
+}
+
+/// Hands a task back to the queue; says whether it worked.
+async fn release(env: &Env, lease: &Lease) -> bool {
+    match env.store.release(lease).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(task = %lease.task_id, "could not release task: {e}");
+            false
+        }
     }
 }
 
 /// Runs one claimed task to its recorded end.
 async fn execute(env: Arc<Env>, task: ClaimedTask, cancel: CancelToken, me: Addr<Dispatcher>) {
     let lease = task.lease;
-    let workdir = env
-        .config
-        .scratch
-        .join(format!("{}-{}", lease.task_id, lease.attempt));
+    // Named by lease token: unique to this attempt, even where processes
+    // share a scratch folder or a released attempt's number is reused.
+    let workdir = env.config.scratch.join(lease.token.to_string());
     let progress = ProgressReporter::default();
     let ran = run(&env, &task, &workdir, cancel, progress.clone()).await;
     me.do_send(WorkerFreed);
@@ -316,8 +360,23 @@ async fn execute(env: Arc<Env>, task: ClaimedTask, cancel: CancelToken, me: Addr
     // The last progress report is always written (with the outcome),
     // however recent the one before it was.
     let last = progress.take_newer(&mut 0);
-    record(&env, &lease, finish, last.as_ref()).await;
+    let stored: Vec<String> = match &finish {
+        Finish::Succeeded { artifacts, .. } => artifacts.iter().map(|a| a.key.clone()).collect(),
+        _ => Vec::new(),
+    };
+    if !record(&env, &lease, finish, last.as_ref()).await {
+        // Nothing references these objects: the outcome was not recorded.
+        delete_objects(&env, &stored).await;
+    }
     remove_dir(&workdir).await;
+}
+
+async fn delete_objects(env: &Env, keys: &[String]) {
+    for key in keys {
+        if let Err(e) = env.objects.delete(key).await {
+            tracing::warn!(%key, "could not delete an unreferenced object: {e}");
+        }
+    }
 }
 
 /// Retry transient failures while attempts remain; fail the rest for good.
@@ -334,22 +393,37 @@ fn after_failure(env: &Env, task: &ClaimedTask, error: JobError) -> Finish {
     }
 }
 
-/// Writes the end of an attempt, retrying briefly if the store is down. If
-/// it stays down, the lease expires and the task is rescued: at least once,
-/// never lost.
-async fn record(env: &Env, lease: &Lease, finish: Finish, progress: Option<&Progress>) {
+/// Writes the end of an attempt and says whether it was recorded. While the
+/// store is unreachable it keeps trying (the task stays in `running`, so
+/// its lease keeps being extended once the store is back); a lost lease
+/// means another attempt owns the task now.
+async fn record(env: &Env, lease: &Lease, finish: Finish, progress: Option<&Progress>) -> bool {
+    let mut finish = finish;
     let mut delay = Duration::from_millis(100);
-    for _ in 0..5 {
+    loop {
         match env.store.finish(lease, finish.clone(), progress).await {
-            Ok(()) => return,
+            Ok(()) => return true,
             Err(StoreError::LeaseLost(id)) => {
                 tracing::info!(task = %id, attempt = lease.attempt, "lease lost; this attempt's outcome is discarded");
-                return;
+                return false;
             }
-            Err(e) => {
-                tracing::warn!(task = %lease.task_id, "could not record outcome: {e}");
+            // The outcome itself cannot be stored: record that instead, so
+            // the task ends rather than being re-run to the same end.
+            Err(StoreError::Rejected(why)) if !matches!(finish, Finish::Failed(_)) => {
+                tracing::error!(task = %lease.task_id, "outcome rejected by the store: {why}");
+                finish = Finish::Failed(JobError::new(
+                    ErrorCode::Internal,
+                    format!("the task's outcome could not be stored: {why}"),
+                ));
+            }
+            Err(StoreError::Rejected(why)) => {
+                tracing::error!(task = %lease.task_id, "failure rejected by the store: {why}");
+                return false;
+            }
+            Err(StoreError::Unavailable(why)) => {
+                tracing::warn!(task = %lease.task_id, "could not record outcome, retrying in {delay:?}: {why}");
                 tokio::time::sleep(delay).await;
-                delay *= 2;
+                delay = (delay * 2).min(Duration::from_secs(10));
             }
         }
     }
@@ -479,6 +553,8 @@ async fn fetch(env: &Env, key: &str, path: &Path) -> Result<(), JobError> {
     })
 }
 
+/// Stores a successful job's artifacts; on failure, deletes those already
+/// stored, so an attempt leaves all of its artifacts or none.
 async fn store_artifacts(
     env: &Env,
     lease: &Lease,
@@ -488,20 +564,24 @@ async fn store_artifacts(
     for artifact in &outcome.artifacts {
         let key = ObjectKey::Artifact {
             task: lease.task_id,
-            attempt: lease.attempt,
+            lease: lease.token,
             name: artifact.name.clone(),
         }
         .as_string();
-        let meta = ports::put_file(env.objects.as_ref(), &key, &artifact.path)
-            .await
-            .map_err(JobError::storage)?;
-        stored.push(StoredArtifact {
-            name: artifact.name.clone(),
-            size: meta.size as i64,
-            sha256: meta.sha256,
-            content_type: artifact.content_type.clone(),
-            key,
-        });
+        match ports::put_file(env.objects.as_ref(), &key, &artifact.path).await {
+            Ok(meta) => stored.push(StoredArtifact {
+                name: artifact.name.clone(),
+                size: meta.size as i64,
+                sha256: meta.sha256,
+                content_type: artifact.content_type.clone(),
+                key,
+            }),
+            Err(e) => {
+                let keys: Vec<String> = stored.into_iter().map(|a| a.key).collect();
+                delete_objects(env, &keys).await;
+                return Err(JobError::storage(e));
+            }
+        }
     }
     Ok(stored)
 }

@@ -24,6 +24,10 @@ pub enum ErrorCode {
     UnknownColumn,
     DuplicateColumn,
     TooManyCategories,
+    /// The encoded data would not fit the memory budget.
+    DataTooLarge,
+    /// Training produced a non-finite loss.
+    Diverged,
     SingleClass,
     TooFewRows,
     ModelNotFound,
@@ -55,6 +59,8 @@ impl ErrorCode {
             Self::UnknownColumn => "unknown_column",
             Self::DuplicateColumn => "duplicate_column",
             Self::TooManyCategories => "too_many_categories",
+            Self::DataTooLarge => "data_too_large",
+            Self::Diverged => "diverged",
             Self::SingleClass => "single_class",
             Self::TooFewRows => "too_few_rows",
             Self::ModelNotFound => "model_not_found",

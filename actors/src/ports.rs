@@ -27,6 +27,10 @@ pub enum StoreError {
     LeaseLost(Uuid),
     #[error("task store unavailable: {0}")]
     Unavailable(String),
+    /// The store refused the write itself (bad data, a broken constraint):
+    /// retrying the same write cannot help.
+    #[error("task store rejected the write: {0}")]
+    Rejected(String),
 }
 
 /// Durable task state: the queue the dispatcher claims from.
@@ -83,11 +87,12 @@ pub trait TaskStore: Send + Sync + 'static {
 pub enum ObjectKey {
     /// The `position`-th input file of a task.
     Input { task: Uuid, position: i32 },
-    /// An artifact of one attempt of a task. Keyed by attempt so that a
-    /// worker whose lease was lost can never overwrite a newer attempt's file.
+    /// An artifact of one attempt of a task. Keyed by the attempt's lease
+    /// token, which no other attempt ever holds, so a worker whose lease was
+    /// lost can never overwrite a newer attempt's file.
     Artifact {
         task: Uuid,
-        attempt: i32,
+        lease: Uuid,
         name: String,
     },
 }
@@ -96,11 +101,7 @@ impl ObjectKey {
     pub fn as_string(&self) -> String {
         match self {
             Self::Input { task, position } => format!("inputs/{task}/{position}"),
-            Self::Artifact {
-                task,
-                attempt,
-                name,
-            } => format!("artifacts/{task}/{attempt}/{name}"),
+            Self::Artifact { task, lease, name } => format!("artifacts/{task}/{lease}/{name}"),
         }
     }
 }

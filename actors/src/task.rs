@@ -183,11 +183,11 @@ pub enum Finish {
     Cancelled,
 }
 
-/// What a heartbeat learns about the leases it extended.
+/// What a heartbeat learns about the leases it extended, by lease token.
 #[derive(Debug, Clone, Default)]
 pub struct HeartbeatReport {
     /// Leases that no longer hold: the task was rescued or finished elsewhere.
     pub lost: Vec<Uuid>,
-    /// Tasks whose cancellation was requested.
+    /// Leases whose task a user asked to cancel.
     pub cancel_requested: Vec<Uuid>,
 }

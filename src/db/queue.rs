@@ -100,8 +100,8 @@ async fn record_outputs(
                 &lease.task_id,
                 &m.kind,
                 &m.target,
-                &m.spec,
-                &m.metrics,
+                &jsonb(&m.spec),
+                &jsonb(&m.metrics),
                 &key_of(&m.weights_artifact)?,
                 &key_of(&m.spec_artifact)?,
             ],
@@ -126,8 +126,28 @@ fn unavailable(e: DbError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// Data exceptions (class 22) and integrity violations (class 23) are about
+/// the write itself; anything else is the database being unreachable or busy.
 fn query(e: tokio_postgres::Error) -> StoreError {
-    unavailable(DbError::Query(e))
+    match e.code().map(|c| &c.code()[..2]) {
+        Some("22" | "23") => StoreError::Rejected(e.to_string()),
+        _ => unavailable(DbError::Query(e)),
+    }
+}
+
+/// A copy of `value` that Postgres accepts as jsonb: it refuses the NUL
+/// character, which job output can carry over from user data.
+fn jsonb(value: &Value) -> Value {
+    match value {
+        Value::String(s) if s.contains('\0') => Value::String(s.replace('\0', "\u{fffd}")),
+        Value::Array(items) => Value::Array(items.iter().map(jsonb).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.replace('\0', "\u{fffd}"), jsonb(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
 }
 
 fn millis(d: Duration) -> f64 {
@@ -189,18 +209,18 @@ impl TaskStore for PgTaskStore {
             .map_err(query)?;
         let held: Vec<(Uuid, bool)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
         Ok(HeartbeatReport {
-            lost: ids
+            lost: tokens
                 .iter()
-                .filter(|id| !held.iter().any(|(h, _)| h == *id))
+                .filter(|token| !held.iter().any(|(h, _)| h == *token))
                 .copied()
                 .collect(),
-            cancel_requested: held.iter().filter(|(_, c)| *c).map(|(id, _)| *id).collect(),
+            cancel_requested: held.iter().filter(|(_, c)| *c).map(|(t, _)| *t).collect(),
         })
     }
 
     async fn save_progress(&self, lease: &Lease, progress: &Progress) -> Result<bool, StoreError> {
         let client = self.client().await?;
-        let value = serde_json::to_value(progress).unwrap_or(Value::Null);
+        let value = jsonb(&serde_json::to_value(progress).unwrap_or(Value::Null));
         let statement = client
             .prepare_cached(
                 "UPDATE tasks SET progress = $3, updated_at = now()
@@ -221,17 +241,20 @@ impl TaskStore for PgTaskStore {
         finish: Finish,
         progress: Option<&Progress>,
     ) -> Result<(), StoreError> {
-        let progress = progress.map(|p| serde_json::to_value(p).unwrap_or(Value::Null));
+        let progress = progress.map(|p| jsonb(&serde_json::to_value(p).unwrap_or(Value::Null)));
         let mut client = self.client().await?;
-        let (error, delay);
+        let (result, error, delay);
         let (sql, extra): (&str, Vec<&(dyn ToSql + Sync)>) = match &finish {
-            Finish::Succeeded { result, .. } => (SUCCEEDED, vec![result]),
+            Finish::Succeeded { result: r, .. } => {
+                result = jsonb(r);
+                (SUCCEEDED, vec![&result])
+            }
             Finish::Failed(e) => {
-                error = e.to_json();
+                error = jsonb(&e.to_json());
                 (FAILED, vec![&error])
             }
             Finish::Retry { error: e, delay: d } => {
-                (error, delay) = (e.to_json(), millis(*d));
+                (error, delay) = (jsonb(&e.to_json()), millis(*d));
                 (RETRY, vec![&error, &delay])
             }
             Finish::Cancelled => (CANCELLED, vec![]),

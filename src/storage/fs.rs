@@ -21,7 +21,20 @@ pub struct FsStore {
 impl FsStore {
     pub fn new(root: impl Into<PathBuf>) -> std::io::Result<Self> {
         let root = root.into();
-        std::fs::create_dir_all(root.join(".tmp"))?;
+        let tmp = root.join(".tmp");
+        std::fs::create_dir_all(&tmp)?;
+        // Uploads cut off by a crash leave temporary files; an upload still
+        // running after a day is not coming back either.
+        let day_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400);
+        for entry in std::fs::read_dir(&tmp)?.flatten() {
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t < day_ago);
+            if stale {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         Ok(Self { root })
     }
 
@@ -119,9 +132,15 @@ impl ObjectStore for FsStore {
     }
 
     /// A hard link when the scratch folder shares the filesystem (the
-    /// default layout): staging a large input then costs nothing.
+    /// default layout): staging a large input then costs nothing. The
+    /// destination is removed first: copying onto an existing hard link of
+    /// the object would truncate the object itself.
     async fn fetch_to(&self, key: &str, path: &Path) -> Result<(), ObjectError> {
         let source = self.path(key)?;
+        match tokio::fs::remove_file(path).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
         match tokio::fs::hard_link(&source, path).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(not_found(key, e)),
@@ -176,6 +195,24 @@ mod tests {
             std::fs::read_dir(dir.path().join(".tmp")).unwrap().count(),
             0
         );
+    }
+
+    #[tokio::test]
+    async fn fetching_twice_to_one_path_keeps_the_object_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::new(dir.path().join("objects")).unwrap();
+        let mut upload = Upload::start(&store, "inputs/t/0").await.unwrap();
+        upload
+            .write(Bytes::from_static(b"a,b\n1,2\n"))
+            .await
+            .unwrap();
+        upload.finish().await.unwrap();
+        let staged = dir.path().join("staged.csv");
+        store.fetch_to("inputs/t/0", &staged).await.unwrap();
+        store.fetch_to("inputs/t/0", &staged).await.unwrap();
+        assert_eq!(std::fs::read(&staged).unwrap(), b"a,b\n1,2\n");
+        let body = store.open("inputs/t/0").await.unwrap();
+        assert_eq!(body.size, 8, "the stored object is intact");
     }
 
     #[tokio::test]

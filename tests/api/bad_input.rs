@@ -92,6 +92,13 @@ async fn bad_files_fail_the_task_with_a_named_error() {
             "too_few_rows",
             "0 data row",
         ),
+        (
+            "too wide to encode",
+            too_wide(),
+            json!({"target": "y"}),
+            "data_too_large",
+            "features",
+        ),
     ];
     let mut ids = Vec::new();
     for (name, file, params, _, _) in &cases {
@@ -289,6 +296,16 @@ async fn bodies_over_the_limit_are_413_and_leave_no_files() {
     assert_eq!(files, 0, "rejected uploads leave no objects");
     let (_, page) = app.get("/api/v1/tasks").await;
     assert!(page["tasks"].as_array().unwrap().is_empty());
+}
+
+/// 51,000 rows whose text column has 1,000 levels: a 51 M-value one-hot
+/// matrix, over the 50 M limit, from a file of half a megabyte.
+fn too_wide() -> Vec<u8> {
+    let mut csv = String::from("code,y\n");
+    for i in 0..51_000 {
+        csv.push_str(&format!("c{},{}\n", i % 1000, i % 2));
+    }
+    csv.into_bytes()
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

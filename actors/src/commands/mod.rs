@@ -124,6 +124,13 @@ fn parse_params<P: DeserializeOwned>(params: Value) -> Result<P, SubmitError> {
     } else {
         params
     };
+    if let Some(field) = nul_string(&params, String::new()) {
+        // Postgres cannot store NUL in text or JSON; no real param needs it.
+        return Err(SubmitError::param(
+            if field.is_empty() { "params" } else { &field },
+            "must not contain NUL characters",
+        ));
+    }
     serde_path_to_error::deserialize(params).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
@@ -139,6 +146,30 @@ fn parse_params<P: DeserializeOwned>(params: Value) -> Result<P, SubmitError> {
             message: inner,
         }
     })
+}
+
+/// The path of the first string (key or value) holding a NUL character.
+fn nul_string(value: &Value, path: String) -> Option<String> {
+    match value {
+        Value::String(s) if s.contains('\0') => Some(path),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_string(v, format!("{path}[{i}]"))),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let here = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            if k.contains('\0') {
+                Some(path.clone())
+            } else {
+                nul_string(v, here)
+            }
+        }),
+        _ => None,
+    }
 }
 
 fn field_in_message(message: &str) -> Option<String> {
@@ -204,6 +235,24 @@ mod tests {
             .unwrap_err();
         assert!(
             matches!(&err, SubmitError::InvalidParams { field, .. } if field == "hidden[1]"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn nul_characters_are_refused_naming_the_field() {
+        let commands = Commands::standard(false);
+        let train = commands.get("train").unwrap();
+        let err = train.check(json!({"target": "y\0"}), 1).unwrap_err();
+        assert!(
+            matches!(&err, SubmitError::InvalidParams { field, .. } if field == "target"),
+            "{err:?}"
+        );
+        let err = train
+            .check(json!({"target": "y", "features": ["a", "\0"]}), 1)
+            .unwrap_err();
+        assert!(
+            matches!(&err, SubmitError::InvalidParams { field, .. } if field == "features[1]"),
             "{err:?}"
         );
     }

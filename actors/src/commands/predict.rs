@@ -63,7 +63,7 @@ impl Command for Predict {
                 ),
             ));
         }
-        let has_target = headers.contains(&spec.target);
+        let mut has_target = headers.contains(&spec.target);
         if has_target {
             kinds.push((
                 spec.target.clone(),
@@ -73,13 +73,27 @@ impl Command for Predict {
                 },
             ));
         }
-        let data = table::load(path, &headers, &kinds, &ctx.cancel)?;
+        let mut note = None;
+        let data = match table::load(path, &headers, &kinds, &ctx.cancel) {
+            Ok(data) => data,
+            // The target column is only used for scoring: if it is the
+            // problem, predict without it (a feature column that is the
+            // problem fails the reload the same way).
+            Err(e) if has_target && !e.is_cancelled() => {
+                note = Some(format!("target column not scored: {}", e.message));
+                kinds.pop();
+                has_target = false;
+                table::load(path, &headers, &kinds, &ctx.cancel)?
+            }
+            Err(e) => return Err(e),
+        };
         if data.rows == 0 {
             return Err(JobError::new(
                 ErrorCode::TooFewRows,
                 "the file has no data rows",
             ));
         }
+        spec.check_size(data.rows)?;
         let width = spec.input_width();
         let x = network::matrix(&spec.encode(&data)?, data.rows, width);
 
@@ -125,6 +139,7 @@ impl Command for Predict {
                 "rows": data.rows,
                 "predictions": predictions.inline(&spec, INLINE_PREDICTIONS),
                 "metrics": metrics,
+                "note": note,
             }),
             artifacts: vec![ArtifactFile {
                 name: "predictions.csv".into(),

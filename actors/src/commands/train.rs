@@ -218,7 +218,7 @@ impl Command for Train {
             features: data.columns[..features.len()]
                 .iter()
                 .map(|c| Feature::fit(&c.name, &c.data, train_rows))
-                .collect(),
+                .collect::<Result<_, _>>()?,
             classes,
             target_scale: scale,
             hidden: p.hidden.iter().map(|&h| h as i64).collect(),
@@ -234,6 +234,7 @@ impl Command for Train {
                 ),
             ));
         }
+        spec.check_size(rows)?;
         let x = network::matrix(&spec.encode(&data)?, rows, input as usize);
         drop(data);
 
@@ -263,7 +264,18 @@ impl Command for Train {
                 opt.backward_step(&loss);
                 loss_sum += loss.double_value(&[]) * batch.size()[0] as f64;
             }
-            last = fit.evaluate(kind, &net, &spec, loss_sum / train_rows.len() as f64);
+            let train_loss = loss_sum / train_rows.len() as f64;
+            if !train_loss.is_finite() {
+                return Err(JobError::new(
+                    ErrorCode::Diverged,
+                    format!(
+                        "training diverged in epoch {epoch} (the loss is not a finite number); \
+                         try a lower learning_rate than {}",
+                        p.learning_rate
+                    ),
+                ));
+            }
+            last = fit.evaluate(kind, &net, &spec, train_loss);
             let mut progress = Progress::new(
                 f64::from(epoch) / f64::from(p.epochs),
                 format!("epoch {epoch}/{}", p.epochs),
@@ -455,7 +467,7 @@ fn encode_target(
             ))
         }
         ColumnData::Numeric(values) => {
-            let Scale { mean, std } = Scale::fit(values, train_rows);
+            let Scale { mean, std } = Scale::fit(&column.name, values, train_rows)?;
             let y: Vec<f32> = values.iter().map(|v| ((v - mean) / std) as f32).collect();
             Ok((
                 Tensor::from_slice(&y),

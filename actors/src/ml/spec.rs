@@ -60,10 +60,10 @@ impl Feature {
 
     /// Fits the encoding on the training rows only, so validation metrics
     /// are honest.
-    pub fn fit(name: &str, data: &ColumnData, train_rows: &[usize]) -> Self {
-        match data {
+    pub fn fit(name: &str, data: &ColumnData, train_rows: &[usize]) -> Result<Self, JobError> {
+        Ok(match data {
             ColumnData::Numeric(values) => {
-                let Scale { mean, std } = Scale::fit(values, train_rows);
+                let Scale { mean, std } = Scale::fit(name, values, train_rows)?;
                 Self::Numeric {
                     name: name.to_owned(),
                     mean,
@@ -74,7 +74,7 @@ impl Feature {
                 name: name.to_owned(),
                 levels: levels.clone(),
             },
-        }
+        })
     }
 }
 
@@ -86,20 +86,38 @@ pub struct Scale {
 }
 
 impl Scale {
-    /// Mean and standard deviation of `values` over `rows`, skipping missing
-    /// (NaN) values. A constant column gets std 1, so scaling never divides
-    /// by zero.
-    pub fn fit(values: &[f64], rows: &[usize]) -> Self {
+    /// Mean and standard deviation of column `name`'s `values` over `rows`,
+    /// skipping missing (NaN) values. A constant column gets std 1, so
+    /// scaling never divides by zero. Values are divided by their largest
+    /// magnitude first, so sums of huge values cannot overflow.
+    pub fn fit(name: &str, values: &[f64], rows: &[usize]) -> Result<Self, JobError> {
         let present: Vec<f64> = rows
             .iter()
             .map(|&r| values[r])
             .filter(|v| !v.is_nan())
             .collect();
         let n = present.len().max(1) as f64;
-        let mean = present.iter().sum::<f64>() / n;
-        let var = present.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
-        let std = if var.sqrt() > 1e-12 { var.sqrt() } else { 1.0 };
-        Self { mean, std }
+        let peak = present.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let unit = if peak > 0.0 { peak } else { 1.0 };
+        let mean = present.iter().map(|v| v / unit).sum::<f64>() / n;
+        let var = present
+            .iter()
+            .map(|v| (v / unit - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        let (mean, std) = (mean * unit, var.sqrt() * unit);
+        if !mean.is_finite() || !std.is_finite() {
+            return Err(JobError::new(
+                ErrorCode::NonFiniteValue,
+                format!("column \"{name}\" has values too large to scale"),
+            ));
+        }
+        let std = if std > 1e-12 * unit.max(1.0) {
+            std
+        } else {
+            1.0
+        };
+        Ok(Self { mean, std })
     }
 }
 
@@ -199,10 +217,47 @@ impl ModelSpec {
     }
 }
 
+/// Largest encoded matrix (rows × network inputs) a job may build: 200 MB
+/// of f32, held about three times over while training (the full matrix and
+/// its train and validation parts).
+pub const MAX_CELLS: usize = 50_000_000;
+
+impl ModelSpec {
+    /// Refuses data whose encoded matrix would not fit the memory budget,
+    /// before allocating it.
+    pub fn check_size(&self, rows: usize) -> Result<(), JobError> {
+        let width = self.input_width();
+        match rows.checked_mul(width) {
+            Some(cells) if cells <= MAX_CELLS => Ok(()),
+            _ => Err(JobError::new(
+                ErrorCode::DataTooLarge,
+                format!(
+                    "{rows} rows × {width} encoded inputs exceed the limit of {MAX_CELLS} values; \
+                     use fewer rows, or leave wide text columns out with the `features` param"
+                ),
+            )),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ml::table::Column;
+
+    #[test]
+    fn huge_values_scale_without_overflow() {
+        let s = Scale::fit("x", &[1e308, -1e308, 1e308], &[0, 1, 2]).unwrap();
+        assert!(s.mean.is_finite() && s.std.is_finite(), "{s:?}");
+        let s = Scale::fit("x", &[5.0, 5.0], &[0, 1]).unwrap();
+        assert_eq!(
+            s,
+            Scale {
+                mean: 5.0,
+                std: 1.0
+            }
+        );
+    }
 
     #[test]
     fn encodes_standardized_numbers_and_one_hot_levels() {
@@ -223,7 +278,7 @@ mod tests {
                 },
             ],
         };
-        let x = Feature::fit("x", &table.columns[0].data, &[0, 1]);
+        let x = Feature::fit("x", &table.columns[0].data, &[0, 1]).unwrap();
         assert_eq!(
             x,
             Feature::Numeric {

@@ -56,14 +56,6 @@ impl Column {
     }
 }
 
-/// The columns a caller wants, each with a known kind or `None` to infer it.
-#[derive(Debug, Clone, Default)]
-pub struct Wanted {
-    pub columns: Vec<(String, Option<ColumnKind>)>,
-    /// Columns that may be absent (a target column when predicting).
-    pub optional: BTreeSet<String>,
-}
-
 /// What the first pass learns about a column.
 #[derive(Debug, Clone, Default)]
 pub struct ColumnStats {
@@ -350,6 +342,12 @@ fn for_each_record(
                 if row % 65_536 == 0 {
                     cancel.check()?;
                 }
+                if record.as_slice().contains('\0') {
+                    return Err(JobError::new(
+                        ErrorCode::NotCsv,
+                        format!("row {row} contains a NUL byte: the file is not CSV text"),
+                    ));
+                }
                 f(row, &record)?;
             }
             Err(e) => return Err(csv_error(e, headers)),
@@ -441,6 +439,10 @@ mod tests {
             ErrorCode::NonFiniteValue
         );
         assert_eq!(code(scan_all(b"a,b\n1,\xff\xfe\n")), ErrorCode::NotCsv);
+        let mut late_nul = b"a,b\n".to_vec();
+        late_nul.extend(b"1,2\n".repeat(5000));
+        late_nul.extend(b"3,x\x00y\n");
+        assert_eq!(code(scan_all(&late_nul)), ErrorCode::NotCsv);
     }
 
     #[test]

@@ -6,4 +6,4 @@ FROM unnest($1::uuid[], $2::uuid[]) AS l (id, token)
 WHERE t.id = l.id
   AND t.lease_token = l.token
   AND t.status = 'running'
-RETURNING t.id, t.cancel_requested
+RETURNING l.token, t.cancel_requested

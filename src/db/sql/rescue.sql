@@ -16,7 +16,7 @@ SET status           = CASE
                            WHEN t.attempts >= t.max_attempts THEN 'failed'
                            ELSE 'queued'
                        END,
-    run_at           = now() + $1 * interval '1 millisecond' * power(2, greatest(t.attempts - 1, 0)),
+    run_at           = now() + $1 * interval '1 millisecond' * power(2, least(greatest(t.attempts - 1, 0), 16)),
     error            = CASE
                            WHEN t.cancel_requested THEN
                                '{"code": "cancelled", "message": "the task was cancelled"}'::jsonb
