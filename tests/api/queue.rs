@@ -269,3 +269,40 @@ async fn ml_threads_run_at_a_lower_os_priority() {
         "ML threads {ml_threads:?} vs process {base}"
     );
 }
+
+#[actix_web::test]
+async fn a_worker_that_loses_its_lease_stops_and_writes_nothing() {
+    let app = spawn_app().await;
+    let id = app
+        .submit("sleep", json!({"ms": 60000, "steps": 600}))
+        .await;
+    app.wait_for(id, WITHIN, |t| t["status"] == "running").await;
+    // Another process takes the task over, as after a rescue: new token.
+    let usurper = Uuid::new_v4();
+    let client = app.db.get().await.unwrap();
+    client
+        .execute(
+            "UPDATE tasks SET lease_token = $2, claimed_by = 'usurper', attempts = attempts + 1
+             WHERE id = $1",
+            &[&id, &usurper],
+        )
+        .await
+        .unwrap();
+    // The heartbeat notices, the job stops, and the worker is free again.
+    eventually(WITHIN, || async {
+        let (_, ready) = app.get("/readyz").await;
+        (ready["workers"]["detail"][0]["state"] == "idle").then_some(())
+    })
+    .await;
+    let task = app.task(id).await;
+    assert_eq!(
+        task["status"], "running",
+        "the old attempt wrote no outcome: {task:#}"
+    );
+    let owner: String = client
+        .query_one("SELECT claimed_by FROM tasks WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owner, "usurper");
+}
