@@ -94,10 +94,10 @@ impl Application {
             // Its own connections, opened and driven on the dispatcher's
             // arbiter: busy HTTP handlers cannot starve the queue, and
             // stopping the HTTP workers does not close them.
-            Arc::new(PgTaskStore::new(db::queue_pool(
-                &settings,
-                pool_config.workers + 4,
-            )?)),
+            Arc::new(PgTaskStore::with_pools(
+                db::queue_pool(&settings, pool_config.workers + 2, true)?,
+                db::queue_pool(&settings, pool_config.workers + 2, false)?,
+            )),
             objects.clone(),
             commands.clone(),
             ml,

@@ -22,8 +22,14 @@ use mlq_actors::task::{
 use super::tasks::json_column;
 use super::DbError;
 
+/// Two pools: outcomes commit durably; claims, heartbeats, progress and
+/// rescues commit without waiting for the WAL flush. Losing one of those in
+/// a database crash is harmless: the task is still queued or its lease
+/// simply expires, and fencing rejects whatever an orphaned attempt writes.
+/// Only a recorded outcome must survive, and it waits for the flush.
 pub struct PgTaskStore {
-    pool: Pool,
+    durable: Pool,
+    fast: Pool,
 }
 
 // Each ends an attempt, fenced by its lease ($1 task, $2 token), keeping
@@ -113,12 +119,21 @@ async fn record_outputs(
 }
 
 impl PgTaskStore {
+    /// A store on one pool, committing everything durably.
     pub fn new(pool: Pool) -> Self {
-        Self { pool }
+        Self::with_pools(pool.clone(), pool)
+    }
+
+    pub fn with_pools(durable: Pool, fast: Pool) -> Self {
+        Self { durable, fast }
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
-        self.pool.get().await.map_err(|e| unavailable(e.into()))
+        self.durable.get().await.map_err(|e| unavailable(e.into()))
+    }
+
+    async fn fast_client(&self) -> Result<deadpool_postgres::Client, StoreError> {
+        self.fast.get().await.map_err(|e| unavailable(e.into()))
     }
 }
 
@@ -163,7 +178,7 @@ impl TaskStore for PgTaskStore {
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<ClaimedTask>, StoreError> {
-        let client = self.client().await?;
+        let client = self.fast_client().await?;
         let statement = client
             .prepare_cached(include_str!("sql/claim.sql"))
             .await
@@ -199,7 +214,7 @@ impl TaskStore for PgTaskStore {
     ) -> Result<HeartbeatReport, StoreError> {
         let ids: Vec<Uuid> = leases.iter().map(|l| l.task_id).collect();
         let tokens: Vec<Uuid> = leases.iter().map(|l| l.token).collect();
-        let client = self.client().await?;
+        let client = self.fast_client().await?;
         let rows = client
             .query(
                 include_str!("sql/heartbeat.sql"),
@@ -219,7 +234,7 @@ impl TaskStore for PgTaskStore {
     }
 
     async fn save_progress(&self, lease: &Lease, progress: &Progress) -> Result<bool, StoreError> {
-        let client = self.client().await?;
+        let client = self.fast_client().await?;
         let value = jsonb(&serde_json::to_value(progress).unwrap_or(Value::Null));
         let statement = client
             .prepare_cached(
@@ -289,7 +304,7 @@ impl TaskStore for PgTaskStore {
     }
 
     async fn rescue_expired(&self, backoff_base: Duration) -> Result<u64, StoreError> {
-        let client = self.client().await?;
+        let client = self.fast_client().await?;
         let rows = client
             .query(include_str!("sql/rescue.sql"), &[&millis(backoff_base)])
             .await
@@ -302,7 +317,7 @@ impl TaskStore for PgTaskStore {
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
-        let client = self.client().await?;
+        let client = self.fast_client().await?;
         client
             .execute(
                 r#"WITH released AS (
