@@ -306,3 +306,27 @@ async fn a_worker_that_loses_its_lease_stops_and_writes_nothing() {
         .get(0);
     assert_eq!(owner, "usurper");
 }
+
+#[actix_web::test]
+async fn notifications_start_and_cancel_tasks_without_waiting_for_a_poll() {
+    // Polling and heartbeats far slower than the deadlines below: only
+    // LISTEN/NOTIFY can meet them.
+    let app = spawn_app_with(|s| {
+        s.poll = Duration::from_secs(600);
+        s.heartbeat = Duration::from_secs(300);
+        s.lease = Duration::from_secs(600);
+        s.rescue_every = Duration::from_secs(600);
+    })
+    .await;
+    let id = app
+        .submit("sleep", json!({"ms": 60000, "steps": 600}))
+        .await;
+    app.wait_for(id, Duration::from_secs(10), |t| t["status"] == "running")
+        .await;
+    let (status, _) = app
+        .post_json(&format!("/api/v1/tasks/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, awc::http::StatusCode::OK);
+    app.wait_for(id, Duration::from_secs(10), |t| t["status"] == "cancelled")
+        .await;
+}
