@@ -10,7 +10,7 @@ export LIBTORCH := $(BUILD_CACHE)/libtorch-2.11.0
 export CARGO_TARGET_DIR ?= $(BUILD_CACHE)/target
 CARGO ?= cargo
 
-.PHONY: run test bench deps libtorch db build lint clean-test-dbs
+.PHONY: run test bench deps libtorch db s3s-fs lint clean-test-dbs
 
 ## run: set up what is missing, build, and start mlq on http://127.0.0.1:8080
 run: deps
@@ -18,11 +18,11 @@ run: deps
 	$(CARGO_TARGET_DIR)/release/mlq serve
 
 ## test: set up what is missing and run every check and test
-test: deps lint clean-test-dbs
+test: deps s3s-fs lint clean-test-dbs
 	$(CARGO) test --workspace
 
 ## bench: benchmarks; tables on stdout, JSON under target/bench/
-bench: deps
+bench: deps s3s-fs
 	$(CARGO) bench --bench pipeline
 
 deps: libtorch db
@@ -32,6 +32,11 @@ libtorch:
 
 db:
 	@scripts/postgres.sh
+
+# A real S3-protocol server for tests and benchmarks. Later versions need a
+# newer rustc than this project's.
+s3s-fs:
+	@command -v s3s-fs >/dev/null || $(CARGO) install s3s-fs --version =0.14.1 --features binary --locked
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -27,8 +27,29 @@ pub struct Settings {
     pub bind: String,
     /// `MLQ_HTTP_WORKERS`: async HTTP arbiters (threads).
     pub http_workers: Option<usize>,
-    /// `MLQ_DATA_DIR`: stored objects and scratch space.
+    /// `MLQ_DATA_DIR`: scratch space, and stored objects with `storage = "fs"`.
     pub data_dir: PathBuf,
+    /// `MLQ_STORAGE`: where inputs and artifacts live, `fs` or `s3`.
+    pub storage: StorageKind,
+    /// `MLQ_S3_ENDPOINT`: e.g. `http://127.0.0.1:9000` for MinIO; unset for AWS.
+    pub s3_endpoint: Option<String>,
+    /// `MLQ_S3_REGION`.
+    pub s3_region: String,
+    /// `MLQ_S3_BUCKET`.
+    pub s3_bucket: String,
+    /// `MLQ_S3_PATH_STYLE`: `http://host/bucket/key` rather than
+    /// `http://bucket.host/key` (MinIO and most self-hosted servers).
+    pub s3_path_style: bool,
+    /// `MLQ_S3_ACCESS_KEY` / `MLQ_S3_SECRET_KEY`; when unset, the standard
+    /// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` are used.
+    pub s3_access_key: Option<String>,
+    pub s3_secret_key: Option<SecretString>,
+    /// `MLQ_S3_CREATE_BUCKET`: create the bucket at start if it is missing.
+    pub s3_create_bucket: bool,
+    /// `MLQ_S3_PART_SIZE`: multipart part size in bytes (at least 5 MiB).
+    pub s3_part_size: usize,
+    /// `MLQ_S3_PARTS_IN_FLIGHT`: parts uploaded at once per file.
+    pub s3_parts_in_flight: usize,
     /// `MLQ_WORKERS`: ML worker threads (default: cores − 1, at least 1).
     pub workers: Option<usize>,
     /// `MLQ_TORCH_THREADS`: libtorch threads per worker (default: (cores − 1) ÷ workers).
@@ -71,6 +92,16 @@ impl Default for Settings {
             bind: "127.0.0.1:8080".into(),
             http_workers: None,
             data_dir: PathBuf::from("./data"),
+            storage: StorageKind::Fs,
+            s3_endpoint: None,
+            s3_region: "us-east-1".into(),
+            s3_bucket: "mlq".into(),
+            s3_path_style: true,
+            s3_access_key: None,
+            s3_secret_key: None,
+            s3_create_bucket: false,
+            s3_part_size: 8 << 20,
+            s3_parts_in_flight: 2,
             workers: None,
             torch_threads: None,
             worker_nice: 10,
@@ -88,6 +119,13 @@ impl Default for Settings {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    Fs,
+    S3,
+}
+
 /// Every setting, as read from `MLQ_<KEY>` environment variables.
 const ENV_KEYS: &[&str] = &[
     "database_url",
@@ -95,6 +133,16 @@ const ENV_KEYS: &[&str] = &[
     "bind",
     "http_workers",
     "data_dir",
+    "storage",
+    "s3_endpoint",
+    "s3_region",
+    "s3_bucket",
+    "s3_path_style",
+    "s3_access_key",
+    "s3_secret_key",
+    "s3_create_bucket",
+    "s3_part_size",
+    "s3_parts_in_flight",
     "workers",
     "torch_threads",
     "worker_nice",
@@ -160,6 +208,9 @@ impl Settings {
                 self.heartbeat, self.lease
             ));
         }
+        if self.s3_part_size < 5 << 20 {
+            return Err("s3_part_size must be at least 5 MiB (5242880), the S3 minimum".into());
+        }
         if self.max_attempts < 1 {
             return Err("max_attempts must be at least 1".into());
         }
@@ -193,6 +244,23 @@ impl Settings {
         }
         pool.nice = self.worker_nice;
         pool
+    }
+
+    pub fn s3(&self) -> crate::storage::S3Config {
+        crate::storage::S3Config {
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            bucket: self.s3_bucket.clone(),
+            path_style: self.s3_path_style,
+            access_key: self.s3_access_key.clone(),
+            secret_key: self
+                .s3_secret_key
+                .as_ref()
+                .map(|s| s.expose_secret().to_owned()),
+            create_bucket: self.s3_create_bucket,
+            part_size: self.s3_part_size,
+            parts_in_flight: self.s3_parts_in_flight,
+        }
     }
 
     pub fn objects_dir(&self) -> PathBuf {

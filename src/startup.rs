@@ -14,10 +14,10 @@ use mlq_actors::dispatcher::{Dispatcher, DispatcherConfig, Drain};
 use mlq_actors::pool::{MlWorker, WorkerBoard};
 use mlq_actors::ports::ObjectStore;
 
-use crate::config::Settings;
+use crate::config::{Settings, StorageKind};
 use crate::db::{self, queue::PgTaskStore, DbError};
 use crate::http::{self, AppState};
-use crate::storage::FsStore;
+use crate::storage::{FsStore, S3Store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -25,6 +25,8 @@ pub enum StartupError {
     Config(String),
     #[error(transparent)]
     Db(#[from] DbError),
+    #[error(transparent)]
+    Storage(#[from] crate::storage::s3::S3SetupError),
     #[error("cannot use data directory {path}: {source}")]
     DataDir {
         path: String,
@@ -50,13 +52,17 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         settings.validate().map_err(StartupError::Config)?;
         let pool = db::connect(&settings).await?;
-        let objects: Arc<dyn ObjectStore> =
-            Arc::new(FsStore::new(settings.objects_dir()).map_err(|source| {
-                StartupError::DataDir {
-                    path: settings.objects_dir().display().to_string(),
-                    source,
-                }
-            })?);
+        let objects: Arc<dyn ObjectStore> = match settings.storage {
+            StorageKind::Fs => {
+                Arc::new(FsStore::new(settings.objects_dir()).map_err(|source| {
+                    StartupError::DataDir {
+                        path: settings.objects_dir().display().to_string(),
+                        source,
+                    }
+                })?)
+            }
+            StorageKind::S3 => Arc::new(S3Store::connect(&settings.s3()).await?),
+        };
         std::fs::create_dir_all(settings.scratch_dir()).map_err(|source| {
             StartupError::DataDir {
                 path: settings.scratch_dir().display().to_string(),

@@ -568,7 +568,14 @@ async fn store_artifacts(
             name: artifact.name.clone(),
         }
         .as_string();
-        match ports::put_file(env.objects.as_ref(), &key, &artifact.path).await {
+        match ports::put_file(
+            env.objects.as_ref(),
+            &key,
+            &artifact.path,
+            &artifact.content_type,
+        )
+        .await
+        {
             Ok(meta) => stored.push(StoredArtifact {
                 name: artifact.name.clone(),
                 size: meta.size as i64,

@@ -138,12 +138,29 @@ pub trait ObjectWriter: Send {
     async fn abort(self: Box<Self>);
 }
 
+/// A stored object, as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    pub modified: std::time::SystemTime,
+}
+
 /// Byte storage for inputs and artifacts.
 #[async_trait]
 pub trait ObjectStore: Send + Sync + 'static {
-    async fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, ObjectError>;
+    async fn writer(
+        &self,
+        key: &str,
+        content_type: &str,
+    ) -> Result<Box<dyn ObjectWriter>, ObjectError>;
     async fn open(&self, key: &str) -> Result<ObjectBody, ObjectError>;
+    /// Bytes `start..=end` of an object; `end` must be below its size.
+    async fn open_range(&self, key: &str, start: u64, end: u64) -> Result<ObjectBody, ObjectError>;
+    /// Deleting an object that does not exist succeeds.
     async fn delete(&self, key: &str) -> Result<(), ObjectError>;
+    /// Every object whose key starts with `prefix`.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, ObjectError>;
 
     /// Copies an object to a local file, for jobs that need random access.
     async fn fetch_to(&self, key: &str, path: &Path) -> Result<(), ObjectError> {
@@ -174,9 +191,13 @@ pub struct Upload {
 }
 
 impl Upload {
-    pub async fn start(store: &dyn ObjectStore, key: &str) -> Result<Self, ObjectError> {
+    pub async fn start(
+        store: &dyn ObjectStore,
+        key: &str,
+        content_type: &str,
+    ) -> Result<Self, ObjectError> {
         Ok(Self {
-            writer: store.writer(key).await?,
+            writer: store.writer(key, content_type).await?,
             hasher: Sha256::new(),
             size: 0,
         })
@@ -184,6 +205,11 @@ impl Upload {
 
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// The sha256 of what was written so far, in hex.
+    pub fn sha256(&self) -> String {
+        hex_digest(self.hasher.clone())
     }
 
     pub async fn write(&mut self, chunk: Bytes) -> Result<(), ObjectError> {
@@ -210,9 +236,10 @@ pub async fn put_file(
     store: &dyn ObjectStore,
     key: &str,
     path: &Path,
+    content_type: &str,
 ) -> Result<Stored, ObjectError> {
     let mut file = tokio::fs::File::open(path).await?;
-    let mut upload = Upload::start(store, key).await?;
+    let mut upload = Upload::start(store, key, content_type).await?;
     loop {
         let mut buf = vec![0u8; 256 * 1024];
         let n = match file.read(&mut buf).await {

@@ -34,6 +34,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    #[error("the requested range is outside the object's {size} bytes")]
+    RangeNotSatisfiable { size: u64 },
     #[error(transparent)]
     Db(#[from] DbError),
     #[error("object storage: {0}")]
@@ -58,6 +60,7 @@ impl ApiError {
             Self::TooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::NotFound(_) => "not_found",
+            Self::RangeNotSatisfiable { .. } => "range_not_satisfiable",
             Self::Db(e) => e.code(),
             Self::Storage(_) => "storage_error",
         }
@@ -91,6 +94,7 @@ impl ResponseError for ApiError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::Db(e) if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             Self::Db(_) | Self::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -105,7 +109,14 @@ impl ResponseError for ApiError {
         if let Self::InvalidParams { field, .. } = self {
             body["field"] = json!(field);
         }
-        HttpResponse::build(status).json(json!({ "error": body }))
+        let mut response = HttpResponse::build(status);
+        if let Self::RangeNotSatisfiable { size } = self {
+            response.insert_header((
+                actix_web::http::header::CONTENT_RANGE,
+                format!("bytes */{size}"),
+            ));
+        }
+        response.json(json!({ "error": body }))
     }
 }
 

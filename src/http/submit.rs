@@ -202,7 +202,7 @@ async fn store_file(
         .content_type()
         .map(|m| m.essence_str().to_owned())
         .unwrap_or_else(|| "application/octet-stream".into());
-    let mut upload = Upload::start(state.objects.as_ref(), &key).await?;
+    let mut upload = Upload::start(state.objects.as_ref(), &key, &content_type).await?;
     let result = async {
         while let Some(chunk) = field.try_next().await.map_err(multipart_error)? {
             count(received, chunk.len(), limit)?;

@@ -12,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::io::ReaderStream;
 use uuid::Uuid;
 
-use mlq_actors::ports::{ObjectBody, ObjectError, ObjectStore, ObjectWriter};
+use mlq_actors::ports::{ObjectBody, ObjectError, ObjectInfo, ObjectStore, ObjectWriter};
 
 pub struct FsStore {
     root: PathBuf,
@@ -83,9 +83,53 @@ impl ObjectWriter for FsWriter {
     }
 
     async fn abort(self: Box<Self>) {
-        drop(self.file);
-        let _ = tokio::fs::remove_file(&self.tmp).await;
+        // Drop removes the temporary file.
     }
+}
+
+/// A writer dropped unfinished (its request was cancelled when the client
+/// went away) leaves no temporary file behind. After a successful finish the
+/// file has been renamed, and this finds nothing to remove.
+impl Drop for FsWriter {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+/// Collects the objects under `dir` whose key starts with `prefix`.
+fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(rel) = path.strip_prefix(root) else {
+            continue;
+        };
+        let key = rel.to_string_lossy().into_owned();
+        if key.starts_with(".tmp") {
+            continue;
+        }
+        let meta = entry.metadata()?;
+        if meta.is_dir() {
+            // Only descend where the prefix can still match.
+            if prefix.starts_with(&format!("{key}/"))
+                || key.starts_with(prefix)
+                || prefix.is_empty()
+            {
+                walk(root, &path, prefix, out)?;
+            }
+        } else if key.starts_with(prefix) {
+            out.push(ObjectInfo {
+                key,
+                size: meta.len(),
+                modified: meta.modified()?,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn not_found(key: &str, e: std::io::Error) -> ObjectError {
@@ -98,7 +142,7 @@ fn not_found(key: &str, e: std::io::Error) -> ObjectError {
 
 #[async_trait]
 impl ObjectStore for FsStore {
-    async fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, ObjectError> {
+    async fn writer(&self, key: &str, _: &str) -> Result<Box<dyn ObjectWriter>, ObjectError> {
         let dest = self.path(key)?;
         let tmp = self.root.join(".tmp").join(Uuid::new_v4().to_string());
         let file = tokio::fs::File::create(&tmp).await?;
@@ -115,6 +159,33 @@ impl ObjectStore for FsStore {
             size,
             stream: Box::pin(ReaderStream::with_capacity(file, 64 * 1024).map_err(ObjectError::Io)),
         })
+    }
+
+    async fn open_range(&self, key: &str, start: u64, end: u64) -> Result<ObjectBody, ObjectError> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let mut file = tokio::fs::File::open(self.path(key)?)
+            .await
+            .map_err(|e| not_found(key, e))?;
+        file.seek(std::io::SeekFrom::Start(start)).await?;
+        let size = end + 1 - start;
+        Ok(ObjectBody {
+            size,
+            stream: Box::pin(
+                ReaderStream::with_capacity(file.take(size), 64 * 1024).map_err(ObjectError::Io),
+            ),
+        })
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, ObjectError> {
+        let root = self.root.clone();
+        let prefix = prefix.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            walk(&root, &root, &prefix, &mut out)?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| ObjectError::Backend(e.to_string()))?
     }
 
     async fn delete(&self, key: &str) -> Result<(), ObjectError> {
@@ -162,7 +233,9 @@ mod tests {
     async fn objects_appear_only_when_finished() {
         let dir = tempfile::tempdir().unwrap();
         let store = FsStore::new(dir.path()).unwrap();
-        let mut upload = Upload::start(&store, "inputs/t/0").await.unwrap();
+        let mut upload = Upload::start(&store, "inputs/t/0", "text/csv")
+            .await
+            .unwrap();
         upload.write(Bytes::from_static(b"hello ")).await.unwrap();
         assert!(matches!(
             store.open("inputs/t/0").await,
@@ -184,7 +257,9 @@ mod tests {
     async fn aborted_uploads_leave_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = FsStore::new(dir.path()).unwrap();
-        let mut upload = Upload::start(&store, "inputs/t/1").await.unwrap();
+        let mut upload = Upload::start(&store, "inputs/t/1", "text/csv")
+            .await
+            .unwrap();
         upload.write(Bytes::from_static(b"partial")).await.unwrap();
         upload.abort().await;
         assert!(matches!(
@@ -201,7 +276,9 @@ mod tests {
     async fn fetching_twice_to_one_path_keeps_the_object_whole() {
         let dir = tempfile::tempdir().unwrap();
         let store = FsStore::new(dir.path().join("objects")).unwrap();
-        let mut upload = Upload::start(&store, "inputs/t/0").await.unwrap();
+        let mut upload = Upload::start(&store, "inputs/t/0", "text/csv")
+            .await
+            .unwrap();
         upload
             .write(Bytes::from_static(b"a,b\n1,2\n"))
             .await
@@ -220,7 +297,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FsStore::new(dir.path()).unwrap();
         for key in ["../x", "/etc/passwd", "a//b", "a/./b", ""] {
-            assert!(store.writer(key).await.is_err(), "{key}");
+            assert!(store.writer(key, "text/csv").await.is_err(), "{key}");
         }
     }
 }

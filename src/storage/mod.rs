@@ -3,5 +3,7 @@
 //! [`ObjectStore`]: mlq_actors::ports::ObjectStore
 
 pub mod fs;
+pub mod s3;
 
+pub use self::s3::{S3Config, S3Store};
 pub use fs::FsStore;

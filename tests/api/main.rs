@@ -7,3 +7,5 @@ mod cli;
 mod helpers;
 mod ml;
 mod queue;
+mod s3;
+mod storage;

@@ -1,0 +1,266 @@
+//! One storage suite, run against both backends: the filesystem store and
+//! S3 (rust-s3 against a real s3s-fs server).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+
+use mlq::storage::{FsStore, S3Store};
+use mlq_actors::ports::{ObjectError, ObjectStore, Upload};
+
+use crate::helpers::eventually;
+use crate::s3::S3Server;
+
+const MIB: usize = 1 << 20;
+
+/// Deterministic bytes that differ at every offset.
+fn data(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 + i / 251) as u8).collect()
+}
+
+async fn read_all(store: &dyn ObjectStore, key: &str) -> Vec<u8> {
+    let body = store.open(key).await.expect("open");
+    let chunks: Vec<Bytes> = body.stream.map(|c| c.expect("chunk")).collect().await;
+    let bytes = chunks.concat();
+    assert_eq!(bytes.len() as u64, body.size, "declared size matches");
+    bytes
+}
+
+/// Writes `bytes` in uneven chunks, as a network upload arrives.
+async fn put(store: &dyn ObjectStore, key: &str, bytes: &[u8]) -> mlq_actors::ports::Stored {
+    let mut upload = Upload::start(store, key, "application/octet-stream")
+        .await
+        .unwrap();
+    for chunk in bytes.chunks(777_777) {
+        upload.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+    }
+    upload.finish().await.unwrap()
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+async fn suite(store: &dyn ObjectStore) {
+    // A small object: one PUT.
+    let small = data(1000);
+    let stored = put(store, "inputs/t1/0", &small).await;
+    assert_eq!(stored.size, 1000);
+    assert_eq!(stored.sha256, sha256(&small));
+    assert_eq!(read_all(store, "inputs/t1/0").await, small);
+
+    // Across the 5 MiB part size: three parts, the last one short.
+    let big = data(12 * MIB + 12_345);
+    let stored = put(store, "inputs/t1/1", &big).await;
+    assert_eq!(stored.sha256, sha256(&big));
+    assert_eq!(read_all(store, "inputs/t1/1").await, big);
+
+    // Ranges, including the very last byte.
+    for (start, end) in [
+        (0, 0),
+        (10, 19),
+        (5 * MIB as u64 - 3, 5 * MIB as u64 + 3),
+        (big.len() as u64 - 1, big.len() as u64 - 1),
+    ] {
+        let body = store.open_range("inputs/t1/1", start, end).await.unwrap();
+        assert_eq!(body.size, end - start + 1);
+        let got: Vec<Bytes> = body.stream.map(|c| c.unwrap()).collect().await;
+        assert_eq!(
+            got.concat(),
+            &big[start as usize..=end as usize],
+            "range {start}-{end}"
+        );
+    }
+
+    // An aborted upload (after one part went up) leaves no object.
+    let mut upload = Upload::start(store, "inputs/t1/2", "text/csv")
+        .await
+        .unwrap();
+    upload.write(Bytes::from(data(6 * MIB))).await.unwrap();
+    upload.abort().await;
+    assert!(matches!(
+        store.open("inputs/t1/2").await,
+        Err(ObjectError::NotFound(_))
+    ));
+
+    // A writer dropped mid-upload (the client went away) leaves none either.
+    let mut upload = Upload::start(store, "inputs/t1/3", "text/csv")
+        .await
+        .unwrap();
+    upload.write(Bytes::from(data(6 * MIB))).await.unwrap();
+    drop(upload);
+    assert!(matches!(
+        store.open("inputs/t1/3").await,
+        Err(ObjectError::NotFound(_))
+    ));
+
+    // Listing by prefix, and deleting.
+    let mut keys: Vec<String> = store
+        .list("inputs/t1/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["inputs/t1/0", "inputs/t1/1"]);
+    assert!(store.list("artifacts/").await.unwrap().is_empty());
+    store.delete("inputs/t1/0").await.unwrap();
+    store.delete("inputs/t1/0").await.unwrap();
+    assert!(matches!(
+        store.open("inputs/t1/0").await,
+        Err(ObjectError::NotFound(_))
+    ));
+    assert_eq!(store.list("inputs/").await.unwrap().len(), 1);
+}
+
+#[actix_web::test]
+async fn filesystem_store_passes_the_storage_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::new(dir.path()).unwrap();
+    suite(&store).await;
+    let tmp = std::fs::read_dir(dir.path().join(".tmp")).unwrap().count();
+    assert_eq!(tmp, 0, "no temporary files are left");
+}
+
+#[actix_web::test]
+async fn s3_store_passes_the_storage_suite() {
+    let server = S3Server::start();
+    let store = S3Store::connect(&server.config("suite"))
+        .await
+        .expect("bucket is created");
+    suite(&store).await;
+    // Aborted multipart uploads leave nothing on the server's disk: only
+    // the one remaining object (and the server's own metadata for it).
+    let files = eventually(Duration::from_secs(10), || async {
+        let files = server.files();
+        let big: Vec<_> = files
+            .iter()
+            .filter(|f| f.metadata().map(|m| m.len() > MIB as u64).unwrap_or(false))
+            .cloned()
+            .collect();
+        (big.len() == 1).then_some(big)
+    })
+    .await;
+    assert!(files[0].ends_with("inputs/t1/1"), "{files:?}");
+}
+
+#[actix_web::test]
+async fn s3_errors_say_what_is_wrong() {
+    let server = S3Server::start();
+    let mut config = server.config("denied");
+    config.secret_key = Some("wrong-secret".into());
+    let err = S3Store::connect(&config)
+        .await
+        .err()
+        .expect("wrong secret is refused");
+    let message = err.to_string();
+    assert!(
+        message.contains("denied access to bucket \"denied\""),
+        "{message}"
+    );
+
+    let mut config = server.config("missing");
+    config.create_bucket = false;
+    let err = S3Store::connect(&config)
+        .await
+        .err()
+        .expect("missing bucket is reported");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    assert!(err.to_string().contains("MLQ_S3_CREATE_BUCKET"), "{err}");
+}
+
+#[actix_web::test]
+async fn train_and_predict_with_inputs_and_artifacts_in_s3() {
+    use awc::http::StatusCode;
+    use serde_json::json;
+
+    let server = S3Server::start();
+    let app = crate::helpers::spawn_app_with(|s| server.configure(s, "e2e")).await;
+    let id = app
+        .submit_accepted(
+            "train",
+            json!({"target": "label", "epochs": 5}),
+            &[("blobs.csv", &crate::helpers::blobs_csv(300, 3))],
+        )
+        .await;
+    let task = app.finished(id, Duration::from_secs(120)).await;
+    assert_eq!(task["status"], "succeeded", "{task:#}");
+
+    // Everything lives in the bucket; nothing went to the local data dir.
+    let store = S3Store::connect(&server.config("e2e")).await.unwrap();
+    let keys: Vec<String> = store
+        .list("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert!(keys.contains(&format!("inputs/{id}/0")), "{keys:?}");
+    let artifacts = keys
+        .iter()
+        .filter(|k| k.starts_with(&format!("artifacts/{id}/")))
+        .count();
+    assert_eq!(artifacts, 2, "{keys:?}");
+    assert!(!app.settings.objects_dir().join("inputs").exists());
+
+    // predict reads the model's weights back from S3.
+    let model = task["result"]["model_id"].clone();
+    let id = app
+        .submit_accepted(
+            "predict",
+            json!({"model": model}),
+            &[("new.csv", &crate::helpers::blobs_csv(50, 4))],
+        )
+        .await;
+    let task = app.finished(id, Duration::from_secs(120)).await;
+    assert_eq!(task["status"], "succeeded", "{task:#}");
+
+    // Downloads stream from S3, whole or by range.
+    let url = format!("/api/v1/tasks/{id}/artifacts/predictions.csv");
+    let (status, headers, whole) = app.get_bytes(&url).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers.get("accept-ranges").unwrap(), "bytes");
+    assert_eq!(
+        headers.get("content-length").unwrap().to_str().unwrap(),
+        whole.len().to_string()
+    );
+    let mut res = app
+        .client
+        .get(app.url(&url))
+        .insert_header(("range", "bytes=4-13"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        res.headers()
+            .get("content-range")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        format!("bytes 4-13/{}", whole.len())
+    );
+    assert_eq!(res.body().await.unwrap(), &whole[4..14]);
+    let res = app
+        .client
+        .get(app.url(&url))
+        .insert_header(("range", "bytes=999999-"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(
+        res.headers()
+            .get("content-range")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        format!("bytes */{}", whole.len())
+    );
+}
