@@ -173,6 +173,43 @@ pub async fn cancel(client: &mut deadpool_postgres::Client, id: Uuid) -> Result<
     Ok(outcome)
 }
 
+/// Deletes a task with its inputs, artifacts and model rows, and returns
+/// the keys of the objects they referenced (`None` if there is no such
+/// task). A running task is told to stop first; whatever its worker writes
+/// afterwards is fenced out, as its row is gone.
+pub async fn delete(
+    client: &mut deadpool_postgres::Client,
+    id: Uuid,
+) -> Result<Option<Vec<String>>, DbError> {
+    let tx = client.transaction().await?;
+    let status: Option<String> = tx
+        .query_opt("SELECT status FROM tasks WHERE id = $1 FOR UPDATE", &[&id])
+        .await?
+        .map(|r| r.get(0));
+    let Some(status) = status else {
+        return Ok(None);
+    };
+    if status == "running" {
+        tx.execute("SELECT pg_notify('mlq_cancel', $1)", &[&id.to_string()])
+            .await?;
+    }
+    let keys = tx
+        .query(
+            "SELECT object_key FROM task_inputs WHERE task_id = $1
+             UNION ALL
+             SELECT object_key FROM artifacts WHERE task_id = $1",
+            &[&id],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    tx.execute("DELETE FROM tasks WHERE id = $1", &[&id])
+        .await?;
+    tx.commit().await?;
+    Ok(Some(keys))
+}
+
 pub async fn artifact(
     client: &impl GenericClient,
     task: Uuid,

@@ -22,6 +22,7 @@ pub fn config(cfg: &mut web::ServiceConfig) {
             .route("", web::post().to(create))
             .route("", web::get().to(list))
             .route("/{id}", web::get().to(get))
+            .route("/{id}", web::delete().to(delete))
             .route("/{id}/cancel", web::post().to(cancel))
             .route("/{id}/artifacts/{name}", web::get().to(artifact)),
     );
@@ -263,6 +264,27 @@ async fn cancel(id: web::Path<Uuid>, state: web::Data<AppState>) -> Result<HttpR
         .await?
         .ok_or_else(|| no_task(id))?;
     Ok(HttpResponse::Ok().json(TaskView::from(task)))
+}
+
+/// `DELETE /api/v1/tasks/{id}`: removes the task, its inputs and artifacts
+/// (objects included) and the model it trained. A running task is
+/// cancelled first.
+async fn delete(id: web::Path<Uuid>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    let mut client = state.db.get().await?;
+    let keys = db::tasks::delete(&mut client, id)
+        .await?
+        .ok_or_else(|| no_task(id))?;
+    drop(client);
+    // The rows are gone, so these objects are unreferenced: if a delete
+    // fails here, the orphan collector removes the object later.
+    for key in keys {
+        if let Err(e) = state.objects.delete(&key).await {
+            tracing::warn!(%key, "could not delete object of deleted task: {e}");
+        }
+    }
+    tracing::info!(task = %id, "task deleted");
+    Ok(HttpResponse::NoContent().finish())
 }
 
 /// `GET /api/v1/tasks/{id}/artifacts/{name}`: streams a result file, or

@@ -194,10 +194,16 @@ impl ObjectStore for FsStore {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
             _ => {}
         }
-        // Drop the task's folder once it is empty; failing because another
-        // object is still in it is the expected case.
-        if let Some(dir) = path.parent().filter(|d| *d != self.root) {
-            let _ = tokio::fs::remove_dir(dir).await;
+        // Prune folders left empty, up to the top-level kind folders
+        // (`inputs/`, `artifacts/`), which stay so concurrent writers never
+        // race their removal; stopping at a folder that still holds another
+        // object is the expected case.
+        let mut dir = path.parent();
+        while let Some(d) = dir.filter(|d| d.parent().is_some_and(|p| p != self.root)) {
+            if tokio::fs::remove_dir(d).await.is_err() {
+                break;
+            }
+            dir = d.parent();
         }
         Ok(())
     }

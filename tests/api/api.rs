@@ -214,3 +214,71 @@ async fn multipart_without_a_command_is_rejected() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"]["code"], "missing_command");
 }
+
+#[actix_web::test]
+async fn deleting_a_task_removes_its_files_and_model() {
+    let app = spawn_app().await;
+    let id = app
+        .submit_accepted(
+            "train",
+            json!({"target": "label", "epochs": 2}),
+            &[("b.csv", &crate::helpers::blobs_csv(100, 1))],
+        )
+        .await;
+    let task = app.finished(id, Duration::from_secs(60)).await;
+    assert_eq!(task["status"], "succeeded");
+    let model = task["result"]["model_id"].as_str().unwrap().to_owned();
+    let objects = app.settings.objects_dir();
+    assert!(objects.join(format!("inputs/{id}/0")).exists());
+
+    let res = app
+        .client
+        .delete(app.url(&format!("/api/v1/tasks/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let (status, _) = app.get(&format!("/api/v1/tasks/{id}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = app.get(&format!("/api/v1/models/{model}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "its model went with it");
+    assert!(
+        !objects.join(format!("inputs/{id}")).exists(),
+        "input deleted"
+    );
+    assert!(
+        !objects.join(format!("artifacts/{id}")).exists(),
+        "artifacts deleted"
+    );
+
+    let res = app
+        .client
+        .delete(app.url(&format!("/api/v1/tasks/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+}
+
+#[actix_web::test]
+async fn deleting_a_running_task_stops_it() {
+    let app = spawn_app().await;
+    let id = app
+        .submit("sleep", json!({"ms": 60000, "steps": 600}))
+        .await;
+    app.wait_for(id, Duration::from_secs(20), |t| t["status"] == "running")
+        .await;
+    let res = app
+        .client
+        .delete(app.url(&format!("/api/v1/tasks/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    // The worker stops and takes the next task.
+    let next = app.submit("sleep", json!({})).await;
+    assert_eq!(
+        app.finished(next, Duration::from_secs(10)).await["status"],
+        "succeeded"
+    );
+}
