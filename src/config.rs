@@ -74,6 +74,13 @@ pub struct Settings {
     /// `MLQ_PROGRESS_EVERY`: minimum time between progress writes per task.
     #[serde(with = "humantime_serde")]
     pub progress_every: Duration,
+    /// `MLQ_COLLECT_EVERY`: how often unreferenced objects are looked for.
+    #[serde(with = "humantime_serde")]
+    pub collect_every: Duration,
+    /// `MLQ_ORPHAN_GRACE`: how old an unreferenced object must be before it
+    /// is deleted; longer than any upload or outcome takes to commit.
+    #[serde(with = "humantime_serde")]
+    pub orphan_grace: Duration,
     /// `MLQ_MAX_ATTEMPTS`: attempts per task before it fails for good.
     pub max_attempts: i32,
     /// `MLQ_MAX_REQUEST_BYTES`: largest accepted request body.
@@ -111,6 +118,8 @@ impl Default for Settings {
             rescue_every: Duration::from_secs(5),
             retry_base: Duration::from_secs(2),
             progress_every: Duration::from_millis(250),
+            collect_every: Duration::from_secs(600),
+            orphan_grace: Duration::from_secs(3600),
             max_attempts: 3,
             max_request_bytes: 1 << 30,
             diagnostics: false,
@@ -152,6 +161,8 @@ const ENV_KEYS: &[&str] = &[
     "rescue_every",
     "retry_base",
     "progress_every",
+    "collect_every",
+    "orphan_grace",
     "max_attempts",
     "max_request_bytes",
     "diagnostics",
@@ -198,6 +209,7 @@ impl Settings {
             ("poll", self.poll),
             ("rescue_every", self.rescue_every),
             ("progress_every", self.progress_every),
+            ("collect_every", self.collect_every),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
             return Err(format!("{name} must be longer than zero"));

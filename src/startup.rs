@@ -17,7 +17,7 @@ use mlq_actors::ports::ObjectStore;
 use crate::config::{Settings, StorageKind};
 use crate::db::{self, queue::PgTaskStore, DbError};
 use crate::http::{self, AppState};
-use crate::storage::{FsStore, S3Store};
+use crate::storage::{collector, FsStore, S3Store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -114,6 +114,12 @@ impl Application {
             .postgres()
             .map_err(|e| DbError::Config(e.to_string()))?;
         db::listener::spawn(pg, dispatcher.clone());
+        collector::spawn(
+            pool.clone(),
+            objects.clone(),
+            settings.collect_every,
+            settings.orphan_grace,
+        );
 
         let listener = TcpListener::bind(&settings.bind).map_err(|source| StartupError::Bind {
             bind: settings.bind.clone(),

@@ -2,6 +2,7 @@
 //!
 //! [`ObjectStore`]: mlq_actors::ports::ObjectStore
 
+pub mod collector;
 pub mod fs;
 pub mod s3;
 

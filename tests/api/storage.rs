@@ -264,3 +264,40 @@ async fn train_and_predict_with_inputs_and_artifacts_in_s3() {
         format!("bytes */{}", whole.len())
     );
 }
+
+#[actix_web::test]
+async fn the_collector_deletes_only_old_unreferenced_objects() {
+    let app = crate::helpers::spawn_app_with(|s| s.collect_every = Duration::from_secs(3600)).await;
+    let id = app
+        .submit_accepted("sleep", serde_json::json!({}), &[("a.csv", b"x\n1\n")])
+        .await;
+    app.finished(id, Duration::from_secs(20)).await;
+    let store = FsStore::new(app.settings.objects_dir()).unwrap();
+    let orphan = format!("inputs/{}/0", uuid::Uuid::new_v4());
+    let young = format!("inputs/{}/0", uuid::Uuid::new_v4());
+    put(&store, &orphan, b"left behind").await;
+    put(&store, &young, b"still uploading").await;
+    // The orphan and the real input are old; the young orphan is not.
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+    for key in [&orphan, &format!("inputs/{id}/0")] {
+        let file = std::fs::File::options()
+            .write(true)
+            .open(app.settings.objects_dir().join(key))
+            .unwrap();
+        file.set_modified(two_hours_ago).unwrap();
+    }
+    let deleted = mlq::storage::collector::collect(&app.db, &store, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
+    assert!(matches!(
+        store.open(&orphan).await,
+        Err(ObjectError::NotFound(_))
+    ));
+    assert_eq!(read_all(&store, &young).await, b"still uploading");
+    assert_eq!(
+        read_all(&store, &format!("inputs/{id}/0")).await,
+        b"x\n1\n",
+        "referenced: kept"
+    );
+}
