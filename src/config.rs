@@ -5,6 +5,7 @@
 //! Durations are written the human way (`30s`, `250ms`), e.g.
 //! `MLQ_LEASE=1m`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -85,6 +86,13 @@ pub struct Settings {
     pub max_attempts: i32,
     /// `MLQ_MAX_REQUEST_BYTES`: largest accepted request body.
     pub max_request_bytes: u64,
+    /// `MLQ_MAX_FILE_BYTES`: largest accepted file part.
+    pub max_file_bytes: u64,
+    /// `MLQ_MAX_FILES`: most file parts in one request.
+    pub max_files: usize,
+    /// `MLQ_CONTENT_TYPES`: the file content types each command accepts,
+    /// e.g. `{train = ["text/csv"]}`; a command not listed accepts any.
+    pub content_types: BTreeMap<String, Vec<String>>,
     /// `MLQ_DIAGNOSTICS`: enables the `sleep` command (tests, benchmarks).
     pub diagnostics: bool,
     /// `MLQ_LOG`: log filter when `RUST_LOG` is unset.
@@ -122,6 +130,9 @@ impl Default for Settings {
             orphan_grace: Duration::from_secs(3600),
             max_attempts: 3,
             max_request_bytes: 1 << 30,
+            max_file_bytes: 1 << 30,
+            max_files: 16,
+            content_types: default_content_types(),
             diagnostics: false,
             log: "info".into(),
         }
@@ -133,6 +144,21 @@ impl Default for Settings {
 pub enum StorageKind {
     Fs,
     S3,
+}
+
+/// CSV as browsers, curl and spreadsheets label it (curl sends
+/// `application/octet-stream` for a `.csv` file).
+fn default_content_types() -> BTreeMap<String, Vec<String>> {
+    let csv: Vec<String> = [
+        "text/csv",
+        "application/csv",
+        "text/plain",
+        "application/vnd.ms-excel",
+        "application/octet-stream",
+    ]
+    .map(String::from)
+    .to_vec();
+    BTreeMap::from([("train".into(), csv.clone()), ("predict".into(), csv)])
 }
 
 /// Every setting, as read from `MLQ_<KEY>` environment variables.
@@ -165,6 +191,9 @@ const ENV_KEYS: &[&str] = &[
     "orphan_grace",
     "max_attempts",
     "max_request_bytes",
+    "max_file_bytes",
+    "max_files",
+    "content_types",
     "diagnostics",
     "log",
 ];
@@ -272,6 +301,15 @@ impl Settings {
             create_bucket: self.s3_create_bucket,
             part_size: self.s3_part_size,
             parts_in_flight: self.s3_parts_in_flight,
+        }
+    }
+
+    pub fn upload_limits(&self) -> crate::http::UploadLimits {
+        crate::http::UploadLimits {
+            max_request_bytes: self.max_request_bytes,
+            max_file_bytes: self.max_file_bytes,
+            max_files: self.max_files,
+            content_types: self.content_types.clone(),
         }
     }
 

@@ -139,7 +139,7 @@ impl Application {
             board,
             workers: pool_config.workers,
             max_attempts: settings.max_attempts,
-            max_request_bytes: settings.max_request_bytes,
+            limits: settings.upload_limits(),
         });
         let mut server = HttpServer::new(move || {
             App::new()

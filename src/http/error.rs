@@ -26,8 +26,25 @@ pub enum ApiError {
     MissingFile(String),
     #[error("{0}")]
     TooManyFiles(String),
-    #[error("request body is larger than the limit of {limit} bytes")]
+    #[error("request body is larger than the limit of {limit} bytes (max_request_bytes)")]
     TooLarge { limit: u64 },
+    #[error("file {name:?} is larger than the limit of {limit} bytes per file (max_file_bytes)")]
+    FileTooLarge { name: String, limit: u64 },
+    #[error("a request may carry at most {limit} files (max_files)")]
+    TooManyParts { limit: usize },
+    #[error("{command} does not accept files of type {content_type:?}; accepted: {}", allowed.join(", "))]
+    UnsupportedFileType {
+        command: String,
+        content_type: String,
+        allowed: Vec<String>,
+    },
+    #[error("file {name:?} does not match its {algorithm} checksum: expected {expected}, received {actual}")]
+    ChecksumMismatch {
+        name: String,
+        algorithm: &'static str,
+        expected: String,
+        actual: String,
+    },
     #[error("unsupported content type {0:?}: send multipart/form-data or application/json")]
     UnsupportedMediaType(String),
     #[error("{0}")]
@@ -58,6 +75,10 @@ impl ApiError {
             Self::MissingFile(_) => "missing_file",
             Self::TooManyFiles(_) => "too_many_files",
             Self::TooLarge { .. } => "payload_too_large",
+            Self::FileTooLarge { .. } => "file_too_large",
+            Self::TooManyParts { .. } => "too_many_parts",
+            Self::UnsupportedFileType { .. } => "unsupported_file_type",
+            Self::ChecksumMismatch { .. } => "checksum_mismatch",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::NotFound(_) => "not_found",
             Self::RangeNotSatisfiable { .. } => "range_not_satisfiable",
@@ -90,7 +111,11 @@ impl ResponseError for ApiError {
             Self::InvalidParams { .. } | Self::MissingFile(_) | Self::TooManyFiles(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooLarge { .. } | Self::FileTooLarge { .. } | Self::TooManyParts { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            Self::UnsupportedFileType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::ChecksumMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict { .. } => StatusCode::CONFLICT,

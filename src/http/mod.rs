@@ -28,7 +28,29 @@ pub struct AppState {
     /// The configured pool size, to compare with the live one.
     pub workers: usize,
     pub max_attempts: i32,
+    pub limits: UploadLimits,
+}
+
+/// What one submission may upload.
+#[derive(Debug, Clone)]
+pub struct UploadLimits {
     pub max_request_bytes: u64,
+    pub max_file_bytes: u64,
+    pub max_files: usize,
+    /// Accepted file content types per command; unlisted commands take any.
+    pub content_types: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl UploadLimits {
+    /// The content types `command` accepts, if it restricts them and
+    /// `content_type` is not among them.
+    pub fn refuses(&self, command: &str, content_type: &str) -> Option<&[String]> {
+        let allowed = self.content_types.get(command)?;
+        let ok = allowed
+            .iter()
+            .any(|a| a == "*/*" || a.eq_ignore_ascii_case(content_type));
+        (!ok).then_some(allowed.as_slice())
+    }
 }
 
 pub fn config(cfg: &mut web::ServiceConfig) {

@@ -8,6 +8,7 @@
 use actix_multipart::{Field, Multipart};
 use actix_web::{web, HttpRequest};
 use futures_util::{StreamExt, TryStreamExt};
+use md5::Digest;
 use serde::Deserialize;
 use serde_json::Value;
 use uuid::Uuid;
@@ -43,7 +44,7 @@ pub async fn read(
     state: &AppState,
     task: Uuid,
 ) -> Result<Submission, ApiError> {
-    let limit = state.max_request_bytes;
+    let limit = state.limits.max_request_bytes;
     let declared = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
@@ -115,10 +116,11 @@ async fn read_multipart(
     task: Uuid,
     stored: &mut Vec<InputFile>,
 ) -> Result<Submission, ApiError> {
-    let limit = state.max_request_bytes;
+    let limits = &state.limits;
+    let limit = limits.max_request_bytes;
     let mut multipart = Multipart::new(req.headers(), payload);
     let mut received: u64 = 0;
-    let mut command = None;
+    let mut command: Option<String> = None;
     let mut params = Value::Null;
     while let Some(field) = multipart.try_next().await.map_err(multipart_error)? {
         let name = field.name().unwrap_or("").to_owned();
@@ -128,6 +130,9 @@ async fn read_multipart(
                 let text = text.trim().to_owned();
                 // Reject an unknown command before any file is uploaded.
                 super::tasks::command(state, &text)?;
+                for input in stored.iter() {
+                    check_type(state, &text, &input.content_type)?;
+                }
                 command = Some(text);
             }
             "params" => {
@@ -140,8 +145,21 @@ async fn read_multipart(
                 params = params_object(value)?;
             }
             "file" => {
+                if stored.len() >= limits.max_files {
+                    return Err(ApiError::TooManyParts {
+                        limit: limits.max_files,
+                    });
+                }
                 let position = stored.len() as i32;
-                let input = store_file(field, state, task, position, &mut received, limit).await?;
+                let input = store_file(
+                    field,
+                    state,
+                    command.as_deref(),
+                    task,
+                    position,
+                    &mut received,
+                )
+                .await?;
                 stored.push(input);
             }
             other => {
@@ -160,6 +178,90 @@ async fn read_multipart(
         params,
         inputs: std::mem::take(stored),
     })
+}
+
+fn check_type(state: &AppState, command: &str, content_type: &str) -> Result<(), ApiError> {
+    match state.limits.refuses(command, content_type) {
+        None => Ok(()),
+        Some(allowed) => Err(ApiError::UnsupportedFileType {
+            command: command.to_owned(),
+            content_type: content_type.to_owned(),
+            allowed: allowed.to_vec(),
+        }),
+    }
+}
+
+/// Checksums a client sent with a file part, verified before the object
+/// is completed: a mismatch leaves nothing stored.
+struct Expected {
+    /// `x-checksum-sha256`, hex or base64.
+    sha256: Option<String>,
+    /// `Content-MD5`, base64 as in RFC 1864.
+    md5: Option<(String, md5::Md5)>,
+}
+
+impl Expected {
+    fn from_headers(field: &Field) -> Result<Self, ApiError> {
+        let header = |name: &str| {
+            field
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.trim().to_owned())
+        };
+        let sha256 = header("x-checksum-sha256")
+            .map(|v| normalize_sha256(&v))
+            .transpose()?;
+        Ok(Self {
+            sha256,
+            md5: header("content-md5").map(|v| (v, md5::Md5::new())),
+        })
+    }
+
+    fn update(&mut self, chunk: &[u8]) {
+        if let Some((_, hasher)) = &mut self.md5 {
+            hasher.update(chunk);
+        }
+    }
+
+    fn verify(self, name: &str, sha256: &str) -> Result<(), ApiError> {
+        use base64::Engine;
+        if let Some(expected) = self.sha256.filter(|e| e != sha256) {
+            return Err(ApiError::ChecksumMismatch {
+                name: name.to_owned(),
+                algorithm: "sha256",
+                expected,
+                actual: sha256.to_owned(),
+            });
+        }
+        if let Some((expected, hasher)) = self.md5 {
+            let actual = base64::engine::general_purpose::STANDARD.encode(hasher.finalize());
+            if expected != actual {
+                return Err(ApiError::ChecksumMismatch {
+                    name: name.to_owned(),
+                    algorithm: "md5",
+                    expected,
+                    actual,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A sha256 as lowercase hex, from hex or base64.
+fn normalize_sha256(value: &str) -> Result<String, ApiError> {
+    use base64::Engine;
+    if value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(value.to_ascii_lowercase());
+    }
+    match base64::engine::general_purpose::STANDARD.decode(value) {
+        Ok(bytes) if bytes.len() == 32 => Ok(hex::encode(bytes)),
+        _ => Err(ApiError::bad_request(
+            "invalid_checksum",
+            format!("x-checksum-sha256 {value:?} is neither 64 hex digits nor base64 of 32 bytes"),
+        )),
+    }
 }
 
 async fn read_text(mut field: Field, received: &mut u64, limit: u64) -> Result<String, ApiError> {
@@ -186,11 +288,12 @@ async fn read_text(mut field: Field, received: &mut u64, limit: u64) -> Result<S
 async fn store_file(
     mut field: Field,
     state: &AppState,
+    command: Option<&str>,
     task: Uuid,
     position: i32,
     received: &mut u64,
-    limit: u64,
 ) -> Result<InputFile, ApiError> {
+    let limits = &state.limits;
     let key = ObjectKey::Input { task, position }.as_string();
     let filename = field
         .content_disposition()
@@ -202,13 +305,25 @@ async fn store_file(
         .content_type()
         .map(|m| m.essence_str().to_owned())
         .unwrap_or_else(|| "application/octet-stream".into());
+    // Checked here when the command came first; otherwise once it arrives.
+    if let Some(command) = command {
+        check_type(state, command, &content_type)?;
+    }
+    let mut expected = Expected::from_headers(&field)?;
     let mut upload = Upload::start(state.objects.as_ref(), &key, &content_type).await?;
     let result = async {
         while let Some(chunk) = field.try_next().await.map_err(multipart_error)? {
-            count(received, chunk.len(), limit)?;
+            count(received, chunk.len(), limits.max_request_bytes)?;
+            if upload.size() + chunk.len() as u64 > limits.max_file_bytes {
+                return Err(ApiError::FileTooLarge {
+                    name: filename.clone(),
+                    limit: limits.max_file_bytes,
+                });
+            }
+            expected.update(&chunk);
             upload.write(chunk).await?;
         }
-        Ok::<_, ApiError>(())
+        expected.verify(&filename, &upload.sha256())
     }
     .await;
     if let Err(e) = result {

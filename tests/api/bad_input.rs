@@ -6,7 +6,7 @@ use std::time::Duration;
 use awc::http::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{blobs_csv, multipart, spawn_app, spawn_app_with};
+use crate::helpers::{blobs_csv, multipart, multipart_with_headers, spawn_app, spawn_app_with};
 
 const WITHIN: Duration = Duration::from_secs(60);
 
@@ -319,4 +319,109 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+#[actix_web::test]
+async fn per_file_count_and_type_limits_are_named() {
+    let app = spawn_app_with(|s| {
+        s.max_file_bytes = 1000;
+        s.max_files = 2;
+    })
+    .await;
+    let big = vec![b'x'; 2000];
+    let (status, body) = app
+        .submit_files("sleep", json!({}), &[("big.csv", &big)])
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["error"]["code"], "file_too_large");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("max_file_bytes"));
+
+    let small: &[u8] = b"x\n1\n";
+    let (status, body) = app
+        .submit_files(
+            "sleep",
+            json!({}),
+            &[("1.csv", small), ("2.csv", small), ("3.csv", small)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["error"]["code"], "too_many_parts");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("max_files"));
+
+    let (content_type, payload) = multipart_with_headers("train", b"\x89PNG", "image/png", &[]);
+    let (status, body) = app.post_raw("/api/v1/tasks", &content_type, payload).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{body}");
+    assert_eq!(body["error"]["code"], "unsupported_file_type");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("text/csv"),
+        "{body}"
+    );
+
+    assert!(walk(&app.settings.objects_dir())
+        .into_iter()
+        .all(|p| p.starts_with(app.settings.objects_dir().join(".tmp"))));
+    let (_, page) = app.get("/api/v1/tasks").await;
+    assert!(page["tasks"].as_array().unwrap().is_empty());
+}
+
+#[actix_web::test]
+async fn client_checksums_are_verified() {
+    use base64::Engine;
+    use md5::Digest as _;
+    let app = spawn_app().await;
+    let file = b"a,b\n1,2\n";
+    let sha_hex = hex::encode(sha2::Sha256::digest(file));
+    let md5_b64 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(file));
+    let cases = [
+        (("x-checksum-sha256", sha_hex.clone()), true),
+        (
+            (
+                "x-checksum-sha256",
+                base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(file)),
+            ),
+            true,
+        ),
+        (("content-md5", md5_b64), true),
+        (
+            (
+                "x-checksum-sha256",
+                hex::encode(sha2::Sha256::digest(b"other")),
+            ),
+            false,
+        ),
+        (
+            (
+                "content-md5",
+                base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(b"other")),
+            ),
+            false,
+        ),
+    ];
+    for ((header, value), ok) in cases {
+        let (content_type, payload) =
+            multipart_with_headers("sleep", file, "text/csv", &[(header, &value)]);
+        let (status, body) = app.post_raw("/api/v1/tasks", &content_type, payload).await;
+        if ok {
+            assert_eq!(status, StatusCode::ACCEPTED, "{header}: {body}");
+            assert_eq!(body["inputs"][0]["sha256"], sha_hex);
+        } else {
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{header}: {body}");
+            assert_eq!(body["error"]["code"], "checksum_mismatch");
+        }
+    }
+    let (_, page) = app.get("/api/v1/tasks").await;
+    assert_eq!(
+        page["tasks"].as_array().unwrap().len(),
+        3,
+        "mismatches created no task"
+    );
 }

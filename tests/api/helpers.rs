@@ -319,3 +319,27 @@ pub fn linear_csv(rows: usize, seed: u64) -> (Vec<u8>, f64) {
     let var = ys.iter().map(|y| (y - mean).powi(2)).sum::<f64>() / rows as f64;
     (out.into_bytes(), var)
 }
+
+/// A multipart body with one file part carrying the given content type and
+/// extra part headers.
+pub fn multipart_with_headers(
+    command: &str,
+    file: &[u8],
+    content_type: &str,
+    headers: &[(&str, &str)],
+) -> (String, Vec<u8>) {
+    let boundary = format!("mlq-test-{}", Uuid::new_v4().simple());
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"command\"\r\n\r\n{command}\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f.bin\"\r\n\
+         Content-Type: {content_type}\r\n"
+    )
+    .into_bytes();
+    for (name, value) in headers {
+        body.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    body.extend_from_slice(b"\r\n");
+    body.extend_from_slice(file);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}

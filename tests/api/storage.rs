@@ -301,3 +301,62 @@ async fn the_collector_deletes_only_old_unreferenced_objects() {
         "referenced: kept"
     );
 }
+
+/// Sends the start of a multipart upload over a raw socket, `bytes` of file
+/// content, then hangs up.
+async fn upload_and_disconnect(app: &crate::helpers::TestApp, bytes: usize) {
+    use tokio::io::AsyncWriteExt;
+    let boundary = "mlq-disconnect";
+    let mut stream = tokio::net::TcpStream::connect(app.address.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /api/v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n\
+         Content-Length: {}\r\n\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"command\"\r\n\r\nsleep\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.csv\"\r\n\
+         Content-Type: text/csv\r\n\r\n",
+        100 * MIB
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b'7'; 64 * 1024];
+    for _ in 0..bytes / chunk.len() {
+        stream.write_all(&chunk).await.unwrap();
+    }
+    stream.flush().await.unwrap();
+    // Let the server take it in, then vanish mid-body.
+    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    drop(stream);
+}
+
+#[actix_web::test]
+async fn a_client_that_disconnects_mid_upload_leaves_no_task_and_no_object() {
+    let server = S3Server::start();
+    let fs_app = crate::helpers::spawn_app().await;
+    let s3_app = crate::helpers::spawn_app_with(|s| server.configure(s, "gone")).await;
+    // 7 MiB: more than one 5 MiB part went to S3 before the hang-up.
+    upload_and_disconnect(&fs_app, 7 * MIB).await;
+    upload_and_disconnect(&s3_app, 7 * MIB).await;
+
+    let objects = fs_app.settings.objects_dir();
+    eventually(Duration::from_secs(10), || async {
+        let left = std::fs::read_dir(objects.join(".tmp")).unwrap().count()
+            + std::fs::read_dir(&objects).unwrap().count();
+        // Only the (now empty) .tmp folder remains.
+        (left == 1).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(10), || async {
+        let big = server
+            .files()
+            .into_iter()
+            .filter(|f| f.metadata().map(|m| m.len() > MIB as u64).unwrap_or(false))
+            .count();
+        (big == 0).then_some(())
+    })
+    .await;
+    for app in [&fs_app, &s3_app] {
+        let (_, page) = app.get("/api/v1/tasks").await;
+        assert!(page["tasks"].as_array().unwrap().is_empty(), "{page}");
+    }
+}
