@@ -210,6 +210,32 @@ pub async fn delete(
     Ok(Some(keys))
 }
 
+/// An input file of a task, in the shape of an artifact (for download).
+pub async fn input(
+    client: &impl GenericClient,
+    task: Uuid,
+    position: i32,
+) -> Result<Option<StoredArtifact>, DbError> {
+    let row = client
+        .query_opt(
+            "SELECT name, size, sha256, content_type, object_key AS key
+             FROM task_inputs WHERE task_id = $1 AND position = $2",
+            &[&task, &position],
+        )
+        .await?;
+    row.map(stored_object).transpose()
+}
+
+fn stored_object(r: Row) -> Result<StoredArtifact, DbError> {
+    Ok(StoredArtifact {
+        name: r.try_get("name")?,
+        size: r.try_get("size")?,
+        sha256: r.try_get("sha256")?,
+        content_type: r.try_get("content_type")?,
+        key: r.try_get("key")?,
+    })
+}
+
 pub async fn artifact(
     client: &impl GenericClient,
     task: Uuid,
@@ -222,14 +248,5 @@ pub async fn artifact(
             &[&task, &name],
         )
         .await?;
-    row.map(|r| {
-        Ok(StoredArtifact {
-            name: r.try_get("name")?,
-            size: r.try_get("size")?,
-            sha256: r.try_get("sha256")?,
-            content_type: r.try_get("content_type")?,
-            key: r.try_get("key")?,
-        })
-    })
-    .transpose()
+    row.map(stored_object).transpose()
 }

@@ -2,6 +2,7 @@
 //! module composes them and turns actix's own extractor errors into mlq's
 //! JSON error shape.
 
+mod download;
 pub mod error;
 pub mod health;
 pub mod models;
