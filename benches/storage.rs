@@ -1,0 +1,337 @@
+//! `make bench`: object storage throughput and memory, on the real binary.
+//!
+//! For 100 MiB and 2 GiB files on each backend (filesystem, S3 via
+//! s3s-fs), it measures upload (`POST /api/v1/tasks` with the file) and
+//! download (`GET …/inputs/0`) throughput with curl, and how much the mlq
+//! process's peak RSS grew during each. Next to them, raw references on the
+//! same machine and disk: curl straight into s3s-fs, and dd.
+//!
+//! Prints a table and writes `target/bench/storage.json`. `BENCH_SCALE=0.1`
+//! shrinks the large file for a quick look.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const MIB: u64 = 1 << 20;
+const KEY: &str = "bench";
+const SECRET: &str = "bench-secret";
+
+/// curl arguments that sign requests for s3s-fs (SigV4, unsigned payload).
+fn signed() -> Vec<String> {
+    [
+        "--aws-sigv4",
+        "aws:amz:us-east-1:s3",
+        "--user",
+        &format!("{KEY}:{SECRET}"),
+        "-H",
+        "x-amz-content-sha256: UNSIGNED-PAYLOAD",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn admin_url() -> String {
+    std::env::var("MLQ_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ok = Command::new("curl")
+            .args(["-sf", "-o", "/dev/null", url])
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{url} never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+}
+
+/// Pseudo-random bytes, so nothing on the path can compress them.
+fn make_file(path: &Path, size: u64) {
+    let mut file = std::io::BufWriter::with_capacity(8 << 20, std::fs::File::create(path).unwrap());
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut block = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        for chunk in block.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        }
+        let n = left.min(block.len() as u64) as usize;
+        file.write_all(&block[..n]).unwrap();
+        left -= n as u64;
+    }
+    file.flush().unwrap();
+}
+
+/// Runs curl and returns (seconds, HTTP status, body).
+fn curl(args: &[&str]) -> (f64, u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code} %{time_total}"])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let mut parts = tail.split_whitespace();
+    let status = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let secs = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(f64::NAN);
+    (secs, status, body.to_owned())
+}
+
+fn dd(args: &[&str]) -> f64 {
+    let start = Instant::now();
+    let ok = Command::new("dd")
+        .args(args)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "dd {args:?}");
+    start.elapsed().as_secs_f64()
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Runs `f` and returns its result with how far the process's peak RSS
+/// rose above its resident size before, in MiB.
+fn peak_growth<T>(pid: u32, f: impl FnOnce() -> T) -> (T, f64) {
+    // Writing 5 to clear_refs resets the peak (VmHWM) to the current RSS.
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+    let before = rss_kib(pid, "VmRSS:");
+    let out = f();
+    let peak = rss_kib(pid, "VmHWM:");
+    (out, peak.saturating_sub(before) as f64 / 1024.0)
+}
+
+struct Mlq {
+    process: Proc,
+    base: String,
+}
+
+fn start_mlq(work: &Path, name: &str, s3: Option<&str>) -> Mlq {
+    let database = format!("mlq_bench_{}_{}", name, std::process::id());
+    let port = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mlq"));
+    cmd.arg("serve")
+        .env("MLQ_DATABASE_URL", format!("{}/{database}", admin_url()))
+        .env("MLQ_BIND", format!("127.0.0.1:{port}"))
+        .env("MLQ_DATA_DIR", work.join(format!("data-{name}")))
+        .env("MLQ_DIAGNOSTICS", "true")
+        .env("MLQ_MAX_REQUEST_BYTES", (8u64 << 30).to_string())
+        .env("MLQ_MAX_FILE_BYTES", (8u64 << 30).to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null());
+    if let Some(endpoint) = s3 {
+        cmd.env("MLQ_STORAGE", "s3")
+            .env("MLQ_S3_ENDPOINT", endpoint)
+            .env("MLQ_S3_BUCKET", "mlq")
+            .env("MLQ_S3_ACCESS_KEY", KEY)
+            .env("MLQ_S3_SECRET_KEY", SECRET)
+            .env("MLQ_S3_CREATE_BUCKET", "true");
+    }
+    let process = Proc(cmd.spawn().expect("mlq starts"));
+    let base = format!("http://127.0.0.1:{port}");
+    wait_for(&format!("{base}/readyz"));
+    Mlq { process, base }
+}
+
+fn mbps(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / MIB as f64 / secs
+}
+
+/// Uploads then downloads `file` through mlq; returns the figures.
+fn through_mlq(mlq: &Mlq, file: &Path, size: u64) -> Value {
+    let pid = mlq.process.0.id();
+    let form = format!("file=@{};type=text/csv", file.display());
+    let url = format!("{}/api/v1/tasks", mlq.base);
+    let ((secs, status, body), up_rss) =
+        peak_growth(pid, || curl(&["-F", "command=sleep", "-F", &form, &url]));
+    assert_eq!(status, 202, "upload failed: {body}");
+    let id = serde_json::from_str::<Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Let the staging of the input (a copy to scratch on S3) finish first.
+    let task_url = format!("{url}/{id}");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !curl(&[&task_url]).2.contains("\"succeeded\"") {
+        assert!(Instant::now() < deadline, "task {id} did not finish");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let input = format!("{url}/{id}/inputs/0");
+    let ((down, status, _), down_rss) = peak_growth(pid, || curl(&["-o", "/dev/null", &input]));
+    assert_eq!(status, 200);
+    json!({
+        "upload_mib_s": mbps(size, secs),
+        "upload_rss_growth_mib": up_rss,
+        "download_mib_s": mbps(size, down),
+        "download_rss_growth_mib": down_rss,
+    })
+}
+
+fn main() {
+    let scale: f64 = std::env::var("BENCH_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0);
+    let sizes = [100 * MIB, ((2048.0 * scale) as u64).max(100) * MIB];
+    let work = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+    let work_path: PathBuf = work.path().to_owned();
+
+    let s3_port = free_port();
+    let s3_root = work_path.join("s3s");
+    std::fs::create_dir_all(&s3_root).unwrap();
+    let _s3 = Proc(
+        Command::new(std::env::var("S3S_FS").unwrap_or_else(|_| "s3s-fs".into()))
+            .args(["--host", "127.0.0.1", "--port", &s3_port.to_string()])
+            .args(["--access-key", KEY, "--secret-key", SECRET])
+            .arg(&s3_root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("s3s-fs starts (make bench installs it)"),
+    );
+    let s3_endpoint = format!("http://127.0.0.1:{s3_port}");
+    std::thread::sleep(Duration::from_millis(300));
+    let sign = signed();
+    let sign: Vec<&str> = sign.iter().map(String::as_str).collect();
+    let bucket = format!("{s3_endpoint}/reference");
+    let (_, status, _) = curl(&[&sign[..], &["-X", "PUT", &bucket]].concat());
+    assert_eq!(status, 200, "reference bucket");
+
+    let fs_mlq = start_mlq(&work_path, "fs", None);
+    let s3_mlq = start_mlq(&work_path, "s3", Some(&s3_endpoint));
+
+    let mut rows = Vec::new();
+    for size in sizes {
+        let file = work_path.join(format!("in-{size}"));
+        make_file(&file, size);
+        let fs = through_mlq(&fs_mlq, &file, size);
+        let s3 = through_mlq(&s3_mlq, &file, size);
+
+        // References: the same bytes straight into s3s-fs, and onto the disk.
+        let object = format!("{s3_endpoint}/reference/in-{size}");
+        let path = file.display().to_string();
+        let (up, status, _) = curl(&[&sign[..], &["-T", &path, &object]].concat());
+        assert_eq!(status, 200);
+        let (down, _, _) = curl(&[&sign[..], &["-o", "/dev/null", &object]].concat());
+        let copy = work_path.join(format!("dd-{size}"));
+        let dd_write = dd(&[
+            &format!("if={}", file.display()),
+            &format!("of={}", copy.display()),
+            "bs=8M",
+            "conv=fsync",
+        ]);
+        let dd_read = dd(&[&format!("if={}", copy.display()), "of=/dev/null", "bs=8M"]);
+        let reference = json!({
+            "curl_s3s_upload_mib_s": mbps(size, up),
+            "curl_s3s_download_mib_s": mbps(size, down),
+            "dd_write_mib_s": mbps(size, dd_write),
+            "dd_read_mib_s": mbps(size, dd_read),
+        });
+        let _ = std::fs::remove_file(&copy);
+        let _ = std::fs::remove_file(&file);
+        rows.push(json!({"size_mib": size / MIB, "fs": fs, "s3": s3, "reference": reference}));
+    }
+    drop(fs_mlq);
+    drop(s3_mlq);
+
+    println!(
+        "\nmlq storage benchmark (release build, real server processes, curl as the client)\n"
+    );
+    println!(
+        "{:>9}  {:<8} {:>11} {:>11} {:>11} {:>11} {:>11}",
+        "file", "backend", "up MiB/s", "ref MiB/s", "up/ref", "down MiB/s", "peak +MiB"
+    );
+    for row in &rows {
+        let size = row["size_mib"].as_u64().unwrap();
+        let r = &row["reference"];
+        for (name, reference) in [
+            ("fs", r["dd_write_mib_s"].as_f64().unwrap()),
+            ("s3", r["curl_s3s_upload_mib_s"].as_f64().unwrap()),
+        ] {
+            let b = &row[name];
+            let up = b["upload_mib_s"].as_f64().unwrap();
+            let peak = b["upload_rss_growth_mib"]
+                .as_f64()
+                .unwrap()
+                .max(b["download_rss_growth_mib"].as_f64().unwrap());
+            println!(
+                "{:>6} MiB  {:<8} {:>11.0} {:>11.0} {:>10.0}% {:>11.0} {:>11.1}",
+                size,
+                name,
+                up,
+                reference,
+                up / reference * 100.0,
+                b["download_mib_s"].as_f64().unwrap(),
+                peak
+            );
+        }
+        println!(
+            "{:>9}  reference: curl→s3s-fs up {:.0} / down {:.0} MiB/s, dd write {:.0} / read {:.0} MiB/s",
+            "",
+            r["curl_s3s_upload_mib_s"].as_f64().unwrap(),
+            r["curl_s3s_download_mib_s"].as_f64().unwrap(),
+            r["dd_write_mib_s"].as_f64().unwrap(),
+            r["dd_read_mib_s"].as_f64().unwrap()
+        );
+    }
+    println!("\nTargets: upload within 80 % of the direct reference; peak RSS growth under 64 MiB for 2 GiB.");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("storage.json");
+    std::fs::write(
+        &path,
+        serde_json::to_vec_pretty(&json!({"rows": rows})).unwrap(),
+    )
+    .unwrap();
+    println!("wrote {}", path.display());
+    for name in ["fs", "s3"] {
+        let _ = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-qc"])
+            .arg(format!(
+                "DROP DATABASE IF EXISTS mlq_bench_{name}_{} WITH (FORCE)",
+                std::process::id()
+            ))
+            .stderr(Stdio::null())
+            .status();
+    }
+}
