@@ -23,7 +23,7 @@ test: deps s3s-fs lint clean-test-dbs
 
 ## bench: benchmarks; tables on stdout, JSON under target/bench/
 bench: deps s3s-fs
-	$(CARGO) bench --bench pipeline
+	$(CARGO) bench --benches
 
 deps: libtorch db
 
