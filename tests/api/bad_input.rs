@@ -298,11 +298,11 @@ async fn bodies_over_the_limit_are_413_and_leave_no_files() {
     assert!(page["tasks"].as_array().unwrap().is_empty());
 }
 
-/// 51,000 rows whose text column has 1,000 levels: a 51 M-value one-hot
-/// matrix, over the 50 M limit, from a file of half a megabyte.
+/// 301,000 rows whose text column has 1,000 levels: a 301 M-value one-hot
+/// matrix, over the 300 M limit, from a file of 3 MB.
 fn too_wide() -> Vec<u8> {
     let mut csv = String::from("code,y\n");
-    for i in 0..51_000 {
+    for i in 0..301_000 {
         csv.push_str(&format!("c{},{}\n", i % 1000, i % 2));
     }
     csv.into_bytes()

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::{Command, Params};
 use crate::error::{ErrorCode, JobError};
 use crate::ml::spec::{ModelSpec, ProblemKind};
-use crate::ml::table::{self, ColumnData, ColumnKind};
+use crate::ml::table::{self, ColumnData, ColumnKind, MISSING_CODE};
 use crate::ml::{metrics, network};
 use crate::progress::Progress;
 use crate::task::{ArtifactFile, JobContext, Outcome};
@@ -95,7 +95,10 @@ impl Command for Predict {
         }
         spec.check_size(data.rows)?;
         let width = spec.input_width();
-        let x = network::matrix(&spec.encode(&data)?, data.rows, width);
+        let rows = data.rows;
+        let mut columns = data.columns;
+        let target = if has_target { columns.pop() } else { None };
+        let x = network::encode(&spec, columns, rows, |r| r)?;
 
         let mut vs = nn::VarStore::new(Device::Cpu);
         let net = network::mlp(
@@ -125,7 +128,6 @@ impl Command for Predict {
         let out = Tensor::cat(&outputs, 0);
         let predictions = Predictions::from_output(&spec, &out)?;
 
-        let target = data.columns.last().filter(|_| has_target);
         let metrics = target.map(|t| predictions.score(&spec, &t.data));
         let csv_path = ctx.artifact_path("predictions.csv");
         predictions
@@ -136,7 +138,7 @@ impl Command for Predict {
             result: json!({
                 "model_id": p.model,
                 "kind": spec.kind,
-                "rows": data.rows,
+                "rows": rows,
                 "predictions": predictions.inline(&spec, INLINE_PREDICTIONS),
                 "metrics": metrics,
                 "note": note,
@@ -207,11 +209,11 @@ impl Predictions {
         match (self, target) {
             (Self::Classes { labels, .. }, ColumnData::Categorical { codes, levels }) => {
                 let (mut predicted, mut truth) = (Vec::new(), Vec::new());
-                for (label, code) in labels.iter().zip(codes) {
-                    if let Some(code) = code {
+                for (label, &code) in labels.iter().zip(codes) {
+                    if code != MISSING_CODE {
                         // Compare by label text: this file's levels need not
                         // match the training levels.
-                        let actual = &levels[*code as usize];
+                        let actual = &levels[code as usize];
                         let actual = spec.classes.iter().position(|c| c == actual);
                         predicted.push(*label as i64);
                         truth.push(actual.map_or(-1, |a| a as i64));
@@ -224,7 +226,7 @@ impl Predictions {
                     .iter()
                     .zip(actual)
                     .filter(|(_, a)| !a.is_nan())
-                    .map(|(p, a)| (*p, *a))
+                    .map(|(p, a)| (*p, f64::from(*a)))
                     .unzip();
                 json!({ "rmse": metrics::rmse(&p, &t), "scored_rows": t.len() })
             }

@@ -209,13 +209,22 @@ impl Command for Train {
         };
         let (val_rows, train_rows) = order.split_at(n_val);
 
-        let target = data.columns.last().expect("target column loaded");
-        let (y, classes, scale) = encode_target(target, train_rows)?;
+        // Rows are laid out training rows first, then validation rows, so
+        // both sets are views of one matrix rather than copies.
+        let arranged: Vec<usize> = train_rows.iter().chain(val_rows).copied().collect();
+        let mut place = vec![0usize; rows];
+        for (at, &row) in arranged.iter().enumerate() {
+            place[row] = at;
+        }
+        let mut columns = data.columns;
+        let target = columns.pop().expect("target column loaded");
+        let (y, classes, scale) = encode_target(&target, train_rows, &arranged)?;
+        drop(target);
         let spec = ModelSpec {
             format: FORMAT.into(),
             kind,
             target: p.target.clone(),
-            features: data.columns[..features.len()]
+            features: columns
                 .iter()
                 .map(|c| Feature::fit(&c.name, &c.data, train_rows))
                 .collect::<Result<_, _>>()?,
@@ -235,16 +244,17 @@ impl Command for Train {
             ));
         }
         spec.check_size(rows)?;
-        let x = network::matrix(&spec.encode(&data)?, rows, input as usize);
-        drop(data);
+        let x = network::encode(&spec, columns, rows, |r| place[r])?;
+        drop(place);
 
+        let (n_train, n_val) = (train_rows.len() as i64, val_rows.len() as i64);
         let fit = Fit {
-            x_train: x.index_select(0, &indices(train_rows)),
-            y_train: y.index_select(0, &indices(train_rows)),
-            x_val: x.index_select(0, &indices(val_rows)),
-            y_val: y.index_select(0, &indices(val_rows)),
+            x_train: x.narrow(0, 0, n_train),
+            y_train: y.narrow(0, 0, n_train),
+            x_val: x.narrow(0, n_train, n_val),
+            y_val: y.narrow(0, n_train, n_val),
         };
-        drop(x);
+        drop((x, y));
 
         tch::manual_seed(p.seed as i64);
         let vs = nn::VarStore::new(Device::Cpu);
@@ -397,11 +407,6 @@ fn loss(kind: ProblemKind, out: &Tensor, y: &Tensor) -> Tensor {
     }
 }
 
-fn indices(rows: &[usize]) -> Tensor {
-    let rows: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-    Tensor::from_slice(&rows)
-}
-
 /// Decides classification or regression, and rejects unusable targets.
 fn problem_kind(p: &TrainParams, s: &ColumnStats) -> Result<ProblemKind, JobError> {
     if let Some(row) = s.first_missing {
@@ -452,14 +457,17 @@ fn problem_kind(p: &TrainParams, s: &ColumnStats) -> Result<ProblemKind, JobErro
     }
 }
 
-/// The target as a tensor: class indices, or standardized values.
+/// The target as a tensor in `arranged` row order: class indices, or
+/// values standardized with the training rows' statistics.
 fn encode_target(
     column: &table::Column,
     train_rows: &[usize],
+    arranged: &[usize],
 ) -> Result<(Tensor, Vec<String>, Option<Scale>), JobError> {
     match &column.data {
         ColumnData::Categorical { codes, levels } => {
-            let y: Vec<i64> = codes.iter().map(|c| c.map_or(0, i64::from)).collect();
+            // Missing targets were rejected before loading.
+            let y: Vec<i64> = arranged.iter().map(|&r| i64::from(codes[r])).collect();
             Ok((
                 Tensor::from_slice(&y).to_kind(Kind::Int64),
                 levels.clone(),
@@ -468,7 +476,10 @@ fn encode_target(
         }
         ColumnData::Numeric(values) => {
             let Scale { mean, std } = Scale::fit(&column.name, values, train_rows)?;
-            let y: Vec<f32> = values.iter().map(|v| ((v - mean) / std) as f32).collect();
+            let y: Vec<f32> = arranged
+                .iter()
+                .map(|&r| ((f64::from(values[r]) - mean) / std) as f32)
+                .collect();
             Ok((
                 Tensor::from_slice(&y),
                 Vec::new(),

@@ -1,7 +1,11 @@
 //! The multi-layer perceptron both `train` and `predict` build.
 
 use tch::nn::{self, Module};
-use tch::Tensor;
+use tch::{Device, Kind, Tensor};
+
+use crate::error::JobError;
+use crate::ml::spec::ModelSpec;
+use crate::ml::table::Column;
 
 /// Builds `input → hidden… → output` with ReLU between layers. Variable names
 /// are fixed (`hidden0`, …, `output`) because saved weights are matched by name.
@@ -38,9 +42,25 @@ pub fn parameter_count(input: i64, hidden: &[i64], output: i64) -> i64 {
     total
 }
 
-/// A row-major `rows × width` f32 matrix as a tensor.
-pub fn matrix(values: &[f32], rows: usize, width: usize) -> Tensor {
-    Tensor::from_slice(values).reshape([rows as i64, width as i64])
+/// Encodes `columns` straight into a new `rows × input_width` f32 tensor,
+/// row `r` at row `place(r)`, with no intermediate copy of the matrix.
+pub fn encode(
+    spec: &ModelSpec,
+    columns: Vec<Column>,
+    rows: usize,
+    place: impl Fn(usize) -> usize,
+) -> Result<Tensor, JobError> {
+    let width = spec.input_width();
+    let x = Tensor::zeros([rows as i64, width as i64], (Kind::Float, Device::Cpu));
+    let len = rows * width;
+    if len > 0 {
+        // SAFETY: `x` was just created as a contiguous f32 CPU tensor of
+        // exactly `len` elements; nothing else refers to its storage, and
+        // the slice does not outlive this block, while `x` owns the memory.
+        let out = unsafe { std::slice::from_raw_parts_mut(x.data_ptr() as *mut f32, len) };
+        spec.encode_into(columns, out, place)?;
+    }
+    Ok(x)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ErrorCode, JobError};
-use crate::ml::table::{ColumnData, ColumnKind, Table};
+use crate::ml::table::{Column, ColumnData, ColumnKind};
 
 pub const FORMAT: &str = "mlq.mlp.v1";
 
@@ -90,10 +90,10 @@ impl Scale {
     /// skipping missing (NaN) values. A constant column gets std 1, so
     /// scaling never divides by zero. Values are divided by their largest
     /// magnitude first, so sums of huge values cannot overflow.
-    pub fn fit(name: &str, values: &[f64], rows: &[usize]) -> Result<Self, JobError> {
+    pub fn fit(name: &str, values: &[f32], rows: &[usize]) -> Result<Self, JobError> {
         let present: Vec<f64> = rows
             .iter()
-            .map(|&r| values[r])
+            .map(|&r| f64::from(values[r]))
             .filter(|v| !v.is_nan())
             .collect();
         let n = present.len().max(1) as f64;
@@ -165,24 +165,35 @@ impl ModelSpec {
         Ok(spec)
     }
 
-    /// Encodes every row of `table` into a row-major `rows × input_width`
-    /// matrix. The table must hold each feature column with its kind.
-    pub fn encode(&self, table: &Table) -> Result<Vec<f32>, JobError> {
+    /// Encodes `columns` (each feature column with its kind; others are
+    /// ignored) into `out`, a row-major `rows × input_width` matrix, writing
+    /// row `r` at row `place(r)`. Columns are consumed one by one, so the
+    /// parsed table shrinks as the matrix fills.
+    pub fn encode_into(
+        &self,
+        columns: Vec<Column>,
+        out: &mut [f32],
+        place: impl Fn(usize) -> usize,
+    ) -> Result<(), JobError> {
         let width = self.input_width();
-        let mut out = vec![0f32; table.rows * width];
+        let mut columns: Vec<Option<Column>> = columns.into_iter().map(Some).collect();
         let mut offset = 0;
         for feature in &self.features {
-            let column = table.column(feature.name()).ok_or_else(|| {
-                JobError::new(
-                    ErrorCode::UnknownColumn,
-                    format!("the model needs column \"{}\"", feature.name()),
-                )
-            })?;
-            match (feature, &column.data) {
+            let column = columns
+                .iter_mut()
+                .find(|c| c.as_ref().is_some_and(|c| c.name == feature.name()))
+                .and_then(Option::take)
+                .ok_or_else(|| {
+                    JobError::new(
+                        ErrorCode::UnknownColumn,
+                        format!("the model needs column \"{}\"", feature.name()),
+                    )
+                })?;
+            match (feature, column.data) {
                 (Feature::Numeric { mean, std, .. }, ColumnData::Numeric(values)) => {
                     for (row, v) in values.iter().enumerate() {
-                        let v = if v.is_nan() { *mean } else { *v };
-                        out[row * width + offset] = ((v - mean) / std) as f32;
+                        let v = if v.is_nan() { *mean } else { f64::from(*v) };
+                        out[place(row) * width + offset] = ((v - mean) / std) as f32;
                     }
                 }
                 (
@@ -195,9 +206,9 @@ impl ModelSpec {
                     // Map this file's levels onto the training levels by value.
                     let lookup: Vec<Option<usize>> =
                         seen.iter().map(|l| levels.binary_search(l).ok()).collect();
-                    for (row, code) in codes.iter().enumerate() {
-                        if let Some(slot) = code.and_then(|c| lookup[c as usize]) {
-                            out[row * width + offset + slot] = 1.0;
+                    for (row, &code) in codes.iter().enumerate() {
+                        if let Some(Some(slot)) = lookup.get(code as usize) {
+                            out[place(row) * width + offset + slot] = 1.0;
                         }
                     }
                 }
@@ -213,14 +224,14 @@ impl ModelSpec {
             }
             offset += feature.width();
         }
-        Ok(out)
+        Ok(())
     }
 }
 
-/// Largest encoded matrix (rows × network inputs) a job may build: 200 MB
-/// of f32, held about three times over while training (the full matrix and
-/// its train and validation parts).
-pub const MAX_CELLS: usize = 50_000_000;
+/// Largest encoded matrix (rows × network inputs) a job may build: 1.2 GB
+/// of f32. Training holds it once (train and validation rows are views of
+/// it), next to the one table column being encoded.
+pub const MAX_CELLS: usize = 300_000_000;
 
 impl ModelSpec {
     /// Refuses data whose encoded matrix would not fit the memory budget,
@@ -243,11 +254,11 @@ impl ModelSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ml::table::Column;
+    use crate::ml::table::Table;
 
     #[test]
     fn huge_values_scale_without_overflow() {
-        let s = Scale::fit("x", &[1e308, -1e308, 1e308], &[0, 1, 2]).unwrap();
+        let s = Scale::fit("x", &[3e38, -3e38, 3e38], &[0, 1, 2]).unwrap();
         assert!(s.mean.is_finite() && s.std.is_finite(), "{s:?}");
         let s = Scale::fit("x", &[5.0, 5.0], &[0, 1]).unwrap();
         assert_eq!(
@@ -267,12 +278,12 @@ mod tests {
             columns: vec![
                 Column {
                     name: "x".into(),
-                    data: ColumnData::Numeric(vec![1.0, 3.0, f64::NAN]),
+                    data: ColumnData::Numeric(vec![1.0, 3.0, f32::NAN]),
                 },
                 Column {
                     name: "c".into(),
                     data: ColumnData::Categorical {
-                        codes: vec![Some(0), Some(1), None],
+                        codes: vec![0, 1, crate::ml::table::MISSING_CODE],
                         levels: vec!["green".into(), "red".into()],
                     },
                 },
@@ -304,7 +315,14 @@ mod tests {
             hidden: vec![],
         };
         assert_eq!(spec.input_width(), 3);
-        let encoded = spec.encode(&table).unwrap();
+        let mut encoded = vec![0.0; 9];
+        spec.encode_into(table.columns.clone(), &mut encoded, |r| r)
+            .unwrap();
         assert_eq!(encoded, vec![-1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0]);
+        // Rows land where `place` puts them.
+        let mut reversed = vec![0.0; 9];
+        spec.encode_into(table.columns, &mut reversed, |r| 2 - r)
+            .unwrap();
+        assert_eq!(reversed, vec![0.0, 0.0, 0.0, 1.0, 0.0, 1.0, -1.0, 0.0, 0.0]);
     }
 }

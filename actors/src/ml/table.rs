@@ -30,13 +30,18 @@ pub enum ColumnKind {
     Categorical,
 }
 
+/// The code of a missing categorical cell.
+pub const MISSING_CODE: u32 = u32::MAX;
+
+/// A column's cells, four bytes each: a large file's table stays the size of
+/// the tensors it becomes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ColumnData {
     /// Values, with NaN where the cell was missing.
-    Numeric(Vec<f64>),
-    /// Codes into `levels`, with `None` where the cell was missing.
+    Numeric(Vec<f32>),
+    /// Codes into `levels`, with `MISSING_CODE` where the cell was missing.
     Categorical {
-        codes: Vec<Option<u32>>,
+        codes: Vec<u32>,
         levels: Vec<String>,
     },
 }
@@ -144,11 +149,12 @@ pub fn scan(
                 continue;
             }
             match cell.parse::<f64>() {
-                Ok(v) if !v.is_finite() => {
+                Ok(v) if !(v as f32).is_finite() => {
                     return Err(JobError::new(
                         ErrorCode::NonFiniteValue,
                         format!(
-                            "row {row}, column \"{}\": {cell} is not a finite number",
+                            "row {row}, column \"{}\": {cell} is not a finite number \
+                             within ±3.4e38",
                             headers[i]
                         ),
                     ))
@@ -230,17 +236,19 @@ pub fn load(
 }
 
 enum Builder {
-    Numeric(Vec<f64>),
-    Categorical(Vec<Option<u32>>, HashMap<String, u32>),
+    Numeric(Vec<f32>),
+    Categorical(Vec<u32>, HashMap<String, u32>),
 }
 
 impl Builder {
     fn push(&mut self, row: usize, name: &str, cell: &str) -> Result<(), JobError> {
         let missing = is_missing(cell);
         match self {
-            Self::Numeric(values) if missing => values.push(f64::NAN),
+            Self::Numeric(values) if missing => values.push(f32::NAN),
+            // Parsed as f64 first: a value beyond f32's range is reported,
+            // not silently turned into infinity.
             Self::Numeric(values) => match cell.parse::<f64>() {
-                Ok(v) if v.is_finite() => values.push(v),
+                Ok(v) if v.is_finite() && (v as f32).is_finite() => values.push(v as f32),
                 Ok(_) => {
                     return Err(JobError::new(
                         ErrorCode::NonFiniteValue,
@@ -254,7 +262,7 @@ impl Builder {
                     ))
                 }
             },
-            Self::Categorical(codes, _) if missing => codes.push(None),
+            Self::Categorical(codes, _) if missing => codes.push(MISSING_CODE),
             Self::Categorical(codes, levels) => {
                 let next = levels.len() as u32;
                 if next as usize >= MAX_LEVELS && !levels.contains_key(cell) {
@@ -267,7 +275,7 @@ impl Builder {
                     ));
                 }
                 let code = *levels.entry(cell.to_owned()).or_insert(next);
-                codes.push(Some(code));
+                codes.push(code);
             }
         }
         Ok(())
@@ -288,7 +296,13 @@ impl Builder {
                 ColumnData::Categorical {
                     codes: codes
                         .into_iter()
-                        .map(|c| c.map(|c| remap[c as usize]))
+                        .map(|c| {
+                            if c == MISSING_CODE {
+                                c
+                            } else {
+                                remap[c as usize]
+                            }
+                        })
                         .collect(),
                     levels: sorted.into_iter().map(|(l, _)| l).collect(),
                 }
@@ -485,7 +499,7 @@ mod tests {
         assert_eq!(
             table.columns[0].data,
             ColumnData::Categorical {
-                codes: vec![Some(1), Some(0), None],
+                codes: vec![1, 0, MISSING_CODE],
                 levels: vec!["blue".into(), "red".into()],
             }
         );
