@@ -12,9 +12,9 @@ use uuid::Uuid;
 
 use super::{Command, Params, SubmitError};
 use crate::error::{ErrorCode, JobError};
-use crate::ml::spec::{Feature, ModelSpec, ProblemKind, Scale, FORMAT};
+use crate::ml::spec::{self, Feature, ModelSpec, ProblemKind, Scale, FORMAT};
 use crate::ml::table::{self, ColumnData, ColumnKind, ColumnStats, MAX_LEVELS};
-use crate::ml::{metrics, network};
+use crate::ml::network;
 use crate::progress::Progress;
 use crate::task::{ArtifactFile, JobContext, ModelDraft, Outcome};
 
@@ -25,6 +25,8 @@ pub const MAX_BATCH: u32 = 65_536;
 /// Keeps one task from eating a worker's memory: about 200 MB of f32 weights
 /// plus Adam's two moments.
 pub const MAX_PARAMETERS: i64 = 16_000_000;
+/// Validation rows per forward pass when computing epoch metrics.
+const EVAL_CHUNK: i64 = 65_536;
 /// A numeric target with at most this many distinct whole numbers is taken
 /// as class labels when `kind` is not given.
 const MAX_INFERRED_CLASSES: usize = 20;
@@ -184,56 +186,57 @@ impl Command for Train {
         }
         let target_stats = &stats[features.len()];
         let kind = problem_kind(&p, target_stats)?;
-        let mut kinds = Vec::with_capacity(names.len());
+        let mut kinds = Vec::with_capacity(features.len());
         for (name, s) in features.iter().zip(&stats) {
             kinds.push((name.clone(), table::infer_kind(name, s)?));
         }
-        kinds.push((
-            p.target.clone(),
-            match kind {
-                ProblemKind::Classification => ColumnKind::Categorical,
-                ProblemKind::Regression => ColumnKind::Numeric,
-            },
-        ));
-        let data = table::load(path, &headers, &kinds, &ctx.cancel)?;
-        ctx.cancel.check()?;
-
         // Split once, with the seed, so a re-run sees the same rows.
         let mut rng = rand::rngs::StdRng::seed_from_u64(p.seed);
-        let mut order: Vec<usize> = (0..rows).collect();
-        order.shuffle(&mut rng);
+        // The shuffled order decides where each row goes in the matrix:
+        // training rows first, then validation rows, so both sets are views
+        // of one matrix rather than copies. 4-byte indices: at millions of
+        // rows, index vectors are a large part of the memory.
+        let mut place: Vec<u32> = (0..rows as u32).collect();
+        place.shuffle(&mut rng);
         let n_val = if p.validation_split > 0.0 {
             ((rows as f64 * p.validation_split).round() as usize).clamp(1, rows - 1)
         } else {
             0
         };
-        let (val_rows, train_rows) = order.split_at(n_val);
+        let n_train = rows - n_val;
 
-        // Rows are laid out training rows first, then validation rows, so
-        // both sets are views of one matrix rather than copies.
-        let arranged: Vec<usize> = train_rows.iter().chain(val_rows).copied().collect();
-        let mut place = vec![0usize; rows];
-        for (at, &row) in arranged.iter().enumerate() {
-            place[row] = at;
+        // Where each feature goes: levels are known from the first pass.
+        let mut slots = Vec::with_capacity(features.len());
+        let mut width = 0;
+        for ((name, kind), s) in kinds.iter().zip(&stats) {
+            let slot = match kind {
+                ColumnKind::Numeric => table::Slot::Numeric { offset: width },
+                ColumnKind::Categorical if s.distinct.len() > MAX_LEVELS => {
+                    return Err(JobError::new(
+                        ErrorCode::TooManyCategories,
+                        format!(
+                            "column \"{name}\" has more than {MAX_LEVELS} distinct values; \
+                             leave it out with the `features` param"
+                        ),
+                    ))
+                }
+                ColumnKind::Categorical => table::Slot::Categorical {
+                    offset: width,
+                    levels: s.distinct.iter().cloned().collect(),
+                },
+            };
+            width += match &slot {
+                table::Slot::Numeric { .. } => 1,
+                table::Slot::Categorical { levels, .. } => levels.len(),
+            };
+            slots.push((name.clone(), slot));
         }
-        let mut columns = data.columns;
-        let target = columns.pop().expect("target column loaded");
-        let (y, classes, scale) = encode_target(&target, train_rows, &arranged)?;
-        drop(target);
-        let spec = ModelSpec {
-            format: FORMAT.into(),
-            kind,
-            target: p.target.clone(),
-            features: columns
-                .iter()
-                .map(|c| Feature::fit(&c.name, &c.data, train_rows))
-                .collect::<Result<_, _>>()?,
-            classes,
-            target_scale: scale,
-            hidden: p.hidden.iter().map(|&h| h as i64).collect(),
-        };
-        let (input, output) = (spec.input_width() as i64, spec.output_width() as i64);
-        let parameters = network::parameter_count(input, &spec.hidden, output);
+        let output = match kind {
+            ProblemKind::Classification => target_stats.distinct.len(),
+            ProblemKind::Regression => 1,
+        } as i64;
+        let hidden: Vec<i64> = p.hidden.iter().map(|&h| h as i64).collect();
+        let parameters = network::parameter_count(width as i64, &hidden, output);
         if parameters > MAX_PARAMETERS {
             return Err(JobError::new(
                 ErrorCode::InvalidParams,
@@ -243,16 +246,70 @@ impl Command for Train {
                 ),
             ));
         }
-        spec.check_size(rows)?;
-        let x = network::encode(&spec, columns, rows, |r| place[r])?;
-        drop(place);
+        spec::check_cells(rows, width)?;
 
-        let (n_train, n_val) = (train_rows.len() as i64, val_rows.len() as i64);
+        // Second pass: parse straight into the tensor, then standardize the
+        // numeric inputs with their training rows' statistics.
+        let target_kind = kinds_target(kind);
+        let (x, (target, moments)) = network::matrix(rows, width, |out| {
+            let loaded = table::load_matrix(
+                path,
+                &headers,
+                &slots,
+                (&p.target, target_kind),
+                width,
+                out,
+                |r| place[r] as usize,
+                |r| (place[r] as usize) < n_train,
+                &ctx.cancel,
+            )?;
+            for ((_, slot), m) in slots.iter().zip(&loaded.1) {
+                if let table::Slot::Numeric { offset } = slot {
+                    let Scale { mean, std } = Scale::from_moments(m);
+                    for row in out.chunks_exact_mut(width) {
+                        let v = row[*offset];
+                        row[*offset] = if v.is_nan() {
+                            0.0
+                        } else {
+                            ((f64::from(v) - mean) / std) as f32
+                        };
+                    }
+                }
+            }
+            Ok(loaded)
+        })?;
+        ctx.cancel.check()?;
+        let (y, classes, scale) = encode_target(&target, &place, n_train)?;
+        drop((target, place));
+        let spec = ModelSpec {
+            format: FORMAT.into(),
+            kind,
+            target: p.target.clone(),
+            features: slots
+                .into_iter()
+                .zip(&moments)
+                .map(|((name, slot), m)| match slot {
+                    table::Slot::Numeric { .. } => {
+                        let Scale { mean, std } = Scale::from_moments(m);
+                        Feature::Numeric { name, mean, std }
+                    }
+                    table::Slot::Categorical { levels, .. } => {
+                        Feature::Categorical { name, levels }
+                    }
+                })
+                .collect(),
+            classes,
+            target_scale: scale,
+            hidden,
+        };
+        let input = width as i64;
+
+        let (t, v) = (n_train as i64, n_val as i64);
         let fit = Fit {
-            x_train: x.narrow(0, 0, n_train),
-            y_train: y.narrow(0, 0, n_train),
-            x_val: x.narrow(0, n_train, n_val),
-            y_val: y.narrow(0, n_train, n_val),
+            x_train: x.narrow(0, 0, t),
+            y_train: y.narrow(0, 0, t),
+            x_val: x.narrow(0, t, v),
+            y_val: y.narrow(0, t, v),
         };
         drop((x, y));
 
@@ -262,9 +319,8 @@ impl Command for Train {
         let mut opt = nn::Adam::default().build(&vs, p.learning_rate)?;
         let mut last = BTreeMap::new();
         for epoch in 1..=p.epochs {
-            let mut order: Vec<i64> = (0..train_rows.len() as i64).collect();
-            order.shuffle(&mut rng);
-            let order = Tensor::from_slice(&order);
+            // libtorch's generator, seeded above: no index vector in Rust.
+            let order = Tensor::randperm(n_train as i64, (Kind::Int64, Device::Cpu));
             let mut loss_sum = 0.0;
             for batch in order.split(p.batch_size as i64, 0) {
                 ctx.cancel.check()?;
@@ -274,7 +330,7 @@ impl Command for Train {
                 opt.backward_step(&loss);
                 loss_sum += loss.double_value(&[]) * batch.size()[0] as f64;
             }
-            let train_loss = loss_sum / train_rows.len() as f64;
+            let train_loss = loss_sum / n_train as f64;
             if !train_loss.is_finite() {
                 return Err(JobError::new(
                     ErrorCode::Diverged,
@@ -318,7 +374,7 @@ impl Command for Train {
                 "target": p.target,
                 "metrics": metrics,
                 "epochs": p.epochs,
-                "rows": {"train": train_rows.len(), "validation": val_rows.len()},
+                "rows": {"train": n_train, "validation": n_val},
                 "parameters": parameters,
             }),
             artifacts: vec![
@@ -368,34 +424,49 @@ impl Fit {
         if self.y_val.size()[0] == 0 {
             return m;
         }
+        // In chunks: one forward pass over millions of validation rows
+        // would hold every row's hidden activations at once.
+        let rows = self.y_val.size()[0];
+        let (mut loss_sum, mut hits, mut squared) = (0.0, 0i64, 0.0);
         tch::no_grad(|| {
-            let out = net.forward(&self.x_val);
-            m.insert(
-                "val_loss".into(),
-                loss(kind, &out, &self.y_val).double_value(&[]),
-            );
-            match kind {
-                ProblemKind::Classification => {
-                    let predicted = Vec::<i64>::try_from(out.argmax(-1, false)).unwrap_or_default();
-                    let truth = Vec::<i64>::try_from(&self.y_val).unwrap_or_default();
-                    m.insert("val_accuracy".into(), metrics::accuracy(&predicted, &truth));
-                }
-                ProblemKind::Regression => {
-                    let s = spec.target_scale.expect("regression has a scale");
-                    let unscale = |t: &Tensor| -> Vec<f64> {
-                        Vec::<f32>::try_from(t.reshape([-1]))
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|v| f64::from(v) * s.std + s.mean)
-                            .collect()
-                    };
-                    m.insert(
-                        "val_rmse".into(),
-                        metrics::rmse(&unscale(&out), &unscale(&self.y_val)),
-                    );
+            for (x, y) in self
+                .x_val
+                .split(EVAL_CHUNK, 0)
+                .iter()
+                .zip(self.y_val.split(EVAL_CHUNK, 0).iter())
+            {
+                let out = net.forward(x);
+                let n = y.size()[0] as f64;
+                loss_sum += loss(kind, &out, y).double_value(&[]) * n;
+                match kind {
+                    ProblemKind::Classification => {
+                        hits += out
+                            .argmax(-1, false)
+                            .eq_tensor(y)
+                            .sum(Kind::Int64)
+                            .int64_value(&[]);
+                    }
+                    ProblemKind::Regression => {
+                        squared += (out.reshape([-1]) - y)
+                            .square()
+                            .sum(Kind::Double)
+                            .double_value(&[]);
+                    }
                 }
             }
         });
+        let n = rows as f64;
+        m.insert("val_loss".into(), loss_sum / n);
+        match kind {
+            ProblemKind::Classification => {
+                m.insert("val_accuracy".into(), hits as f64 / n);
+            }
+            ProblemKind::Regression => {
+                // Standardized errors, scaled back to the target's units.
+                let s = spec.target_scale.expect("regression has a scale");
+                m.insert("val_rmse".into(), s.std * (squared / n).sqrt());
+            }
+        }
         m
     }
 }
@@ -457,29 +528,43 @@ fn problem_kind(p: &TrainParams, s: &ColumnStats) -> Result<ProblemKind, JobErro
     }
 }
 
-/// The target as a tensor in `arranged` row order: class indices, or
-/// values standardized with the training rows' statistics.
+/// How the target column is read for a problem kind.
+fn kinds_target(kind: ProblemKind) -> ColumnKind {
+    match kind {
+        ProblemKind::Classification => ColumnKind::Categorical,
+        ProblemKind::Regression => ColumnKind::Numeric,
+    }
+}
+
+/// The target as a tensor with row `r` at `place[r]`: class indices, or
+/// values standardized with the statistics of the training rows (those
+/// placed below `n_train`).
 fn encode_target(
     column: &table::Column,
-    train_rows: &[usize],
-    arranged: &[usize],
+    place: &[u32],
+    n_train: usize,
 ) -> Result<(Tensor, Vec<String>, Option<Scale>), JobError> {
     match &column.data {
         ColumnData::Categorical { codes, levels } => {
             // Missing targets were rejected before loading.
-            let y: Vec<i64> = arranged.iter().map(|&r| i64::from(codes[r])).collect();
-            Ok((
-                Tensor::from_slice(&y).to_kind(Kind::Int64),
-                levels.clone(),
-                None,
-            ))
+            let mut y = vec![0i64; codes.len()];
+            for (r, &code) in codes.iter().enumerate() {
+                y[place[r] as usize] = i64::from(code);
+            }
+            Ok((Tensor::from_slice(&y), levels.clone(), None))
         }
         ColumnData::Numeric(values) => {
-            let Scale { mean, std } = Scale::fit(&column.name, values, train_rows)?;
-            let y: Vec<f32> = arranged
-                .iter()
-                .map(|&r| ((f64::from(values[r]) - mean) / std) as f32)
-                .collect();
+            let mut moments = table::Moments::default();
+            for (r, &v) in values.iter().enumerate() {
+                if (place[r] as usize) < n_train {
+                    moments.add(f64::from(v));
+                }
+            }
+            let Scale { mean, std } = Scale::from_moments(&moments);
+            let mut y = vec![0f32; values.len()];
+            for (r, &v) in values.iter().enumerate() {
+                y[place[r] as usize] = ((f64::from(v) - mean) / std) as f32;
+            }
             Ok((
                 Tensor::from_slice(&y),
                 Vec::new(),

@@ -42,25 +42,40 @@ pub fn parameter_count(input: i64, hidden: &[i64], output: i64) -> i64 {
     total
 }
 
+/// A new zeroed `rows × width` f32 tensor, filled in place by `fill`: the
+/// matrix is built once, in the tensor's own memory.
+pub fn matrix<T>(
+    rows: usize,
+    width: usize,
+    fill: impl FnOnce(&mut [f32]) -> Result<T, JobError>,
+) -> Result<(Tensor, T), JobError> {
+    let x = Tensor::zeros([rows as i64, width as i64], (Kind::Float, Device::Cpu));
+    let len = rows * width;
+    let mut empty = [];
+    let out: &mut [f32] = if len == 0 {
+        &mut empty
+    } else {
+        // SAFETY: `x` was just created as a contiguous f32 CPU tensor of
+        // exactly `len` elements; nothing else refers to its storage, and
+        // the slice is gone before `x` is returned, while `x` owns the memory.
+        unsafe { std::slice::from_raw_parts_mut(x.data_ptr() as *mut f32, len) }
+    };
+    let filled = fill(out)?;
+    Ok((x, filled))
+}
+
 /// Encodes `columns` straight into a new `rows × input_width` f32 tensor,
-/// row `r` at row `place(r)`, with no intermediate copy of the matrix.
+/// row `r` at row `place(r)`.
 pub fn encode(
     spec: &ModelSpec,
     columns: Vec<Column>,
     rows: usize,
     place: impl Fn(usize) -> usize,
 ) -> Result<Tensor, JobError> {
-    let width = spec.input_width();
-    let x = Tensor::zeros([rows as i64, width as i64], (Kind::Float, Device::Cpu));
-    let len = rows * width;
-    if len > 0 {
-        // SAFETY: `x` was just created as a contiguous f32 CPU tensor of
-        // exactly `len` elements; nothing else refers to its storage, and
-        // the slice does not outlive this block, while `x` owns the memory.
-        let out = unsafe { std::slice::from_raw_parts_mut(x.data_ptr() as *mut f32, len) };
-        spec.encode_into(columns, out, place)?;
-    }
-    Ok(x)
+    matrix(rows, spec.input_width(), |out| {
+        spec.encode_into(columns, out, place)
+    })
+    .map(|(x, ())| x)
 }
 
 #[cfg(test)]

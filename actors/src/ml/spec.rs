@@ -86,6 +86,17 @@ pub struct Scale {
 }
 
 impl Scale {
+    /// From running moments; a constant or empty column gets std 1.
+    pub fn from_moments(m: &crate::ml::table::Moments) -> Self {
+        let std = m.std();
+        let std = if std > 1e-12 * m.mean.abs().max(1.0) {
+            std
+        } else {
+            1.0
+        };
+        Self { mean: m.mean, std }
+    }
+
     /// Mean and standard deviation of column `name`'s `values` over `rows`,
     /// skipping missing (NaN) values. A constant column gets std 1, so
     /// scaling never divides by zero. Values are divided by their largest
@@ -229,25 +240,29 @@ impl ModelSpec {
 }
 
 /// Largest encoded matrix (rows × network inputs) a job may build: 1.2 GB
-/// of f32. Training holds it once (train and validation rows are views of
-/// it), next to the one table column being encoded.
+/// of f32. Training holds it once: it is parsed straight into the tensor,
+/// and the train and validation rows are views of it.
 pub const MAX_CELLS: usize = 300_000_000;
 
 impl ModelSpec {
     /// Refuses data whose encoded matrix would not fit the memory budget,
     /// before allocating it.
     pub fn check_size(&self, rows: usize) -> Result<(), JobError> {
-        let width = self.input_width();
-        match rows.checked_mul(width) {
-            Some(cells) if cells <= MAX_CELLS => Ok(()),
-            _ => Err(JobError::new(
-                ErrorCode::DataTooLarge,
-                format!(
-                    "{rows} rows × {width} encoded inputs exceed the limit of {MAX_CELLS} values; \
-                     use fewer rows, or leave wide text columns out with the `features` param"
-                ),
-            )),
-        }
+        check_cells(rows, self.input_width())
+    }
+}
+
+/// Refuses a `rows × width` matrix over the memory budget.
+pub fn check_cells(rows: usize, width: usize) -> Result<(), JobError> {
+    match rows.checked_mul(width) {
+        Some(cells) if cells <= MAX_CELLS => Ok(()),
+        _ => Err(JobError::new(
+            ErrorCode::DataTooLarge,
+            format!(
+                "{rows} rows × {width} encoded inputs exceed the limit of {MAX_CELLS} values; \
+                 use fewer rows, or leave wide text columns out with the `features` param"
+            ),
+        )),
     }
 }
 

@@ -235,6 +235,123 @@ pub fn load(
     })
 }
 
+/// Where one feature column goes in the matrix `load_matrix` fills.
+#[derive(Debug, Clone)]
+pub enum Slot {
+    /// One input, written raw (NaN when missing) and standardized later.
+    Numeric { offset: usize },
+    /// One input per level, in `levels` order (sorted).
+    Categorical { offset: usize, levels: Vec<String> },
+}
+
+/// Running mean and variance (Welford) of a numeric column's training rows.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Moments {
+    pub n: u64,
+    pub mean: f64,
+    m2: f64,
+}
+
+impl Moments {
+    pub fn add(&mut self, v: f64) {
+        self.n += 1;
+        let delta = v - self.mean;
+        self.mean += delta / self.n as f64;
+        self.m2 += delta * (v - self.mean);
+    }
+
+    pub fn std(&self) -> f64 {
+        if self.n == 0 {
+            0.0
+        } else {
+            (self.m2 / self.n as f64).sqrt()
+        }
+    }
+}
+
+/// Second pass for training: parses the feature columns straight into
+/// `out`, a row-major `rows × width` matrix with row `r` at row `place(r)`,
+/// so no table of the features is ever held. Numbers are written raw (NaN
+/// when missing), levels one-hot. Returns the target column, typed, and the
+/// moments of each feature over the rows for which `is_train` holds
+/// (meaningful for numeric slots).
+#[allow(clippy::too_many_arguments)]
+pub fn load_matrix(
+    path: &Path,
+    headers: &[String],
+    features: &[(String, Slot)],
+    target: (&str, ColumnKind),
+    width: usize,
+    out: &mut [f32],
+    place: impl Fn(usize) -> usize,
+    is_train: impl Fn(usize) -> bool,
+    cancel: &crate::task::CancelToken,
+) -> Result<(Column, Vec<Moments>), JobError> {
+    let names: Vec<String> = features.iter().map(|(n, _)| n.clone()).collect();
+    let indices = indices(headers, &names)?;
+    let target_index = indices_of(headers, target.0)?;
+    let mut target_builder = match target.1 {
+        ColumnKind::Numeric => Builder::Numeric(Vec::new()),
+        ColumnKind::Categorical => Builder::Categorical(Vec::new(), HashMap::new()),
+    };
+    let mut moments = vec![Moments::default(); features.len()];
+    for_each_record(path, headers, cancel, |row, record| {
+        let r = row - 1;
+        let base = place(r) * width;
+        for (((name, slot), &i), m) in features.iter().zip(&indices).zip(&mut moments) {
+            let cell = record.get(i).unwrap_or("").trim();
+            match slot {
+                Slot::Numeric { offset } => {
+                    let v = if is_missing(cell) {
+                        f32::NAN
+                    } else {
+                        parse_number(row, name, cell)?
+                    };
+                    if !v.is_nan() && is_train(r) {
+                        m.add(f64::from(v));
+                    }
+                    out[base + offset] = v;
+                }
+                Slot::Categorical { offset, levels } => {
+                    if !is_missing(cell) {
+                        if let Ok(slot) = levels.binary_search_by(|l| l.as_str().cmp(cell)) {
+                            out[base + offset + slot] = 1.0;
+                        }
+                    }
+                }
+            }
+        }
+        let cell = record.get(target_index).unwrap_or("").trim();
+        target_builder.push(row, target.0, cell)
+    })?;
+    Ok((
+        Column {
+            name: target.0.to_owned(),
+            data: target_builder.finish(),
+        },
+        moments,
+    ))
+}
+
+/// A numeric cell, rejecting text and values beyond f32's range.
+fn parse_number(row: usize, name: &str, cell: &str) -> Result<f32, JobError> {
+    match cell.parse::<f64>() {
+        Ok(v) if (v as f32).is_finite() => Ok(v as f32),
+        Ok(_) => Err(JobError::new(
+            ErrorCode::NonFiniteValue,
+            format!("row {row}, column \"{name}\": {cell} is not a finite number within ±3.4e38"),
+        )),
+        Err(_) => Err(JobError::new(
+            ErrorCode::InvalidNumber,
+            format!("row {row}, column \"{name}\": \"{cell}\" is not a number"),
+        )),
+    }
+}
+
+fn indices_of(headers: &[String], name: &str) -> Result<usize, JobError> {
+    Ok(indices(headers, &[name.to_owned()])?[0])
+}
+
 enum Builder {
     Numeric(Vec<f32>),
     Categorical(Vec<u32>, HashMap<String, u32>),
@@ -245,23 +362,7 @@ impl Builder {
         let missing = is_missing(cell);
         match self {
             Self::Numeric(values) if missing => values.push(f32::NAN),
-            // Parsed as f64 first: a value beyond f32's range is reported,
-            // not silently turned into infinity.
-            Self::Numeric(values) => match cell.parse::<f64>() {
-                Ok(v) if v.is_finite() && (v as f32).is_finite() => values.push(v as f32),
-                Ok(_) => {
-                    return Err(JobError::new(
-                        ErrorCode::NonFiniteValue,
-                        format!("row {row}, column \"{name}\": {cell} is not a finite number"),
-                    ))
-                }
-                Err(_) => {
-                    return Err(JobError::new(
-                        ErrorCode::InvalidNumber,
-                        format!("row {row}, column \"{name}\": \"{cell}\" is not a number"),
-                    ))
-                }
-            },
+            Self::Numeric(values) => values.push(parse_number(row, name, cell)?),
             Self::Categorical(codes, _) if missing => codes.push(MISSING_CODE),
             Self::Categorical(codes, levels) => {
                 let next = levels.len() as u32;
