@@ -12,9 +12,9 @@ use uuid::Uuid;
 
 use super::{Command, Params, SubmitError};
 use crate::error::{ErrorCode, JobError};
+use crate::ml::network;
 use crate::ml::spec::{self, Feature, ModelSpec, ProblemKind, Scale, FORMAT};
 use crate::ml::table::{self, ColumnData, ColumnKind, ColumnStats, MAX_LEVELS};
-use crate::ml::network;
 use crate::progress::Progress;
 use crate::task::{ArtifactFile, JobContext, ModelDraft, Outcome};
 
