@@ -73,7 +73,12 @@ impl ObjectWriter for FsWriter {
             tokio::fs::create_dir_all(dir).await?;
             tokio::fs::rename(&self.tmp, &self.dest).await?;
             // The rename itself is durable only once its directory is synced.
-            tokio::fs::File::open(dir).await?.sync_all().await
+            // The object is in place either way, so a failure here is only
+            // reported: failing the write would orphan a complete object.
+            if let Err(e) = sync_dir(dir).await {
+                tracing::warn!("could not sync {}: {e}", dir.display());
+            }
+            Ok::<(), std::io::Error>(())
         }
         .await;
         if result.is_err() {
@@ -96,6 +101,10 @@ impl Drop for FsWriter {
     }
 }
 
+async fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    tokio::fs::File::open(dir).await?.sync_all().await
+}
+
 /// Collects the objects under `dir` whose key starts with `prefix`.
 fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> std::io::Result<()> {
     let entries = match std::fs::read_dir(dir) {
@@ -112,7 +121,13 @@ fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> std
         if key.starts_with(".tmp") {
             continue;
         }
-        let meta = entry.metadata()?;
+        // Deleted since the directory was read (by a concurrent collector
+        // or a task delete): not an error.
+        let meta = match entry.metadata() {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         if meta.is_dir() {
             // Only descend where the prefix can still match.
             if prefix.starts_with(&format!("{key}/"))
@@ -125,7 +140,7 @@ fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> std
             out.push(ObjectInfo {
                 key,
                 size: meta.len(),
-                modified: meta.modified()?,
+                modified: meta.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH),
             });
         }
     }

@@ -131,7 +131,13 @@ impl S3Store {
         }
         Ok(Self {
             bucket: Arc::from(bucket),
-            http: reqwest::Client::new(),
+            // A stalled connection must not hold an upload (and its part
+            // buffers) forever.
+            http: reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(10))
+                .timeout(std::time::Duration::from_secs(300))
+                .build()
+                .map_err(|e| S3SetupError::Credentials(e.to_string()))?,
             part_size: config.part_size.max(5 << 20),
             parts_in_flight: config.parts_in_flight.max(1),
         })
@@ -189,33 +195,46 @@ async fn put_part(
     number: u32,
     part: Vec<u8>,
 ) -> Result<Part, S3Error> {
+    let part = Bytes::from(part);
     let queries = std::collections::HashMap::from([
         ("partNumber".to_owned(), number.to_string()),
         ("uploadId".to_owned(), upload_id.to_owned()),
     ]);
     let url = bucket.presign_put(key, 3600, None, Some(queries)).await?;
-    let response = http
-        .put(url)
-        .body(part)
-        .send()
-        .await
-        .map_err(|e| S3Error::HttpFailWithBody(0, e.to_string()))?;
-    let status = response.status().as_u16();
-    let etag = response
-        .headers()
-        .get("etag")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    match etag {
-        Some(etag) if status < 300 => Ok(Part {
-            part_number: number,
-            etag,
-        }),
-        _ => Err(S3Error::HttpFailWithBody(
-            status,
-            response.text().await.unwrap_or_default(),
-        )),
+    // A dropped connection or a 5xx is worth another try; the part is kept
+    // (a cheap clone of `Bytes`) until it is acknowledged.
+    let mut delay = std::time::Duration::from_millis(200);
+    for attempt in 1.. {
+        let failure = match http.put(&url).body(part.clone()).send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let etag = response
+                    .headers()
+                    .get("etag")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                match etag {
+                    Some(etag) if status < 300 => {
+                        return Ok(Part {
+                            part_number: number,
+                            etag,
+                        })
+                    }
+                    _ => {
+                        S3Error::HttpFailWithBody(status, response.text().await.unwrap_or_default())
+                    }
+                }
+            }
+            Err(e) => S3Error::HttpFailWithBody(0, e.to_string()),
+        };
+        let transient = matches!(failure, S3Error::HttpFailWithBody(0 | 500..=599, _));
+        if !transient || attempt == 3 {
+            return Err(failure);
+        }
+        tokio::time::sleep(delay).await;
+        delay *= 2;
     }
+    unreachable!("the loop returns on its third attempt")
 }
 
 impl S3Writer {
@@ -296,7 +315,11 @@ impl S3Writer {
         }
         if let Some(upload_id) = self.upload_id.take() {
             let (bucket, key) = (self.bucket.clone(), self.key.clone());
-            tokio::spawn(async move {
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                tracing::warn!(%key, "multipart upload left open: no runtime to abort it");
+                return;
+            };
+            runtime.spawn(async move {
                 if let Err(e) = bucket.abort_upload(&key, &upload_id).await {
                     tracing::warn!(%key, "could not abort multipart upload: {e}");
                 }
@@ -392,6 +415,16 @@ impl ObjectStore for S3Store {
     }
 
     async fn open_range(&self, key: &str, start: u64, end: u64) -> Result<ObjectBody, ObjectError> {
+        // Known to exist before the response starts: a failure after the
+        // first byte could only cut a 206 short.
+        let (_, status) = self
+            .bucket
+            .head_object(key)
+            .await
+            .map_err(|e| object_error(key, e))?;
+        if status == 404 {
+            return Err(ObjectError::NotFound(key.to_owned()));
+        }
         // rust-s3 streams a range only into a writer: pipe it through a
         // small in-memory channel instead of buffering the whole range.
         let (mut writer, reader) = tokio::io::duplex(256 * 1024);
