@@ -309,6 +309,7 @@ impl Settings {
             max_request_bytes: self.max_request_bytes,
             max_file_bytes: self.max_file_bytes,
             max_files: self.max_files,
+            max_upload_time: self.orphan_grace / 2,
             content_types: self.content_types.clone(),
         }
     }

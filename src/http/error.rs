@@ -32,6 +32,8 @@ pub enum ApiError {
     FileTooLarge { name: String, limit: u64 },
     #[error("a request may carry at most {limit} files (max_files)")]
     TooManyParts { limit: usize },
+    #[error("the upload took longer than {0:?}, half of orphan_grace; raise orphan_grace for slower uploads")]
+    UploadTimeout(std::time::Duration),
     #[error("{command} does not accept files of type {content_type:?}; accepted: {}", allowed.join(", "))]
     UnsupportedFileType {
         command: String,
@@ -77,6 +79,7 @@ impl ApiError {
             Self::TooLarge { .. } => "payload_too_large",
             Self::FileTooLarge { .. } => "file_too_large",
             Self::TooManyParts { .. } => "too_many_parts",
+            Self::UploadTimeout(_) => "upload_timeout",
             Self::UnsupportedFileType { .. } => "unsupported_file_type",
             Self::ChecksumMismatch { .. } => "checksum_mismatch",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
@@ -115,6 +118,7 @@ impl ResponseError for ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             Self::UnsupportedFileType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::UploadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::ChecksumMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,

@@ -38,6 +38,10 @@ pub struct UploadLimits {
     pub max_request_bytes: u64,
     pub max_file_bytes: u64,
     pub max_files: usize,
+    /// Longest a submission may spend uploading. Kept under the orphan
+    /// collector's grace period: a file stored early in a longer upload
+    /// could otherwise be collected before its task row commits.
+    pub max_upload_time: std::time::Duration,
     /// Accepted file content types per command; unlisted commands take any.
     pub content_types: std::collections::BTreeMap<String, Vec<String>>,
 }

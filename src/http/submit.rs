@@ -117,16 +117,15 @@ async fn read_multipart(
     stored: &mut Vec<InputFile>,
 ) -> Result<Submission, ApiError> {
     let limits = &state.limits;
-    let limit = limits.max_request_bytes;
     let mut multipart = Multipart::new(req.headers(), payload);
-    let mut received: u64 = 0;
+    let mut budget = Budget::new();
     let mut command: Option<String> = None;
     let mut params = Value::Null;
     while let Some(field) = multipart.try_next().await.map_err(multipart_error)? {
         let name = field.name().unwrap_or("").to_owned();
         match name.as_str() {
             "command" => {
-                let text = read_text(field, &mut received, limit).await?;
+                let text = read_text(field, &mut budget, limits).await?;
                 let text = text.trim().to_owned();
                 // Reject an unknown command before any file is uploaded.
                 super::tasks::command(state, &text)?;
@@ -136,7 +135,7 @@ async fn read_multipart(
                 command = Some(text);
             }
             "params" => {
-                let text = read_text(field, &mut received, limit).await?;
+                let text = read_text(field, &mut budget, limits).await?;
                 let value: Value =
                     serde_json::from_str(&text).map_err(|e| ApiError::InvalidParams {
                         field: "params".into(),
@@ -157,7 +156,7 @@ async fn read_multipart(
                     command.as_deref(),
                     task,
                     position,
-                    &mut received,
+                    &mut budget,
                 )
                 .await?;
                 stored.push(input);
@@ -264,11 +263,15 @@ fn normalize_sha256(value: &str) -> Result<String, ApiError> {
     }
 }
 
-async fn read_text(mut field: Field, received: &mut u64, limit: u64) -> Result<String, ApiError> {
+async fn read_text(
+    mut field: Field,
+    budget: &mut Budget,
+    limits: &super::UploadLimits,
+) -> Result<String, ApiError> {
     let name = field.name().unwrap_or("").to_owned();
     let mut bytes = Vec::new();
     while let Some(chunk) = field.try_next().await.map_err(multipart_error)? {
-        count(received, chunk.len(), limit)?;
+        budget.count(chunk.len(), limits)?;
         if bytes.len() + chunk.len() > MAX_TEXT_FIELD {
             return Err(ApiError::bad_request(
                 "field_too_large",
@@ -291,7 +294,7 @@ async fn store_file(
     command: Option<&str>,
     task: Uuid,
     position: i32,
-    received: &mut u64,
+    budget: &mut Budget,
 ) -> Result<InputFile, ApiError> {
     let limits = &state.limits;
     let key = ObjectKey::Input { task, position }.as_string();
@@ -313,7 +316,7 @@ async fn store_file(
     let mut upload = Upload::start(state.objects.as_ref(), &key, &content_type).await?;
     let result = async {
         while let Some(chunk) = field.try_next().await.map_err(multipart_error)? {
-            count(received, chunk.len(), limits.max_request_bytes)?;
+            budget.count(chunk.len(), limits)?;
             if upload.size() + chunk.len() as u64 > limits.max_file_bytes {
                 return Err(ApiError::FileTooLarge {
                     name: filename.clone(),
@@ -341,11 +344,31 @@ async fn store_file(
     })
 }
 
-fn count(received: &mut u64, n: usize, limit: u64) -> Result<(), ApiError> {
-    *received += n as u64;
-    if *received > limit {
-        Err(ApiError::TooLarge { limit })
-    } else {
+/// What a request has used of its limits so far.
+struct Budget {
+    received: u64,
+    started: std::time::Instant,
+}
+
+impl Budget {
+    fn new() -> Self {
+        Self {
+            received: 0,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Counts `n` more bytes against the request's size and time limits.
+    fn count(&mut self, n: usize, limits: &super::UploadLimits) -> Result<(), ApiError> {
+        self.received += n as u64;
+        if self.received > limits.max_request_bytes {
+            return Err(ApiError::TooLarge {
+                limit: limits.max_request_bytes,
+            });
+        }
+        if self.started.elapsed() > limits.max_upload_time {
+            return Err(ApiError::UploadTimeout(limits.max_upload_time));
+        }
         Ok(())
     }
 }

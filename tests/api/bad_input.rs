@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use awc::http::StatusCode;
+use futures_util::StreamExt;
 use serde_json::json;
 
 use crate::helpers::{blobs_csv, multipart, multipart_with_headers, spawn_app, spawn_app_with};
@@ -424,4 +425,39 @@ async fn client_checksums_are_verified() {
         3,
         "mismatches created no task"
     );
+}
+
+#[actix_web::test]
+async fn an_upload_slower_than_half_the_orphan_grace_is_refused() {
+    // The collector may delete unreferenced objects older than the grace
+    // period: an upload must finish well within it.
+    let app = spawn_app_with(|s| s.orphan_grace = Duration::from_secs(2)).await;
+    let (content_type, payload) = multipart(
+        &[("command", "sleep")],
+        &[("slow.csv", &vec![b'1'; 64 * 1024])],
+    );
+    let chunks: Vec<bytes::Bytes> = payload
+        .chunks(8 * 1024)
+        .map(bytes::Bytes::copy_from_slice)
+        .collect();
+    let stream = futures_util::stream::iter(chunks).then(|chunk| async move {
+        actix_web::rt::time::sleep(Duration::from_millis(250)).await;
+        Ok::<_, std::io::Error>(chunk)
+    });
+    let mut res = app
+        .client
+        .post(app.url("/api/v1/tasks"))
+        .insert_header(("content-type", content_type))
+        .send_stream(stream)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::REQUEST_TIMEOUT);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upload_timeout");
+    let objects = app.settings.objects_dir();
+    let files = walk(&objects)
+        .into_iter()
+        .filter(|p| !p.starts_with(objects.join(".tmp")))
+        .count();
+    assert_eq!(files, 0);
 }
