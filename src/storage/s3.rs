@@ -204,7 +204,9 @@ async fn put_part(
     // A dropped connection or a 5xx is worth another try; the part is kept
     // (a cheap clone of `Bytes`) until it is acknowledged.
     let mut delay = std::time::Duration::from_millis(200);
-    for attempt in 1.. {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
         let failure = match http.put(&url).body(part.clone()).send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
@@ -234,7 +236,6 @@ async fn put_part(
         tokio::time::sleep(delay).await;
         delay *= 2;
     }
-    unreachable!("the loop returns on its third attempt")
 }
 
 impl S3Writer {
