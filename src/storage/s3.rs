@@ -144,6 +144,21 @@ impl S3Store {
     }
 }
 
+impl S3Store {
+    /// The object's size, or `NotFound`.
+    async fn size(&self, key: &str) -> Result<u64, ObjectError> {
+        let (head, status) = self
+            .bucket
+            .head_object(key)
+            .await
+            .map_err(|e| object_error(key, e))?;
+        if status == 404 {
+            return Err(ObjectError::NotFound(key.to_owned()));
+        }
+        Ok(head.content_length.unwrap_or(0).max(0) as u64)
+    }
+}
+
 fn classify(bucket: &str, endpoint: &str, e: S3Error) -> S3SetupError {
     match e {
         S3Error::HttpFailWithBody(404, _) => S3SetupError::MissingBucket(bucket.to_owned()),
@@ -394,15 +409,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn open(&self, key: &str) -> Result<ObjectBody, ObjectError> {
-        let (head, status) = self
-            .bucket
-            .head_object(key)
-            .await
-            .map_err(|e| object_error(key, e))?;
-        if status == 404 {
-            return Err(ObjectError::NotFound(key.to_owned()));
-        }
-        let size = head.content_length.unwrap_or(0).max(0) as u64;
+        let size = self.size(key).await?;
         let response = self
             .bucket
             .get_object_stream(key)
@@ -418,14 +425,7 @@ impl ObjectStore for S3Store {
     async fn open_range(&self, key: &str, start: u64, end: u64) -> Result<ObjectBody, ObjectError> {
         // Known to exist before the response starts: a failure after the
         // first byte could only cut a 206 short.
-        let (_, status) = self
-            .bucket
-            .head_object(key)
-            .await
-            .map_err(|e| object_error(key, e))?;
-        if status == 404 {
-            return Err(ObjectError::NotFound(key.to_owned()));
-        }
+        self.size(key).await?;
         // rust-s3 streams a range only into a writer: pipe it through a
         // small in-memory channel instead of buffering the whole range.
         let (mut writer, reader) = tokio::io::duplex(256 * 1024);

@@ -289,12 +289,7 @@ async fn bodies_over_the_limit_are_413_and_leave_no_files() {
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["error"]["code"], "payload_too_large");
 
-    let objects = app.settings.objects_dir();
-    let files = walk(&objects)
-        .into_iter()
-        .filter(|p| !p.starts_with(objects.join(".tmp")))
-        .count();
-    assert_eq!(files, 0, "rejected uploads leave no objects");
+    assert_eq!(app.stored_objects(), 0, "rejected uploads leave no objects");
     let (_, page) = app.get("/api/v1/tasks").await;
     assert!(page["tasks"].as_array().unwrap().is_empty());
 }
@@ -307,19 +302,6 @@ fn too_wide() -> Vec<u8> {
         csv.push_str(&format!("c{},{}\n", i % 1000, i % 2));
     }
     csv.into_bytes()
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 #[actix_web::test]
@@ -367,9 +349,7 @@ async fn per_file_count_and_type_limits_are_named() {
         "{body}"
     );
 
-    assert!(walk(&app.settings.objects_dir())
-        .into_iter()
-        .all(|p| p.starts_with(app.settings.objects_dir().join(".tmp"))));
+    assert_eq!(app.stored_objects(), 0);
     let (_, page) = app.get("/api/v1/tasks").await;
     assert!(page["tasks"].as_array().unwrap().is_empty());
 }
@@ -454,10 +434,5 @@ async fn an_upload_slower_than_half_the_orphan_grace_is_refused() {
     assert_eq!(res.status(), StatusCode::REQUEST_TIMEOUT);
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["error"]["code"], "upload_timeout");
-    let objects = app.settings.objects_dir();
-    let files = walk(&objects)
-        .into_iter()
-        .filter(|p| !p.starts_with(objects.join(".tmp")))
-        .count();
-    assert_eq!(files, 0);
+    assert_eq!(app.stored_objects(), 0);
 }

@@ -253,6 +253,26 @@ impl TestApp {
         .await
     }
 
+    /// Stored objects in the filesystem store, temporary files aside.
+    pub fn stored_objects(&self) -> usize {
+        fn walk(dir: &std::path::Path) -> usize {
+            std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| {
+                    if e.path().is_dir() {
+                        walk(&e.path())
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        }
+        let objects = self.settings.objects_dir();
+        walk(&objects) - walk(&objects.join(".tmp"))
+    }
+
     pub async fn ready_workers(&self) -> u64 {
         let (_, body) = self.get("/readyz").await;
         body["workers"]["alive"].as_u64().unwrap()
