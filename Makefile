@@ -10,15 +10,15 @@ export LIBTORCH := $(BUILD_CACHE)/libtorch-2.11.0
 export CARGO_TARGET_DIR ?= $(BUILD_CACHE)/target
 CARGO ?= cargo
 
-.PHONY: run test bench deps libtorch db s3s-fs lint clean-test-dbs
+.PHONY: run test bench deps libtorch db web chromium s3s-fs lint web-test clean-test-dbs
 
 ## run: set up what is missing, build, and start mlq on http://127.0.0.1:8080
-run: deps
+run: deps web
 	$(CARGO) build --release --bin mlq
 	$(CARGO_TARGET_DIR)/release/mlq serve
 
 ## test: set up what is missing and run every check and test
-test: deps s3s-fs lint clean-test-dbs
+test: deps web chromium s3s-fs lint web-test clean-test-dbs
 	$(CARGO) test --workspace
 
 ## bench: benchmarks; tables on stdout, JSON under target/bench/
@@ -32,6 +32,18 @@ libtorch:
 
 db:
 	@scripts/postgres.sh
+
+# The dashboard, built into web/dist (served by mlq at /).
+web:
+	@scripts/web.sh
+
+# Debian's chromium, for the dashboard's end-to-end tests.
+chromium:
+	@scripts/chromium.sh
+
+# The dashboard's type check and component tests (vitest).
+web-test: web
+	cd web && npx tsc --noEmit && npx vitest run
 
 # A real S3-protocol server for tests and benchmarks. Later versions need a
 # newer rustc than this project's.

@@ -93,6 +93,23 @@ pub struct Settings {
     /// `MLQ_CONTENT_TYPES`: the file content types each command accepts,
     /// e.g. `{train = ["text/csv"]}`; a command not listed accepts any.
     pub content_types: BTreeMap<String, Vec<String>>,
+    /// `MLQ_MAX_LOG_BYTES`: most log text kept per task; later lines are
+    /// counted and dropped, with a note in the log.
+    pub max_log_bytes: usize,
+    /// `MLQ_WS_PING_EVERY`: how often WebSocket peers are pinged.
+    #[serde(with = "humantime_serde")]
+    pub ws_ping_every: Duration,
+    /// `MLQ_WS_TIMEOUT`: how long a WebSocket peer may stay silent (no pong)
+    /// before it is dropped.
+    #[serde(with = "humantime_serde")]
+    pub ws_timeout: Duration,
+    /// `MLQ_WS_BUFFER`: events queued per WebSocket connection before
+    /// progress updates are coalesced; a connection that falls eight times
+    /// this far behind on events that cannot be coalesced is closed, and
+    /// its client resumes from its last sequence number.
+    pub ws_buffer: usize,
+    /// `MLQ_WEB_DIR`: the built dashboard, served at `/` when present.
+    pub web_dir: PathBuf,
     /// `MLQ_DIAGNOSTICS`: enables the `sleep` command (tests, benchmarks).
     pub diagnostics: bool,
     /// `MLQ_LOG`: log filter when `RUST_LOG` is unset.
@@ -133,6 +150,11 @@ impl Default for Settings {
             max_file_bytes: 1 << 30,
             max_files: 16,
             content_types: default_content_types(),
+            max_log_bytes: 1 << 20,
+            ws_ping_every: Duration::from_secs(5),
+            ws_timeout: Duration::from_secs(15),
+            ws_buffer: 256,
+            web_dir: PathBuf::from("web/dist"),
             diagnostics: false,
             log: "info".into(),
         }
@@ -194,6 +216,11 @@ const ENV_KEYS: &[&str] = &[
     "max_file_bytes",
     "max_files",
     "content_types",
+    "max_log_bytes",
+    "ws_ping_every",
+    "ws_timeout",
+    "ws_buffer",
+    "web_dir",
     "diagnostics",
     "log",
 ];
@@ -239,6 +266,7 @@ impl Settings {
             ("rescue_every", self.rescue_every),
             ("progress_every", self.progress_every),
             ("collect_every", self.collect_every),
+            ("ws_ping_every", self.ws_ping_every),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
             return Err(format!("{name} must be longer than zero"));
@@ -251,6 +279,15 @@ impl Settings {
         }
         if self.s3_part_size < 5 << 20 {
             return Err("s3_part_size must be at least 5 MiB (5242880), the S3 minimum".into());
+        }
+        if self.ws_timeout <= self.ws_ping_every {
+            return Err(format!(
+                "ws_timeout ({:?}) must be longer than ws_ping_every ({:?}), or every peer is dropped",
+                self.ws_timeout, self.ws_ping_every
+            ));
+        }
+        if self.ws_buffer < 1 {
+            return Err("ws_buffer must be at least 1".into());
         }
         if self.max_attempts < 1 {
             return Err("max_attempts must be at least 1".into());

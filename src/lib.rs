@@ -7,12 +7,14 @@
 //! - [`http`]: the REST API, one module per resource.
 //! - [`db`]: Postgres, including the queue behind the dispatcher's port.
 //! - [`storage`]: object storage behind the object-store port.
+//! - [`events`]: the live feed, fanned out to WebSocket connections.
 //!
 //! The actor system itself (dispatcher, ML pool, commands) lives in the
 //! `mlq-actors` crate.
 
 pub mod config;
 pub mod db;
+pub mod events;
 pub mod http;
 pub mod startup;
 pub mod storage;

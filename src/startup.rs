@@ -16,7 +16,8 @@ use mlq_actors::ports::ObjectStore;
 
 use crate::config::{Settings, StorageKind};
 use crate::db::{self, queue::PgTaskStore, DbError};
-use crate::http::{self, AppState};
+use crate::events::Hub;
+use crate::http::{self, AppState, FeedSettings};
 use crate::storage::{collector, FsStore, S3Store};
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +96,7 @@ impl Application {
                 rescue_every: settings.rescue_every,
                 retry_base: settings.retry_base,
                 progress_every: settings.progress_every,
+                max_log_bytes: settings.max_log_bytes,
                 scratch: settings.scratch_dir(),
             },
             // Its own connections, opened and driven on the dispatcher's
@@ -113,7 +115,8 @@ impl Application {
         let pg = settings
             .postgres()
             .map_err(|e| DbError::Config(e.to_string()))?;
-        db::listener::spawn(pg, dispatcher.clone());
+        let hub = Hub::new(settings.ws_buffer);
+        db::listener::spawn(pg, dispatcher.clone(), hub.clone(), pool.clone());
         collector::spawn(
             pool.clone(),
             objects.clone(),
@@ -140,12 +143,24 @@ impl Application {
             workers: pool_config.workers,
             max_attempts: settings.max_attempts,
             limits: settings.upload_limits(),
+            hub,
+            feed: FeedSettings {
+                ping_every: settings.ws_ping_every,
+                timeout: settings.ws_timeout,
+            },
         });
+        let web_dir = settings.web_dir.clone();
+        if !web_dir.join("index.html").is_file() {
+            tracing::info!(
+                "no dashboard build in {}; serving the API only (make run builds it)",
+                web_dir.display()
+            );
+        }
         let mut server = HttpServer::new(move || {
             App::new()
                 .wrap(TracingLogger::default())
                 .app_data(state.clone())
-                .configure(http::config)
+                .configure(|cfg| http::config(cfg, &web_dir))
         })
         .shutdown_timeout(10);
         if let Some(n) = settings.http_workers {

@@ -25,7 +25,7 @@ use crate::commands::{AnyCommand, Commands};
 use crate::error::{ErrorCode, JobError};
 use crate::pool::{MlWorker, RunJob};
 use crate::ports::{self, ObjectError, ObjectKey, ObjectStore, StoreError, TaskStore};
-use crate::progress::{Progress, ProgressReporter};
+use crate::progress::{Level, Reporter};
 use crate::task::{
     CancelToken, ClaimedTask, Finish, JobContext, Lease, LocalInput, LocalModel, Outcome,
     StoredArtifact,
@@ -43,8 +43,12 @@ pub struct DispatcherConfig {
     pub rescue_every: Duration,
     /// First retry delay; doubled for each further attempt.
     pub retry_base: Duration,
-    /// Minimum time between progress writes for one task.
+    /// Minimum time between progress writes for one task. A report after a
+    /// quiet spell is written at once; a burst is written at this pace,
+    /// always ending with its last report.
     pub progress_every: Duration,
+    /// Most log text stored per task, over all its attempts.
+    pub max_log_bytes: usize,
     /// Local scratch space for staged inputs and artifacts.
     pub scratch: PathBuf,
 }
@@ -333,8 +337,16 @@ async fn execute(env: Arc<Env>, task: ClaimedTask, cancel: CancelToken, me: Addr
     // Named by lease token: unique to this attempt, even where processes
     // share a scratch folder or a released attempt's number is reused.
     let workdir = env.config.scratch.join(lease.token.to_string());
-    let progress = ProgressReporter::default();
-    let ran = run(&env, &task, &workdir, cancel, progress.clone()).await;
+    let budget = env
+        .config
+        .max_log_bytes
+        .saturating_sub(task.log_bytes.max(0) as usize);
+    let report = Reporter::new(budget);
+    report.info(format!(
+        "attempt {} of {} started on {}",
+        lease.attempt, task.max_attempts, env.config.name
+    ));
+    let ran = run(&env, &task, &workdir, cancel, report.clone()).await;
     me.do_send(WorkerFreed);
     let outcome = match ran {
         Some(outcome) => outcome,
@@ -357,14 +369,15 @@ async fn execute(env: Arc<Env>, task: ClaimedTask, cancel: CancelToken, me: Addr
         Err(e) if e.is_cancelled() => Finish::Cancelled,
         Err(e) => after_failure(&env, &task, e),
     };
-    // The last progress report is always written (with the outcome),
-    // however recent the one before it was.
-    let last = progress.take_newer(&mut 0);
+    log_finish(&report, &finish);
+    // What is left unwritten goes with the outcome, however recent the
+    // write before it was.
+    let last = report.take();
     let stored: Vec<String> = match &finish {
         Finish::Succeeded { artifacts, .. } => artifacts.iter().map(|a| a.key.clone()).collect(),
         _ => Vec::new(),
     };
-    if !record(&env, &lease, finish, last.as_ref()).await {
+    if !record(&env, &lease, finish, &last).await {
         // Nothing references these objects: the outcome was not recorded.
         delete_objects(&env, &stored).await;
     }
@@ -376,6 +389,33 @@ async fn delete_objects(env: &Env, keys: &[String]) {
         if let Err(e) = env.objects.delete(key).await {
             tracing::warn!(%key, "could not delete an unreferenced object: {e}");
         }
+    }
+}
+
+/// The line a task's log ends an attempt with. A failure's line carries
+/// its code and the attempt, so the log tells the story without the row.
+fn log_finish(report: &Reporter, finish: &Finish) {
+    match finish {
+        Finish::Succeeded { artifacts, .. } => report.info(match artifacts.len() {
+            0 => "succeeded".to_owned(),
+            n => format!("succeeded; stored {n} artifact(s)"),
+        }),
+        Finish::Failed(e) => report.log(
+            Level::Error,
+            format!("failed: {} ({})", e.message, e.code),
+            Some(e.to_json()),
+        ),
+        Finish::Retry { error, delay } => report.log(
+            Level::Warn,
+            format!(
+                "attempt failed: {} ({}); retrying in {:.1} s",
+                error.message,
+                error.code,
+                delay.as_secs_f64()
+            ),
+            Some(error.to_json()),
+        ),
+        Finish::Cancelled => report.info("cancelled"),
     }
 }
 
@@ -397,11 +437,16 @@ fn after_failure(env: &Env, task: &ClaimedTask, error: JobError) -> Finish {
 /// store is unreachable it keeps trying (the task stays in `running`, so
 /// its lease keeps being extended once the store is back); a lost lease
 /// means another attempt owns the task now.
-async fn record(env: &Env, lease: &Lease, finish: Finish, progress: Option<&Progress>) -> bool {
+async fn record(
+    env: &Env,
+    lease: &Lease,
+    finish: Finish,
+    report: &crate::progress::Report,
+) -> bool {
     let mut finish = finish;
     let mut delay = Duration::from_millis(100);
     loop {
-        match env.store.finish(lease, finish.clone(), progress).await {
+        match env.store.finish(lease, finish.clone(), report).await {
             Ok(()) => return true,
             Err(StoreError::LeaseLost(id)) => {
                 tracing::info!(task = %id, attempt = lease.attempt, "lease lost; this attempt's outcome is discarded");
@@ -429,14 +474,14 @@ async fn record(env: &Env, lease: &Lease, finish: Finish, progress: Option<&Prog
     }
 }
 
-/// Stages inputs, runs the job on the pool and keeps its progress flowing.
+/// Stages inputs, runs the job on the pool and keeps its reports flowing.
 /// `None` means the pool is gone.
 async fn run(
     env: &Env,
     task: &ClaimedTask,
     workdir: &Path,
     cancel: CancelToken,
-    progress: ProgressReporter,
+    report: Reporter,
 ) -> Option<Result<Outcome, JobError>> {
     let Some(command) = env.commands.get(&task.command).cloned() else {
         return Some(Err(JobError::new(
@@ -444,16 +489,7 @@ async fn run(
             format!("unknown command {}", task.command),
         )));
     };
-    let ctx = match stage(
-        env,
-        task,
-        &command,
-        workdir,
-        cancel.clone(),
-        progress.clone(),
-    )
-    .await
-    {
+    let ctx = match stage(env, task, &command, workdir, cancel.clone(), report.clone()).await {
         Ok(ctx) => ctx,
         Err(e) => return Some(Err(e)),
     };
@@ -463,19 +499,30 @@ async fn run(
         ctx,
     });
     tokio::pin!(request);
+    // Leading-edge throttle: the first report after a quiet spell is
+    // written at once; later ones wait for `every` to pass since the last
+    // write, and are written together.
     let every = env.config.progress_every;
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    let mut seen = 0;
+    let mut last_write = tokio::time::Instant::now() - every;
+    let mut due: Option<tokio::time::Instant> = None;
     loop {
+        let flush_at = due.unwrap_or_else(|| tokio::time::Instant::now() + every);
         tokio::select! {
             result = &mut request => return result.ok(),
-            _ = tick.tick() => {
-                if let Some(p) = progress.take_newer(&mut seen) {
-                    match env.store.save_progress(&task.lease, &p).await {
-                        Ok(true) => {}
-                        Ok(false) => cancel.cancel(),
-                        Err(e) => tracing::debug!("progress not saved: {e}"),
-                    }
+            _ = report.changed(), if due.is_none() => {
+                due = Some((last_write + every).max(tokio::time::Instant::now()));
+            }
+            _ = tokio::time::sleep_until(flush_at), if due.is_some() => {
+                due = None;
+                last_write = tokio::time::Instant::now();
+                let taken = report.take();
+                if taken.is_empty() {
+                    continue;
+                }
+                match env.store.save_report(&task.lease, &taken).await {
+                    Ok(true) => {}
+                    Ok(false) => cancel.cancel(),
+                    Err(e) => tracing::debug!("progress not saved: {e}"),
                 }
             }
         }
@@ -490,7 +537,7 @@ async fn stage(
     command: &Arc<dyn AnyCommand>,
     workdir: &Path,
     cancel: CancelToken,
-    progress: ProgressReporter,
+    report: Reporter,
 ) -> Result<JobContext, JobError> {
     let checked = command
         .check(task.params.clone(), task.inputs.len())
@@ -538,7 +585,7 @@ async fn stage(
         models,
         workdir: workdir.to_owned(),
         cancel,
-        progress,
+        report,
     })
 }
 

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use uuid::Uuid;
 
+use crate::progress::Report;
 use crate::task::{ClaimedTask, Finish, HeartbeatReport, Lease, ModelRecord};
 
 /// Errors the task store reports to the dispatcher.
@@ -54,20 +55,17 @@ pub trait TaskStore: Send + Sync + 'static {
         lease: Duration,
     ) -> Result<HeartbeatReport, StoreError>;
 
-    /// Records progress, fenced by the lease. Returns whether it held.
-    async fn save_progress(
-        &self,
-        lease: &Lease,
-        progress: &crate::progress::Progress,
-    ) -> Result<bool, StoreError>;
+    /// Records progress and log lines, fenced by the lease. Returns whether
+    /// it held.
+    async fn save_report(&self, lease: &Lease, report: &Report) -> Result<bool, StoreError>;
 
-    /// Ends an attempt, fenced by the lease, recording the job's last
-    /// progress report with it when there is one not yet written.
+    /// Ends an attempt, fenced by the lease, recording with it whatever the
+    /// job (and the dispatcher) reported that is not yet written.
     async fn finish(
         &self,
         lease: &Lease,
         finish: Finish,
-        progress: Option<&crate::progress::Progress>,
+        report: &Report,
     ) -> Result<(), StoreError>;
 
     /// Re-queues (with backoff) or fails tasks whose lease expired because

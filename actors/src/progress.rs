@@ -1,14 +1,17 @@
-//! Progress reporting from ML threads.
+//! What a running job tells its watchers: progress and log lines.
 //!
-//! A job reports as often as it likes (every batch, if it wants); the
-//! reporter only keeps the latest value. The dispatcher samples it on a
-//! timer and writes at most a few updates per second per task to the store,
-//! so a chatty job can never flood Postgres.
+//! A job reports as often as it likes (every batch, if it wants) and never
+//! blocks on I/O: the reporter keeps only the latest progress and a bounded
+//! batch of log lines, and wakes the dispatcher, which writes at most a few
+//! updates per second per task to the store. A chatty job can never flood
+//! Postgres, and a quiet one is seen at once.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// A task's progress as users see it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -19,6 +22,9 @@ pub struct Progress {
     pub stage: String,
     pub message: String,
     pub metrics: BTreeMap<String, f64>,
+    /// When the job reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<DateTime<Utc>>,
 }
 
 impl Progress {
@@ -43,31 +49,158 @@ impl Progress {
     }
 }
 
-#[derive(Debug, Default)]
-struct Latest {
-    progress: Progress,
-    version: u64,
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Info,
+    Warn,
+    Error,
 }
 
-/// The job's side: report progress. Cheap to call; never blocks on I/O.
-#[derive(Debug, Clone, Default)]
-pub struct ProgressReporter(Arc<Mutex<Latest>>);
+/// One line of a task's log: stage changes, epoch summaries, warnings, the
+/// error that ended an attempt. `data` carries the figures behind a line
+/// (an epoch's metrics, say) for clients that chart them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub at: DateTime<Utc>,
+    pub level: Level,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+}
 
-impl ProgressReporter {
-    pub fn report(&self, progress: Progress) {
-        let mut latest = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        latest.progress = progress;
-        latest.version += 1;
+impl LogLine {
+    /// What a line counts against the task's log cap.
+    pub fn cost(&self) -> usize {
+        self.message.len() + self.data.as_ref().map_or(0, |d| d.to_string().len())
+    }
+}
+
+/// What the dispatcher takes from a reporter to write in one go.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Report {
+    /// The latest progress, if it changed since the last take.
+    pub progress: Option<Progress>,
+    pub logs: Vec<LogLine>,
+    /// Lines refused since the last take because the log cap was reached.
+    pub dropped: u32,
+}
+
+impl Report {
+    pub fn is_empty(&self) -> bool {
+        self.progress.is_none() && self.logs.is_empty() && self.dropped == 0
     }
 
-    /// The dispatcher's side: the latest progress, if it changed since the
-    /// version the caller last saw.
-    pub fn take_newer(&self, seen: &mut u64) -> Option<Progress> {
-        let latest = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        (latest.version > *seen).then(|| {
-            *seen = latest.version;
-            latest.progress.clone()
-        })
+    /// Bytes of log text this report adds to the task's log.
+    pub fn log_bytes(&self) -> usize {
+        self.logs.iter().map(LogLine::cost).sum()
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    progress: Option<Progress>,
+    logs: Vec<LogLine>,
+    /// Log bytes the task may still store.
+    budget: usize,
+    dropped: u32,
+    capped: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    changed: tokio::sync::Notify,
+}
+
+/// The job's side: report progress and log lines. Cheap to call; never
+/// blocks on I/O. Clones share one reporter.
+#[derive(Debug, Clone)]
+pub struct Reporter(Arc<Shared>);
+
+impl Default for Reporter {
+    fn default() -> Self {
+        Self::new(1 << 20)
+    }
+}
+
+impl Reporter {
+    /// A reporter that stores at most `log_budget` more bytes of log text;
+    /// lines past it are counted, not kept.
+    pub fn new(log_budget: usize) -> Self {
+        Self(Arc::new(Shared {
+            state: Mutex::new(State {
+                progress: None,
+                logs: Vec::new(),
+                budget: log_budget,
+                dropped: 0,
+                capped: false,
+            }),
+            changed: tokio::sync::Notify::new(),
+        }))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn progress(&self, mut progress: Progress) {
+        progress.at.get_or_insert_with(Utc::now);
+        self.state().progress = Some(progress);
+        self.0.changed.notify_one();
+    }
+
+    pub fn log(&self, level: Level, message: impl Into<String>, data: Option<Value>) {
+        let line = LogLine {
+            at: Utc::now(),
+            level,
+            message: message.into(),
+            data,
+        };
+        let mut state = self.state();
+        let cost = line.cost();
+        if !state.capped && cost <= state.budget {
+            state.budget -= cost;
+            state.logs.push(line);
+        } else {
+            state.dropped += 1;
+            if !state.capped {
+                // The one line allowed past the cap: say that lines are missing.
+                state.capped = true;
+                state.logs.push(LogLine {
+                    at: line.at,
+                    level: Level::Warn,
+                    message: "log limit reached: later lines of this task are dropped".into(),
+                    data: None,
+                });
+            }
+        }
+        drop(state);
+        self.0.changed.notify_one();
+    }
+
+    pub fn info(&self, message: impl Into<String>) {
+        self.log(Level::Info, message, None);
+    }
+
+    pub fn warn(&self, message: impl Into<String>) {
+        self.log(Level::Warn, message, None);
+    }
+
+    /// The dispatcher's side: everything reported since the last take.
+    pub fn take(&self) -> Report {
+        let mut state = self.state();
+        Report {
+            progress: state.progress.take(),
+            logs: std::mem::take(&mut state.logs),
+            dropped: std::mem::take(&mut state.dropped),
+        }
+    }
+
+    /// Resolves once something was reported since the last wake-up
+    /// (at once if that happened before this call).
+    pub async fn changed(&self) {
+        self.0.changed.notified().await;
     }
 }
 
@@ -76,15 +209,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_newer_progress_is_taken() {
-        let reporter = ProgressReporter::default();
-        let mut seen = 0;
-        assert_eq!(reporter.take_newer(&mut seen), None);
-        reporter.report(Progress::new(0.25, "epoch 1/4"));
-        reporter.report(Progress::new(0.5, "epoch 2/4"));
-        let taken = reporter.take_newer(&mut seen).unwrap();
+    fn only_the_latest_progress_is_taken() {
+        let reporter = Reporter::default();
+        assert!(reporter.take().is_empty());
+        reporter.progress(Progress::new(0.25, "epoch 1/4"));
+        reporter.progress(Progress::new(0.5, "epoch 2/4"));
+        let taken = reporter.take().progress.unwrap();
         assert_eq!(taken.stage, "epoch 2/4");
-        assert_eq!(reporter.take_newer(&mut seen), None);
+        assert!(taken.at.is_some(), "reports are stamped");
+        assert!(reporter.take().is_empty());
     }
 
     #[test]
@@ -94,5 +227,30 @@ mod tests {
             .with_metric("acc", 0.9);
         assert_eq!(p.fraction, 1.0);
         assert_eq!(p.metrics.len(), 1);
+    }
+
+    #[test]
+    fn logs_past_the_budget_are_counted_with_one_note() {
+        let reporter = Reporter::new(10);
+        reporter.info("12345");
+        reporter.info("678901"); // 5 + 6 > 10: dropped
+        reporter.info("abc"); // would fit, but the log is capped now
+        reporter.warn("more");
+        let report = reporter.take();
+        let messages: Vec<&str> = report.logs.iter().map(|l| l.message.as_str()).collect();
+        assert_eq!(messages.len(), 2);
+        assert_eq!(messages[0], "12345");
+        assert!(messages[1].contains("log limit reached"));
+        assert_eq!(report.dropped, 3);
+        assert_eq!(reporter.take().dropped, 0, "counts are handed over once");
+    }
+
+    #[tokio::test]
+    async fn a_report_before_waiting_still_wakes() {
+        let reporter = Reporter::default();
+        reporter.info("early");
+        tokio::time::timeout(std::time::Duration::from_secs(1), reporter.changed())
+            .await
+            .expect("the wake-up is kept");
     }
 }

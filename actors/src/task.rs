@@ -10,7 +10,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::error::JobError;
-use crate::progress::ProgressReporter;
+use crate::progress::Reporter;
 
 /// The right to run one attempt of a task. Every write a worker makes about
 /// its task names the lease, so a worker whose lease was lost (and whose task
@@ -41,6 +41,8 @@ pub struct ClaimedTask {
     pub params: Value,
     pub inputs: Vec<InputFile>,
     pub max_attempts: i32,
+    /// Bytes of log text the task already stored (earlier attempts).
+    pub log_bytes: i64,
 }
 
 /// A registered model, as a job that uses it needs to see it.
@@ -98,7 +100,8 @@ pub struct JobContext {
     pub models: Vec<LocalModel>,
     pub workdir: PathBuf,
     pub cancel: CancelToken,
-    pub progress: ProgressReporter,
+    /// Progress and log lines for the task's watchers.
+    pub report: Reporter,
 }
 
 impl JobContext {

@@ -4,6 +4,7 @@
 //! Query functions take `&impl GenericClient`, so they run the same on a
 //! pooled connection or inside a transaction.
 
+pub mod events;
 pub mod listener;
 pub mod models;
 pub mod queue;

@@ -8,13 +8,14 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use mlq_actors::ports::{StoreError, TaskStore};
-use mlq_actors::progress::Progress;
+use mlq_actors::progress::{Progress, Report};
 use mlq_actors::task::{
     ClaimedTask, Finish, HeartbeatReport, Lease, ModelDraft, ModelRecord, StoredArtifact,
 };
@@ -63,6 +64,73 @@ const CANCELLED: &str = r#"
         error = '{"code": "cancelled", "message": "the task was cancelled"}',
         finished_at = now(), updated_at = now(), lease_token = NULL, lease_expires_at = NULL
     WHERE id = $1 AND lease_token = $2"#;
+
+const PROGRESS: &str = "
+    UPDATE tasks SET progress = $3, updated_at = now()
+    WHERE id = $1 AND lease_token = $2";
+
+// Appends log lines ($5 the lines, $6 their times) to a task's log, fenced
+// by the lease; $3 bytes and $4 dropped lines are added to its counts. The
+// UPDATE runs first (the INSERT reads its row), so the task's row lock is
+// held before the lines are numbered.
+const LOGS: &str = "
+    WITH owner AS (
+        UPDATE tasks
+        SET log_bytes = log_bytes + $3, log_dropped = log_dropped + $4
+        WHERE id = $1 AND lease_token = $2
+        RETURNING id
+    ), lines AS (
+        INSERT INTO task_events (task_id, kind, data, at)
+        SELECT owner.id, 'log', line.data, line.at
+        FROM owner, unnest($5::jsonb[], $6::timestamptz[]) WITH ORDINALITY AS line (data, at, n)
+        ORDER BY line.n
+    )
+    SELECT count(*) FROM owner";
+
+/// Appends a report's log lines; says whether the lease held.
+async fn insert_logs(
+    tx: &deadpool_postgres::Transaction<'_>,
+    lease: &Lease,
+    report: &Report,
+) -> Result<bool, StoreError> {
+    if report.logs.is_empty() && report.dropped == 0 {
+        return Ok(true);
+    }
+    let lines: Vec<Value> = report
+        .logs
+        .iter()
+        .map(|l| {
+            let mut line = json!({"level": l.level, "message": l.message});
+            if let Some(data) = &l.data {
+                line["data"] = data.clone();
+            }
+            jsonb(&line)
+        })
+        .collect();
+    let times: Vec<DateTime<Utc>> = report.logs.iter().map(|l| l.at).collect();
+    let bytes = i32::try_from(report.log_bytes()).unwrap_or(i32::MAX);
+    let dropped = i32::try_from(report.dropped).unwrap_or(i32::MAX);
+    let statement = tx.prepare_cached(LOGS).await.map_err(query)?;
+    let row = tx
+        .query_one(
+            &statement,
+            &[
+                &lease.task_id,
+                &lease.token,
+                &bytes,
+                &dropped,
+                &lines,
+                &times,
+            ],
+        )
+        .await
+        .map_err(query)?;
+    Ok(row.get::<_, i64>(0) == 1)
+}
+
+fn progress_json(progress: &Progress) -> Value {
+    jsonb(&serde_json::to_value(progress).unwrap_or(Value::Null))
+}
 
 /// Inserts a successful attempt's artifacts and model, inside its
 /// completion transaction.
@@ -201,6 +269,7 @@ impl TaskStore for PgTaskStore {
                     command: row.try_get("command").map_err(query)?,
                     params: row.try_get("params").map_err(query)?,
                     max_attempts: row.try_get("max_attempts").map_err(query)?,
+                    log_bytes: i64::from(row.try_get::<_, i32>("log_bytes").map_err(query)?),
                     inputs: json_column(&row, "inputs").map_err(unavailable)?,
                 })
             })
@@ -233,30 +302,44 @@ impl TaskStore for PgTaskStore {
         })
     }
 
-    async fn save_progress(&self, lease: &Lease, progress: &Progress) -> Result<bool, StoreError> {
-        let client = self.fast_client().await?;
-        let value = jsonb(&serde_json::to_value(progress).unwrap_or(Value::Null));
-        let statement = client
-            .prepare_cached(
-                "UPDATE tasks SET progress = $3, updated_at = now()
-                 WHERE id = $1 AND lease_token = $2",
+    async fn save_report(&self, lease: &Lease, report: &Report) -> Result<bool, StoreError> {
+        let mut client = self.fast_client().await?;
+        if report.logs.is_empty() && report.dropped == 0 {
+            let Some(progress) = &report.progress else {
+                return Ok(true);
+            };
+            let statement = client.prepare_cached(PROGRESS).await.map_err(query)?;
+            let n = client
+                .execute(
+                    &statement,
+                    &[&lease.task_id, &lease.token, &progress_json(progress)],
+                )
+                .await
+                .map_err(query)?;
+            return Ok(n == 1);
+        }
+        let tx = client.transaction().await.map_err(query)?;
+        if let Some(progress) = &report.progress {
+            let statement = tx.prepare_cached(PROGRESS).await.map_err(query)?;
+            tx.execute(
+                &statement,
+                &[&lease.task_id, &lease.token, &progress_json(progress)],
             )
             .await
             .map_err(query)?;
-        let n = client
-            .execute(&statement, &[&lease.task_id, &lease.token, &value])
-            .await
-            .map_err(query)?;
-        Ok(n == 1)
+        }
+        let held = insert_logs(&tx, lease, report).await?;
+        tx.commit().await.map_err(query)?;
+        Ok(held)
     }
 
     async fn finish(
         &self,
         lease: &Lease,
         finish: Finish,
-        progress: Option<&Progress>,
+        report: &Report,
     ) -> Result<(), StoreError> {
-        let progress = progress.map(|p| jsonb(&serde_json::to_value(p).unwrap_or(Value::Null)));
+        let progress = report.progress.as_ref().map(progress_json);
         let mut client = self.client().await?;
         let (result, error, delay);
         let (sql, extra): (&str, Vec<&(dyn ToSql + Sync)>) = match &finish {
@@ -283,24 +366,30 @@ impl TaskStore for PgTaskStore {
                 Ok(())
             }
         };
-        match &finish {
+        let outputs = match &finish {
             Finish::Succeeded {
                 artifacts, model, ..
-            } if !artifacts.is_empty() || model.is_some() => {
-                // The outcome, its artifacts and its model land together or
-                // not at all.
-                let tx = client.transaction().await.map_err(query)?;
-                let statement = tx.prepare_cached(sql).await.map_err(query)?;
-                fenced(tx.execute(&statement, &params).await.map_err(query)?)?;
-                record_outputs(&tx, lease, artifacts, model.as_ref()).await?;
-                tx.commit().await.map_err(query)
-            }
-            // Everything else is one statement: no transaction round trips.
-            _ => {
-                let statement = client.prepare_cached(sql).await.map_err(query)?;
-                fenced(client.execute(&statement, &params).await.map_err(query)?)
-            }
+            } if !artifacts.is_empty() || model.is_some() => Some((artifacts, model)),
+            _ => None,
+        };
+        if outputs.is_none() && report.logs.is_empty() && report.dropped == 0 {
+            // The common case is one statement: no transaction round trips.
+            let statement = client.prepare_cached(sql).await.map_err(query)?;
+            return fenced(client.execute(&statement, &params).await.map_err(query)?);
         }
+        // The outcome, its log lines, artifacts and model land together or
+        // not at all. Log lines go first, so they are numbered before the
+        // status change that ends the attempt.
+        let tx = client.transaction().await.map_err(query)?;
+        if !insert_logs(&tx, lease, report).await? {
+            return Err(StoreError::LeaseLost(lease.task_id));
+        }
+        let statement = tx.prepare_cached(sql).await.map_err(query)?;
+        fenced(tx.execute(&statement, &params).await.map_err(query)?)?;
+        if let Some((artifacts, model)) = outputs {
+            record_outputs(&tx, lease, artifacts, model.as_ref()).await?;
+        }
+        tx.commit().await.map_err(query)
     }
 
     async fn rescue_expired(&self, backoff_base: Duration) -> Result<u64, StoreError> {

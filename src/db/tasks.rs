@@ -26,6 +26,8 @@ pub struct TaskRecord {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The number of the task's latest change (see the live feed).
+    pub seq: i64,
     pub inputs: Vec<InputFile>,
     pub artifacts: Vec<StoredArtifact>,
 }
@@ -48,6 +50,7 @@ impl TryFrom<Row> for TaskRecord {
             created_at: row.try_get("created_at")?,
             started_at: row.try_get("started_at")?,
             finished_at: row.try_get("finished_at")?,
+            seq: row.try_get("seq")?,
             inputs: json_column(&row, "inputs")?,
             artifacts: json_column(&row, "artifacts")?,
         })
@@ -168,6 +171,51 @@ pub async fn cancel(client: &mut deadpool_postgres::Client, id: Uuid) -> Result<
             Cancel::Requested
         }
         Some(_) => Cancel::AlreadyFinished,
+    };
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// What a retry request did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retry {
+    Queued,
+    /// Only failed and cancelled tasks are retried; this one is in this status.
+    NotRetryable(String),
+    NotFound,
+}
+
+/// Queues a failed or cancelled task again, as new: its attempts start
+/// over, and its log says a user asked for it.
+pub async fn retry(client: &mut deadpool_postgres::Client, id: Uuid) -> Result<Retry, DbError> {
+    let tx = client.transaction().await?;
+    let status: Option<String> = tx
+        .query_opt("SELECT status FROM tasks WHERE id = $1 FOR UPDATE", &[&id])
+        .await?
+        .map(|r| r.get(0));
+    let outcome = match status.as_deref() {
+        None => Retry::NotFound,
+        Some("failed" | "cancelled") => {
+            tx.execute(
+                r#"INSERT INTO task_events (task_id, kind, data)
+                   VALUES ($1, 'log', '{"level": "info", "message": "retry requested"}')"#,
+                &[&id],
+            )
+            .await?;
+            tx.execute(
+                r#"UPDATE tasks
+                   SET status = 'queued', attempts = 0, run_at = now(), cancel_requested = false,
+                       error = NULL, result = NULL, started_at = NULL, finished_at = NULL,
+                       progress = '{"fraction": 0, "stage": "queued", "message": "", "metrics": {}}',
+                       updated_at = now()
+                   WHERE id = $1"#,
+                &[&id],
+            )
+            .await?;
+            tx.execute("SELECT pg_notify('mlq_tasks', '')", &[]).await?;
+            Retry::Queued
+        }
+        Some(other) => Retry::NotRetryable(other.to_owned()),
     };
     tx.commit().await?;
     Ok(outcome)

@@ -2,8 +2,10 @@
 //! module composes them and turns actix's own extractor errors into mlq's
 //! JSON error shape.
 
+mod dashboard;
 mod download;
 pub mod error;
+mod events;
 pub mod health;
 pub mod models;
 mod submit;
@@ -19,6 +21,8 @@ use mlq_actors::pool::WorkerBoard;
 use mlq_actors::ports::ObjectStore;
 
 use self::error::{extractor_error, ApiError};
+pub use self::events::FeedSettings;
+use crate::events::Hub;
 
 /// What handlers share.
 pub struct AppState {
@@ -30,6 +34,8 @@ pub struct AppState {
     pub workers: usize,
     pub max_attempts: i32,
     pub limits: UploadLimits,
+    pub hub: Arc<Hub>,
+    pub feed: FeedSettings,
 }
 
 /// What one submission may upload.
@@ -58,7 +64,9 @@ impl UploadLimits {
     }
 }
 
-pub fn config(cfg: &mut web::ServiceConfig) {
+/// The whole HTTP surface; the dashboard is served from `web_dir` when it
+/// was built.
+pub fn config(cfg: &mut web::ServiceConfig, web_dir: &std::path::Path) {
     cfg.app_data(
         web::PathConfig::default().error_handler(|e, _| extractor_error("invalid_path", e)),
     )
@@ -68,15 +76,19 @@ pub fn config(cfg: &mut web::ServiceConfig) {
     .service(
         web::scope("/api/v1")
             .configure(tasks::config)
-            .configure(models::config),
-    )
-    .default_service(web::to(not_found));
+            .configure(models::config)
+            .configure(events::config)
+            .default_service(web::to(not_found)),
+    );
+    if !dashboard::config(cfg, web_dir) {
+        cfg.default_service(web::to(not_found));
+    }
+}
+
+fn not_found_error(req: &actix_web::HttpRequest) -> ApiError {
+    ApiError::NotFound(format!("no route for {} {}", req.method(), req.path()))
 }
 
 async fn not_found(req: actix_web::HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NotFound(format!(
-        "no route for {} {}",
-        req.method(),
-        req.path()
-    )))
+    Err(not_found_error(&req))
 }

@@ -13,8 +13,8 @@ use mlq_actors::commands::AnyCommand;
 use mlq_actors::task::{InputFile, StoredArtifact};
 
 use super::error::ApiError;
-use super::{download, submit, AppState};
-use crate::db::{self, tasks::Cancel, tasks::TaskRecord};
+use super::{download, events, submit, AppState};
+use crate::db::{self, tasks::Cancel, tasks::Retry, tasks::TaskRecord};
 
 pub fn config(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -24,6 +24,9 @@ pub fn config(cfg: &mut web::ServiceConfig) {
             .route("/{id}", web::get().to(get))
             .route("/{id}", web::delete().to(delete))
             .route("/{id}/cancel", web::post().to(cancel))
+            .route("/{id}/retry", web::post().to(retry))
+            .route("/{id}/logs", web::get().to(events::logs))
+            .route("/{id}/events", web::get().to(events::follow_task))
             .route("/{id}/artifacts/{name}", web::get().to(artifact))
             .route("/{id}/inputs/{n}", web::get().to(input)),
     );
@@ -49,6 +52,9 @@ pub struct TaskView {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The number of the task's latest status or progress change; events
+    /// on the live feed with a higher number are newer.
+    pub seq: i64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -91,6 +97,7 @@ impl From<TaskRecord> for TaskView {
             created_at: t.created_at,
             started_at: t.started_at,
             finished_at: t.finished_at,
+            seq: t.seq,
         }
     }
 }
@@ -267,6 +274,30 @@ async fn cancel(id: web::Path<Uuid>, state: web::Data<AppState>) -> Result<HttpR
     Ok(HttpResponse::Ok().json(TaskView::from(task)))
 }
 
+/// `POST /api/v1/tasks/{id}/retry`: queues a failed or cancelled task
+/// again, keeping its id, inputs and log.
+async fn retry(id: web::Path<Uuid>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    let mut client = state.db.get().await?;
+    match db::tasks::retry(&mut client, id).await? {
+        Retry::NotFound => return Err(no_task(id)),
+        Retry::NotRetryable(status) => {
+            return Err(ApiError::Conflict {
+                code: "task_not_retryable",
+                message: format!(
+                    "task {id} is {status}; only failed or cancelled tasks can be retried"
+                ),
+            })
+        }
+        Retry::Queued => {}
+    }
+    let task = db::tasks::get(&client, id)
+        .await?
+        .ok_or_else(|| no_task(id))?;
+    tracing::info!(task = %id, "task retried");
+    Ok(HttpResponse::Ok().json(TaskView::from(task)))
+}
+
 /// `DELETE /api/v1/tasks/{id}`: removes the task, its inputs and artifacts
 /// (objects included) and the model it trained. A running task is
 /// cancelled first.
@@ -320,6 +351,6 @@ async fn input(
     download::serve(&req, state.objects.as_ref(), &input).await
 }
 
-fn no_task(id: Uuid) -> ApiError {
+pub(super) fn no_task(id: Uuid) -> ApiError {
     ApiError::NotFound(format!("no task with id {id}"))
 }

@@ -49,6 +49,8 @@ pub fn test_settings(database: &str) -> Settings {
         retry_base: Duration::from_millis(50),
         progress_every: Duration::from_millis(50),
         diagnostics: true,
+        // API tests see the API alone, whether or not web/dist was built.
+        web_dir: std::env::temp_dir().join("mlq-no-dashboard"),
         ..Settings::default()
     }
 }

@@ -4,6 +4,8 @@
 mod api;
 mod bad_input;
 mod cli;
+mod dashboard;
+mod events;
 mod helpers;
 mod ml;
 mod queue;

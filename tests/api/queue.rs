@@ -58,7 +58,7 @@ async fn a_task_whose_worker_vanished_is_rerun_and_finishes_exactly_once() {
                 artifacts: vec![],
                 model: None,
             },
-            None,
+            &Default::default(),
         )
         .await;
     assert!(
@@ -66,7 +66,13 @@ async fn a_task_whose_worker_vanished_is_rerun_and_finishes_exactly_once() {
         "{late:?}"
     );
     let stale = store
-        .save_progress(&ghost, &Default::default())
+        .save_report(
+            &ghost,
+            &mlq_actors::progress::Report {
+                progress: Some(Default::default()),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert!(!stale, "progress from a lost lease is not written");

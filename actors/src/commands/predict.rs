@@ -46,7 +46,7 @@ impl Command for Predict {
         let model = ctx.model(p.model)?;
         let spec = ModelSpec::from_json(&model.record.spec)?;
         let path = &ctx.inputs[0].path;
-        ctx.progress.report(Progress::new(0.0, "reading data"));
+        ctx.report.progress(Progress::new(0.0, "reading data"));
 
         let headers = table::read_headers(path)?;
         let mut kinds: Vec<(String, ColumnKind)> = spec
@@ -120,11 +120,13 @@ impl Command for Predict {
         for (i, chunk) in chunks.into_iter().enumerate() {
             ctx.cancel.check()?;
             outputs.push(tch::no_grad(|| net.forward(&chunk)));
-            ctx.progress.report(Progress::new(
+            ctx.report.progress(Progress::new(
                 (i + 1) as f64 / total as f64,
                 format!("predicting {}/{total}", i + 1),
             ));
         }
+        ctx.report
+            .info(format!("predicted {rows} rows with model {}", p.model));
         let out = Tensor::cat(&outputs, 0);
         let predictions = Predictions::from_output(&spec, &out)?;
 

@@ -1,5 +1,6 @@
 //! `sleep`: a diagnostic command for tests and benchmarks. It waits, reports
-//! progress each step, and can be told to fail or panic. Only registered
+//! progress each step, can log a given number of lines, and can be told to
+//! fail or panic. Only registered
 //! when diagnostics are enabled in the config.
 
 use std::time::Duration;
@@ -34,6 +35,9 @@ pub struct SleepParams {
     pub steps: u32,
     #[serde(default)]
     pub fail: Option<Failure>,
+    /// Log lines to write, one per step (the rest with the last step).
+    #[serde(default)]
+    pub log_lines: u32,
 }
 
 fn one() -> u32 {
@@ -47,6 +51,9 @@ impl Params for SleepParams {
         }
         if !(1..=10_000).contains(&self.steps) {
             return Err(SubmitError::param("steps", "must be between 1 and 10000"));
+        }
+        if self.log_lines > 100_000 {
+            return Err(SubmitError::param("log_lines", "at most 100000"));
         }
         Ok(())
     }
@@ -66,10 +73,18 @@ impl Command for Sleep {
             if !step.is_zero() {
                 std::thread::sleep(step);
             }
-            ctx.progress.report(Progress::new(
+            ctx.report.progress(Progress::new(
                 f64::from(i) / f64::from(p.steps),
                 format!("step {i}/{}", p.steps),
             ));
+            let lines = if i == p.steps {
+                p.log_lines.saturating_sub(p.steps - 1)
+            } else {
+                u32::from(i <= p.log_lines)
+            };
+            for _ in 0..lines {
+                ctx.report.info(format!("step {i}/{}", p.steps));
+            }
         }
         match p.fail {
             None => Ok(Outcome {

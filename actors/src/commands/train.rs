@@ -15,7 +15,7 @@ use crate::error::{ErrorCode, JobError};
 use crate::ml::network;
 use crate::ml::spec::{self, Feature, ModelSpec, ProblemKind, Scale, FORMAT};
 use crate::ml::table::{self, ColumnData, ColumnKind, ColumnStats, MAX_LEVELS};
-use crate::progress::Progress;
+use crate::progress::{Level, Progress};
 use crate::task::{ArtifactFile, JobContext, ModelDraft, Outcome};
 
 pub const MAX_EPOCHS: u32 = 1000;
@@ -152,7 +152,7 @@ impl Command for Train {
 
     fn run(&self, p: TrainParams, ctx: &JobContext) -> Result<Outcome, JobError> {
         let path = &ctx.inputs[0].path;
-        ctx.progress.report(Progress::new(0.0, "reading data"));
+        ctx.report.progress(Progress::new(0.0, "reading data"));
         let headers = table::read_headers(path)?;
         let features: Vec<String> = match &p.features {
             Some(f) => f.clone(),
@@ -186,6 +186,12 @@ impl Command for Train {
         }
         let target_stats = &stats[features.len()];
         let kind = problem_kind(&p, target_stats)?;
+        ctx.report.info(format!(
+            "read {rows} rows; {} feature column(s); target {:?} ({})",
+            features.len(),
+            p.target,
+            json!(kind).as_str().unwrap_or("?")
+        ));
         let mut kinds = Vec::with_capacity(features.len());
         for (name, s) in features.iter().zip(&stats) {
             kinds.push((name.clone(), table::infer_kind(name, s)?));
@@ -349,12 +355,20 @@ impl Command for Train {
             for (name, value) in &last {
                 progress = progress.with_metric(name, *value);
             }
-            ctx.progress.report(progress);
+            ctx.report.progress(progress);
+            let summary: Vec<String> = last.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+            let mut data = json!(last);
+            data["epoch"] = json!(epoch);
+            ctx.report.log(
+                Level::Info,
+                format!("epoch {epoch}/{}: {}", p.epochs, summary.join(", ")),
+                Some(data),
+            );
         }
 
         let mut saving = Progress::new(1.0, "saving model");
         saving.metrics = last.clone();
-        ctx.progress.report(saving);
+        ctx.report.progress(saving);
         let model_id = Uuid::new_v4();
         let weights = ctx.artifact_path("model.safetensors");
         let spec_path = ctx.artifact_path("model.json");

@@ -1,0 +1,369 @@
+//! The live feed over WebSocket, and task logs over plain HTTP.
+//!
+//! - `GET /api/v1/tasks/{id}/events` follows one task: its status changes,
+//!   progress and log lines.
+//! - `GET /api/v1/events` follows every task: status changes and progress
+//!   (log lines with `?logs=true`).
+//!
+//! A connection first gets a `snapshot` of the current state, then, if it
+//! passed `?after=<seq>`, every stored event numbered after that (status
+//! changes and log lines, marked `"replay": true`), then live events as they
+//! happen. Every event carries its task and a sequence number; per task the
+//! numbers only grow, so a client keeps the highest it has seen and ignores
+//! anything older. The server pings every `ws_ping_every` and drops a peer
+//! that has not answered within `ws_timeout`.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{CloseCode, CloseReason, Message, Session};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::tasks::{no_task, TaskView};
+use super::AppState;
+use crate::db;
+use crate::events::{Scope, Subscription};
+
+/// Stored events read per query while replaying.
+const REPLAY_PAGE: i64 = 1000;
+/// Most status changes replayed on the all-tasks feed; a client further
+/// behind relies on the snapshot (it holds every listed task's state).
+const REPLAY_ALL_MAX: i64 = 10_000;
+
+pub fn config(cfg: &mut web::ServiceConfig) {
+    cfg.route("/events", web::get().to(follow_all));
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TaskFeedQuery {
+    after: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AllFeedQuery {
+    after: Option<i64>,
+    /// Tasks in the snapshot, newest first.
+    limit: Option<i64>,
+    #[serde(default)]
+    logs: bool,
+}
+
+/// Where a connection starts.
+enum Start {
+    Task { id: Uuid, after: Option<i64> },
+    All { after: Option<i64>, limit: i64 },
+}
+
+/// `GET /api/v1/tasks/{id}/events?after=`
+pub(super) async fn follow_task(
+    req: HttpRequest,
+    body: web::Payload,
+    id: web::Path<Uuid>,
+    query: web::Query<TaskFeedQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    // Answer a missing task with a plain 404 before upgrading.
+    let client = state.db.get().await?;
+    db::tasks::get(&client, id)
+        .await?
+        .ok_or_else(|| no_task(id))?;
+    drop(client);
+    let subscription = state.hub.subscribe(Scope::Task(id));
+    let start = Start::Task {
+        id,
+        after: query.after,
+    };
+    upgrade(&req, body, state, subscription, start)
+}
+
+/// `GET /api/v1/events?after=&limit=&logs=`
+async fn follow_all(
+    req: HttpRequest,
+    body: web::Payload,
+    query: web::Query<AllFeedQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let q = query.into_inner();
+    let limit = super::tasks::page_limit(q.limit)?;
+    let subscription = state.hub.subscribe(Scope::All { logs: q.logs });
+    let start = Start::All {
+        after: q.after,
+        limit,
+    };
+    upgrade(&req, body, state, subscription, start)
+}
+
+fn upgrade(
+    req: &HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+    subscription: Subscription,
+    start: Start,
+) -> Result<HttpResponse, ApiError> {
+    let (response, session, messages) = actix_ws::handle(req, body).map_err(|e| {
+        ApiError::bad_request(
+            "websocket_required",
+            format!("this endpoint speaks WebSocket only: {e}"),
+        )
+    })?;
+    actix_web::rt::spawn(async move {
+        let mut feed = Feed {
+            session,
+            newest: HashMap::new(),
+        };
+        // The subscription was taken before the snapshot is read, so nothing
+        // that happens in between is lost; anything both in the snapshot or
+        // replay and in the mailbox is sent once (see `Feed::send`).
+        match feed.begin(&state, start).await {
+            Ok(()) => feed.run(&state, subscription, messages).await,
+            Err(Ended::Closed) => {}
+            Err(Ended::Failed(e)) => {
+                tracing::warn!("feed could not start: {e}");
+                let _ = feed
+                    .session
+                    .close(Some(CloseReason {
+                        code: CloseCode::Error,
+                        description: Some(e.to_string()),
+                    }))
+                    .await;
+            }
+        }
+    });
+    Ok(response)
+}
+
+enum Ended {
+    /// The peer went away.
+    Closed,
+    Failed(ApiError),
+}
+
+impl From<actix_ws::Closed> for Ended {
+    fn from(_: actix_ws::Closed) -> Self {
+        Self::Closed
+    }
+}
+
+impl From<ApiError> for Ended {
+    fn from(e: ApiError) -> Self {
+        Self::Failed(e)
+    }
+}
+
+impl From<db::DbError> for Ended {
+    fn from(e: db::DbError) -> Self {
+        Self::Failed(e.into())
+    }
+}
+
+struct Feed {
+    session: Session,
+    /// Per task: the highest sequence number sent, and whether the task
+    /// ended (a terminal status or deletion) as of that number.
+    newest: HashMap<Uuid, (i64, bool)>,
+}
+
+impl Feed {
+    async fn begin(&mut self, state: &AppState, start: Start) -> Result<(), Ended> {
+        let client = state.db.get().await.map_err(db::DbError::from)?;
+        let (task, after) = match start {
+            Start::Task { id, after } => {
+                let Some(task) = db::tasks::get(&client, id).await? else {
+                    // Deleted after the check before the upgrade.
+                    self.text(json!({"type": "deleted", "task": id}).to_string())
+                        .await?;
+                    return Err(Ended::Closed);
+                };
+                self.newest.insert(id, (task.seq, false));
+                let seq = task.seq;
+                let task = TaskView::from(task);
+                self.text(json!({"type": "snapshot", "seq": seq, "task": task}).to_string())
+                    .await?;
+                (Some(id), after)
+            }
+            Start::All { after, limit } => {
+                let tasks = db::tasks::list(&client, None, None, limit).await?;
+                let seq = tasks
+                    .iter()
+                    .map(|t| t.seq)
+                    .max()
+                    .unwrap_or(0)
+                    .max(after.unwrap_or(0));
+                for t in &tasks {
+                    self.newest.insert(t.id, (t.seq, false));
+                }
+                let tasks: Vec<TaskView> = tasks.into_iter().map(TaskView::from).collect();
+                self.text(json!({"type": "snapshot", "seq": seq, "tasks": tasks}).to_string())
+                    .await?;
+                (None, after)
+            }
+        };
+        let Some(mut after) = after else {
+            return Ok(());
+        };
+        let mut replayed = 0;
+        loop {
+            let rows = db::events::replay(&client, task, after, REPLAY_PAGE).await?;
+            let n = rows.len() as i64;
+            for row in rows {
+                after = row.seq;
+                let Some(event) = row.into_feed() else {
+                    continue;
+                };
+                let mut message: Value = serde_json::from_str(&event.json).unwrap_or_default();
+                message["replay"] = json!(true);
+                let newest = self.newest.entry(event.task).or_default();
+                newest.0 = newest.0.max(event.seq);
+                self.text(message.to_string()).await?;
+            }
+            replayed += n;
+            if n < REPLAY_PAGE || (task.is_none() && replayed >= REPLAY_ALL_MAX) {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn run(
+        mut self,
+        state: &AppState,
+        subscription: Subscription,
+        mut messages: actix_ws::MessageStream,
+    ) {
+        let mut ping = tokio::time::interval(state.feed.ping_every);
+        ping.tick().await;
+        let mut heard = Instant::now();
+        let closing = loop {
+            tokio::select! {
+                _ = subscription.ready() => {
+                    let batch = subscription.take(64);
+                    for event in &batch.events {
+                        if self.send(event).await.is_err() {
+                            return;
+                        }
+                    }
+                    if let Some(reason) = batch.closed {
+                        break CloseReason { code: CloseCode::Again, description: Some(reason) };
+                    }
+                    if batch.more {
+                        // Others' turn first; come back for the rest.
+                        subscription.wake();
+                        tokio::task::yield_now().await;
+                    }
+                    self.prune();
+                }
+                message = messages.next() => match message {
+                    Some(Ok(Message::Ping(bytes))) => {
+                        heard = Instant::now();
+                        if self.session.pong(&bytes).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                    // Pongs, and anything else a client sends: it is alive.
+                    Some(Ok(_)) => heard = Instant::now(),
+                },
+                _ = ping.tick() => {
+                    if heard.elapsed() > state.feed.timeout {
+                        break CloseReason {
+                            code: CloseCode::Away,
+                            description: Some("no answer to pings".into()),
+                        };
+                    }
+                    if self.session.ping(b"").await.is_err() {
+                        return;
+                    }
+                }
+            }
+        };
+        let _ = self.session.close(Some(closing)).await;
+    }
+
+    /// Sends an event unless the client already has it or something newer
+    /// about its task.
+    async fn send(&mut self, event: &crate::events::FeedEvent) -> Result<(), actix_ws::Closed> {
+        let newest = self.newest.entry(event.task).or_default();
+        if event.seq <= newest.0 {
+            return Ok(());
+        }
+        *newest = (event.seq, event.last);
+        self.session.text(event.json.clone()).await
+    }
+
+    /// Keeps the per-task memory of a long-lived all-tasks connection small:
+    /// tasks that ended are forgotten once there are many. (Nothing older
+    /// can arrive for them: the hub drops progress a status change made
+    /// stale.)
+    fn prune(&mut self) {
+        if self.newest.len() > 10_000 {
+            self.newest.retain(|_, (_, ended)| !*ended);
+        }
+    }
+
+    async fn text(&mut self, text: String) -> Result<(), actix_ws::Closed> {
+        self.session.text(text).await
+    }
+}
+
+/// Feed settings.
+#[derive(Debug, Clone)]
+pub struct FeedSettings {
+    pub ping_every: std::time::Duration,
+    pub timeout: std::time::Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LogQuery {
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// `GET /api/v1/tasks/{id}/logs?after=&limit=`: log lines oldest first.
+/// Pass the returned `next_after` as `after` to tail.
+pub(super) async fn logs(
+    id: web::Path<Uuid>,
+    query: web::Query<LogQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    let after = query.after.unwrap_or(0);
+    let limit = match query.limit.unwrap_or(1000) {
+        n @ 1..=10_000 => n,
+        n => {
+            return Err(ApiError::bad_request(
+                "invalid_limit",
+                format!("limit must be between 1 and 10000, got {n}"),
+            ))
+        }
+    };
+    let client = state.db.get().await?;
+    let dropped = db::events::log_dropped(&client, id)
+        .await?
+        .ok_or_else(|| no_task(id))?;
+    let rows = db::events::logs(&client, id, after, limit).await?;
+    let next_after = rows.last().map_or(after, |r| r.seq);
+    let lines: Vec<Value> = rows
+        .into_iter()
+        .map(|r| {
+            let mut line = json!({"seq": r.seq, "at": r.at});
+            if let Value::Object(fields) = r.data {
+                line.as_object_mut().expect("an object").extend(fields);
+            }
+            line
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "task": id,
+        "lines": lines,
+        "next_after": next_after,
+        "dropped": dropped,
+    })))
+}

@@ -1,0 +1,71 @@
+//! The dashboard in a real browser: `web/e2e/dashboard.mjs` drives Debian's
+//! chromium through playwright-core against this app (upload and train
+//! with live progress and charts, predict and download, a cut WebSocket
+//! recovering). Screenshots land in `web/e2e-results/`.
+//!
+//! `make test` builds the dashboard and installs chromium first; missing
+//! either fails this test rather than skipping it.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::helpers::spawn_app_with;
+
+#[actix_web::test]
+async fn dashboard_scenarios_pass_in_a_real_browser() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let web = root.join("web");
+    let dist = web.join("dist");
+    assert!(
+        dist.join("index.html").is_file(),
+        "{} has no build of the dashboard; `make test` builds it (npm ci && npm run build in web/)",
+        dist.display()
+    );
+    assert!(
+        web.join("node_modules/playwright-core").is_dir(),
+        "web/node_modules lacks playwright-core; `make test` installs it (npm ci in web/)"
+    );
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).is_file(),
+        "{chromium} is missing; `make test` installs Debian's chromium (apt-get install chromium)"
+    );
+
+    let app = spawn_app_with(|s| {
+        s.web_dir = dist;
+        s.progress_every = Duration::from_millis(100);
+    })
+    .await;
+    let results = web.join("e2e-results");
+    let base = app.url("");
+    // The browser runs on its own thread: this test's runtime also drives
+    // the app's dispatcher, which must keep running meanwhile.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let out = Command::new("node")
+            .arg("e2e/dashboard.mjs")
+            .arg(&base)
+            .arg(&results)
+            .env("CHROMIUM", chromium)
+            .current_dir(&web)
+            .output();
+        let _ = tx.send(out);
+    });
+    let out = actix_web::rt::time::timeout(Duration::from_secs(300), rx)
+        .await
+        .expect("the browser scenarios finish within 5 minutes")
+        .expect("the runner thread reports")
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "dashboard scenarios failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("all dashboard scenarios passed"),
+        "{stdout}"
+    );
+}

@@ -1,0 +1,158 @@
+// End-to-end scenarios in a real headless browser (Debian's chromium,
+// driven by playwright-core) against a real mlq and Postgres.
+//
+//   node e2e/dashboard.mjs <mlq base URL> <screenshot folder>
+//
+// The Rust test `dashboard_e2e` (tests/api/dashboard.rs) starts mlq on a
+// fresh database and runs this; `make test` runs that. Exits non-zero on
+// the first failed check, printing what the page showed.
+
+import { mkdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const [base, shots = 'e2e-results'] = process.argv.slice(2);
+if (!base) {
+  console.error('usage: node e2e/dashboard.mjs <mlq base URL> [screenshot folder]');
+  process.exit(2);
+}
+mkdirSync(shots, { recursive: true });
+const chromiumPath = process.env.CHROMIUM ?? '/usr/bin/chromium';
+
+/** Two well-separated blobs in 4 dimensions: a model learns them easily. */
+function blobsCsv(rows) {
+  let seed = 7;
+  const random = () => ((seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648);
+  const normal = () => Math.sqrt(-2 * Math.log(random() + 1e-12)) * Math.cos(2 * Math.PI * random());
+  const lines = ['x1,x2,x3,x4,label'];
+  for (let i = 0; i < rows; i++) {
+    const label = i % 2;
+    const centre = label ? 2 : -2;
+    lines.push([0, 1, 2, 3].map(() => (centre + normal()).toFixed(4)).join(',') + `,${label}`);
+  }
+  return Buffer.from(lines.join('\n') + '\n');
+}
+
+function check(condition, message) {
+  if (!condition) throw new Error(message);
+}
+
+const browser = await chromium.launch({ executablePath: chromiumPath, args: ['--no-sandbox'] });
+const context = await browser.newContext({ acceptDownloads: true, viewport: { width: 1280, height: 900 } });
+const page = await context.newPage();
+const problems = [];
+page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+page.on('console', (m) => m.type() === 'error' && problems.push(`console: ${m.text()}`));
+
+const sockets = [];
+// Every feed connection goes through here, so the test can cut them.
+await page.routeWebSocket(/\/api\/v1\/.*events/, (ws) => {
+  ws.connectToServer();
+  sockets.push(ws);
+});
+
+async function step(name, body) {
+  const started = Date.now();
+  try {
+    await body();
+    await page.screenshot({ path: join(shots, `${name}.png`), fullPage: true });
+    console.log(`ok   ${name} (${Date.now() - started} ms)`);
+  } catch (e) {
+    await page.screenshot({ path: join(shots, `${name}-failed.png`), fullPage: true }).catch(() => {});
+    console.error(`FAIL ${name}: ${e.message}`);
+    console.error((await page.locator('main').innerText().catch(() => '')).slice(0, 2000));
+    await browser.close();
+    process.exit(1);
+  }
+}
+
+let modelTask;
+
+await step('01-train-live', async () => {
+  await page.goto(`${base}/new`);
+  await page.getByLabel('Files to upload').setInputFiles({ name: 'blobs.csv', mimeType: 'text/csv', buffer: blobsCsv(4000) });
+  await page.getByLabel('Target column').selectOption('label');
+  await page.getByLabel('Epochs').fill('60');
+  await page.getByRole('button', { name: 'Start train' }).click();
+  await page.waitForURL(/\/tasks\/[0-9a-f-]{36}$/, { timeout: 30_000 });
+  modelTask = page.url().split('/').pop();
+
+  // Watch the progress bar move while the task runs, with no reload.
+  const bar = page.getByRole('progressbar', { name: 'Task progress' });
+  const seen = new Set();
+  const deadline = Date.now() + 120_000;
+  while (Date.now() < deadline) {
+    seen.add(Number(await bar.getAttribute('aria-valuenow')));
+    if ((await page.locator('section[data-status]').getAttribute('data-status')) === 'succeeded') break;
+    await page.waitForTimeout(50);
+  }
+  check(
+    (await page.locator('section[data-status]').getAttribute('data-status')) === 'succeeded',
+    'the train task did not succeed in time',
+  );
+  const between = [...seen].filter((v) => v > 0 && v < 100);
+  check(between.length >= 2, `the progress bar did not advance live (values seen: ${[...seen].join(', ')})`);
+  check(Number(await bar.getAttribute('aria-valuenow')) === 100, 'progress ends at 100%');
+  // The loss chart has a point per epoch.
+  const charts = page.getByTestId('charts');
+  await charts.waitFor();
+  await page.waitForFunction(() => Number(document.querySelector('[data-testid=charts]')?.getAttribute('data-epochs')) === 60);
+  check((await charts.locator('svg .recharts-line').count()) >= 2, 'the charts draw lines');
+  await page.getByRole('log').getByText('epoch 60/60').waitFor();
+  await page.getByRole('link', { name: 'model.safetensors' }).waitFor();
+});
+
+await step('02-predict-download', async () => {
+  await page.getByRole('link', { name: 'predict with it' }).click();
+  await page.waitForURL(/\/new\?model=/);
+  await page.getByLabel('Files to upload').setInputFiles({ name: 'new.csv', mimeType: 'text/csv', buffer: blobsCsv(200) });
+  await page.getByRole('button', { name: 'Start predict' }).click();
+  await page.waitForURL(/\/tasks\/[0-9a-f-]{36}$/);
+  await page.locator('section[data-status=succeeded]').waitFor({ timeout: 60_000 });
+  await page.getByRole('table', { name: 'First predictions' }).waitFor();
+  const [download] = await Promise.all([
+    page.waitForEvent('download'),
+    page.getByRole('link', { name: 'predictions.csv' }).click(),
+  ]);
+  const file = await download.path();
+  const text = readFileSync(file, 'utf8');
+  const lines = text.trim().split('\n');
+  check(lines.length === 201, `predictions.csv has a header and 200 rows, got ${lines.length} lines`);
+  check(/prediction/.test(lines[0]), `predictions.csv header: ${lines[0]}`);
+});
+
+await step('03-feed-recovers', async () => {
+  await page.getByRole('navigation').getByRole('link', { name: 'Tasks' }).click();
+  await page.getByRole('table').waitFor();
+  await page.getByText('live', { exact: true }).waitFor();
+  // Cut every feed connection, as a network failure would.
+  for (const ws of sockets.splice(0)) await ws.close({ code: 4001, reason: 'cut by the test' });
+  await page.getByRole('status').filter({ hasText: 'Connection to mlq lost' }).waitFor({ timeout: 10_000 });
+  await page.screenshot({ path: join(shots, '03-feed-lost.png'), fullPage: true });
+  // The page reconnects by itself, and live updates flow again.
+  await page.getByText('live', { exact: true }).waitFor({ timeout: 20_000 });
+  check((await page.getByRole('status').filter({ hasText: 'Connection to mlq lost' }).count()) === 0, 'the banner goes away');
+  const res = await fetch(`${base}/api/v1/tasks/${modelTask}`);
+  check(res.ok, 'the train task is still there');
+  const created = await fetch(`${base}/api/v1/tasks`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ command: 'sleep', params: { ms: 300 } }),
+  });
+  check(created.status === 202, `a new task is accepted (${created.status})`);
+  const { id } = await created.json();
+  await page.locator(`tr[data-task="${id}"][data-status=succeeded]`).waitFor({ timeout: 30_000 });
+});
+
+await step('04-models', async () => {
+  await page.getByRole('navigation').getByRole('link', { name: 'Models' }).click();
+  await page.getByRole('table').getByText('label').first().waitFor();
+  check((await page.getByRole('table').getByText('v1', { exact: true }).count()) === 1, 'the model is listed as version 1');
+});
+
+await browser.close();
+if (problems.length) {
+  console.error(`FAIL the page reported errors:\n${problems.join('\n')}`);
+  process.exit(1);
+}
+console.log('all dashboard scenarios passed');

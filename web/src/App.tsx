@@ -1,0 +1,81 @@
+// The shell: navigation, the connection banner, and the page for the URL.
+// The task list follows the all-tasks feed for as long as the page is open.
+
+import { useCallback, useEffect, useState } from 'react';
+import { api } from './api';
+import { openFeed, type Connection } from './feed';
+import { link, useRoute } from './router';
+import { addTask, applyToList, emptyList, type TaskList } from './store';
+import { ConnectionBanner } from './components/ConnectionBanner';
+import { Models } from './components/Models';
+import { NewTask } from './components/NewTask';
+import { TaskDetail } from './components/TaskDetail';
+import { TaskTable } from './components/TaskTable';
+
+function useTaskList() {
+  const [list, setList] = useState<TaskList>(emptyList);
+  const [connection, setConnection] = useState<{ state: Connection; detail?: string }>({ state: 'connecting' });
+  const fetchMissing = useCallback((id: string) => {
+    api.task(id).then(
+      (t) => setList((l) => addTask(l, t)),
+      () => undefined, // deleted meanwhile: its deletion event follows
+    );
+  }, []);
+  useEffect(() => {
+    const feed = openFeed({
+      path: '/api/v1/events',
+      query: { limit: '200' },
+      onConnection: (state, detail) => setConnection({ state, detail }),
+      onMessage: (m) => setList((l) => applyToList(l, m, fetchMissing)),
+    });
+    return () => feed.close();
+  }, [fetchMissing]);
+  return { list, connection };
+}
+
+export function App() {
+  const route = useRoute();
+  const { list, connection } = useTaskList();
+  const model = new URLSearchParams(location.search).get('model') ?? undefined;
+
+  useEffect(() => {
+    const titles = { tasks: 'Tasks', new: 'New task', task: 'Task', models: 'Models' };
+    document.title = `${titles[route.page]} · mlq`;
+  }, [route]);
+
+  return (
+    <>
+      <a className="skip" href="#main">
+        Skip to content
+      </a>
+      <header className="top">
+        <a {...link({ page: 'tasks' })} className="brand">
+          mlq
+        </a>
+        <nav aria-label="Main">
+          <a {...link({ page: 'tasks' })} aria-current={route.page === 'tasks' ? 'page' : undefined}>
+            Tasks
+          </a>
+          <a {...link({ page: 'new' })} aria-current={route.page === 'new' ? 'page' : undefined}>
+            New task
+          </a>
+          <a {...link({ page: 'models' })} aria-current={route.page === 'models' ? 'page' : undefined}>
+            Models
+          </a>
+        </nav>
+        <span className={`live live-${connection.state}`} aria-label={`Live updates: ${connection.state}`}>
+          {connection.state === 'open' ? 'live' : connection.state}
+        </span>
+      </header>
+      <ConnectionBanner state={connection.state} detail={connection.detail} />
+      <main id="main">
+        {route.page === 'tasks' && <TaskTable tasks={list.order.map((id) => list.byId[id])} />}
+        {route.page === 'new' && <NewTask key={model} initialModel={model} />}
+        {route.page === 'task' && <TaskDetail id={route.id} />}
+        {route.page === 'models' && <Models />}
+      </main>
+    </>
+  );
+}
+
+

@@ -1,0 +1,128 @@
+// The REST client. Every failure becomes an ApiError whose message is fit
+// to show: the server's own words when it sent a JSON error.
+
+import type { ErrorBody, LogLine, Model, Task } from './types';
+
+export class ApiError extends Error {
+  readonly status: number;
+  readonly code: string;
+  readonly field?: string;
+
+  constructor(status: number, body: ErrorBody) {
+    super(body.message);
+    this.status = status;
+    this.code = body.code;
+    this.field = body.field;
+  }
+}
+
+async function failure(res: Response): Promise<ApiError> {
+  try {
+    const body = await res.json();
+    if (body?.error?.message) return new ApiError(res.status, body.error);
+  } catch {
+    // Not JSON: describe the status instead.
+  }
+  return new ApiError(res.status, {
+    code: 'http_error',
+    message: `the server answered ${res.status} ${res.statusText}`.trim(),
+  });
+}
+
+async function request<T>(path: string, init?: RequestInit): Promise<T> {
+  let res: Response;
+  try {
+    res = await fetch(path, init);
+  } catch {
+    throw new ApiError(0, { code: 'network', message: 'cannot reach mlq; check your connection' });
+  }
+  if (!res.ok) throw await failure(res);
+  if (res.status === 204) return undefined as T;
+  return res.json() as Promise<T>;
+}
+
+const json = (body: unknown): RequestInit => ({
+  method: 'POST',
+  headers: { 'content-type': 'application/json' },
+  body: JSON.stringify(body),
+});
+
+export const api = {
+  tasks: (status?: string, limit = 100) =>
+    request<{ tasks: Task[]; next_before: string | null }>(
+      `/api/v1/tasks?limit=${limit}${status ? `&status=${status}` : ''}`,
+    ),
+  task: (id: string) => request<Task>(`/api/v1/tasks/${id}`),
+  submit: (command: string, params: Record<string, unknown>) =>
+    request<Task>('/api/v1/tasks', json({ command, params })),
+  cancel: (id: string) => request<Task>(`/api/v1/tasks/${id}/cancel`, { method: 'POST' }),
+  retry: (id: string) => request<Task>(`/api/v1/tasks/${id}/retry`, { method: 'POST' }),
+  remove: (id: string) => request<void>(`/api/v1/tasks/${id}`, { method: 'DELETE' }),
+  logs: (id: string, after = 0) =>
+    request<{ lines: LogLine[]; next_after: number; dropped: number }>(
+      `/api/v1/tasks/${id}/logs?after=${after}&limit=10000`,
+    ),
+  models: () => request<{ models: Model[]; next_before: string | null }>('/api/v1/models?limit=200'),
+  /** The first `bytes` of a stored file, for previews. */
+  head: async (url: string, bytes = 64 * 1024): Promise<string> => {
+    const res = await fetch(url, { headers: { range: `bytes=0-${bytes - 1}` } });
+    if (!res.ok) throw await failure(res);
+    return res.text();
+  },
+};
+
+export interface UploadHandle {
+  /** Resolves with the created task; rejects with an ApiError. */
+  done: Promise<Task>;
+  cancel: () => void;
+}
+
+/**
+ * Submits a task with files as multipart, reporting bytes sent. fetch()
+ * cannot report upload progress, so this uses XMLHttpRequest.
+ */
+export function upload(
+  command: string,
+  params: Record<string, unknown>,
+  files: File[],
+  onProgress: (sent: number, total: number) => void,
+): UploadHandle {
+  const xhr = new XMLHttpRequest();
+  const form = new FormData();
+  form.append('command', command);
+  form.append('params', JSON.stringify(params));
+  for (const file of files) form.append('file', file, file.name);
+  const done = new Promise<Task>((resolve, reject) => {
+    xhr.upload.onprogress = (e) => {
+      if (e.lengthComputable) onProgress(e.loaded, e.total);
+    };
+    xhr.onload = () => {
+      let body: any = null;
+      try {
+        body = JSON.parse(xhr.responseText);
+      } catch {
+        // handled below
+      }
+      if (xhr.status >= 200 && xhr.status < 300 && body) resolve(body as Task);
+      else if (body?.error?.message) reject(new ApiError(xhr.status, body.error));
+      else reject(new ApiError(xhr.status, { code: 'http_error', message: `upload failed with status ${xhr.status}` }));
+    };
+    xhr.onerror = () => reject(new ApiError(0, { code: 'network', message: 'the upload was interrupted; check your connection' }));
+    xhr.onabort = () => reject(new ApiError(0, { code: 'aborted', message: 'upload cancelled' }));
+  });
+  xhr.open('POST', '/api/v1/tasks');
+  xhr.send(form);
+  return { done, cancel: () => xhr.abort() };
+}
+
+export const formatBytes = (n: number): string => {
+  if (n < 1024) return `${n} B`;
+  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n / 1024;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${v.toFixed(v < 10 ? 1 : 0)} ${units[i]}`;
+};

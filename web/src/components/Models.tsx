@@ -1,0 +1,86 @@
+// Registered models: what each predicts, how well, and its spec.
+
+import { useEffect, useState } from 'react';
+import { api } from '../api';
+import { link, navigate } from '../router';
+import type { Model } from '../types';
+import { ErrorMessage, shortId } from './Bits';
+
+export function Models() {
+  const [models, setModels] = useState<Model[] | null>(null);
+  const [error, setError] = useState<unknown>(null);
+  useEffect(() => {
+    api.models().then((p) => setModels(p.models), setError);
+  }, []);
+  // Versions: models of one target, numbered in the order they were trained.
+  const versions = new Map<string, number>();
+  const numbered = [...(models ?? [])]
+    .reverse()
+    .map((m) => {
+      const v = (versions.get(m.target) ?? 0) + 1;
+      versions.set(m.target, v);
+      return { model: m, version: v };
+    })
+    .reverse();
+  return (
+    <section aria-labelledby="models-heading">
+      <h1 id="models-heading">Models</h1>
+      <ErrorMessage error={error} />
+      {models === null && !error && <p className="muted">Loading models…</p>}
+      {models?.length === 0 && <p className="empty">No models yet. A successful train task registers one.</p>}
+      {numbered.length > 0 && (
+        <div className="table-wrap">
+          <table className="models">
+            <thead>
+              <tr>
+                <th scope="col">Model</th>
+                <th scope="col">Target</th>
+                <th scope="col">Version</th>
+                <th scope="col">Kind</th>
+                <th scope="col">Status</th>
+                <th scope="col">Metrics</th>
+                <th scope="col">Trained by</th>
+                <th scope="col">Spec</th>
+                <th scope="col" />
+              </tr>
+            </thead>
+            <tbody>
+              {numbered.map(({ model: m, version }) => (
+                <tr key={m.id}>
+                  <td>
+                    <code title={m.id}>{shortId(m.id)}</code>
+                  </td>
+                  <td>{m.target}</td>
+                  <td>v{version}</td>
+                  <td>{m.kind}</td>
+                  <td>
+                    <span className="badge badge-succeeded">ready</span>
+                  </td>
+                  <td>
+                    {Object.entries(m.metrics)
+                      .map(([k, v]) => `${k} ${typeof v === 'number' ? v.toFixed(4) : v}`)
+                      .join(', ')}
+                  </td>
+                  <td>
+                    <a {...link({ page: 'task', id: m.task_id })}>{shortId(m.task_id)}</a>
+                  </td>
+                  <td>
+                    <details>
+                      <summary>spec</summary>
+                      <pre>{JSON.stringify(m.spec, null, 2)}</pre>
+                    </details>
+                  </td>
+                  <td>
+                    <button type="button" onClick={() => navigate(`/new?model=${m.id}`)}>
+                      Predict
+                    </button>
+                  </td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </div>
+      )}
+    </section>
+  );
+}

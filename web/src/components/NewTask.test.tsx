@@ -1,0 +1,99 @@
+import { act, fireEvent, render, screen, waitFor } from '@testing-library/react';
+import userEvent from '@testing-library/user-event';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { NewTask, trainParams } from './NewTask';
+
+/** An XMLHttpRequest the test drives. */
+class FakeXhr {
+  static latest: FakeXhr;
+  upload: { onprogress: ((e: { loaded: number; total: number; lengthComputable: boolean }) => void) | null } = { onprogress: null };
+  onload: (() => void) | null = null;
+  onerror: (() => void) | null = null;
+  onabort: (() => void) | null = null;
+  status = 0;
+  responseText = '';
+  sent: FormData | null = null;
+  aborted = false;
+  constructor() {
+    FakeXhr.latest = this;
+  }
+  open() {}
+  send(body: FormData) {
+    this.sent = body;
+  }
+  abort() {
+    this.aborted = true;
+    this.onabort?.();
+  }
+}
+
+describe('trainParams', () => {
+  it('accepts a valid form and names every invalid field', () => {
+    const ok = trainParams({ target: 'label', kind: '', epochs: '5', batch_size: '16', learning_rate: '0.1', hidden: '8, 4', validation_split: '0.2' });
+    expect(ok.params).toEqual({ target: 'label', epochs: 5, batch_size: 16, learning_rate: 0.1, hidden: [8, 4], validation_split: 0.2 });
+    const bad = trainParams({ target: ' ', kind: '', epochs: '0', batch_size: 'x', learning_rate: '2', hidden: '8, 0', validation_split: '0.9' });
+    expect(bad.params).toBeUndefined();
+    expect(Object.keys(bad.errors).sort()).toEqual(['batch_size', 'epochs', 'hidden', 'learning_rate', 'target', 'validation_split']);
+  });
+});
+
+describe('NewTask', () => {
+  beforeEach(() => {
+    vi.stubGlobal('XMLHttpRequest', FakeXhr);
+    vi.stubGlobal('fetch', vi.fn(async () => new Response(JSON.stringify({ models: [], next_before: null }))));
+  });
+  afterEach(() => vi.unstubAllGlobals());
+
+  const dropCsv = () => {
+    const file = new File(['x,label\n1,0\n'], 'data.csv', { type: 'text/csv' });
+    fireEvent.drop(screen.getByTestId('dropzone'), { dataTransfer: { files: [file] } });
+    return file;
+  };
+
+  it('shows field errors before uploading anything', async () => {
+    render(<NewTask />);
+    await userEvent.clear(screen.getByLabelText('Epochs'));
+    await userEvent.type(screen.getByLabelText('Epochs'), '0');
+    await userEvent.click(screen.getByRole('button', { name: 'Start train' }));
+    expect(screen.getByText('choose one CSV file')).toBeInTheDocument();
+    expect(screen.getByLabelText('Epochs')).toHaveAttribute('aria-invalid', 'true');
+    expect(screen.getByText('a whole number from 1 to 1000')).toBeInTheDocument();
+  });
+
+  it('uploads dropped files with a byte progress bar, and can cancel', async () => {
+    render(<NewTask />);
+    dropCsv();
+    expect(screen.getByRole('list', { name: 'Selected files' })).toHaveTextContent('data.csv');
+    // The target picker offers the CSV's columns.
+    await waitFor(() => expect(screen.getByLabelText('Target column').tagName).toBe('SELECT'));
+    await userEvent.selectOptions(screen.getByLabelText('Target column'), 'label');
+    await userEvent.click(screen.getByRole('button', { name: 'Start train' }));
+
+    const xhr = FakeXhr.latest;
+    expect(xhr.sent?.get('command')).toBe('train');
+    expect(JSON.parse(String(xhr.sent?.get('params'))).target).toBe('label');
+    act(() => xhr.upload.onprogress?.({ loaded: 6, total: 12, lengthComputable: true }));
+    expect(screen.getByRole('progressbar', { name: 'Upload progress' })).toHaveAttribute('aria-valuenow', '50');
+    expect(screen.getByText('6 B of 12 B sent')).toBeInTheDocument();
+
+    await userEvent.click(screen.getByRole('button', { name: 'Cancel upload' }));
+    expect(xhr.aborted).toBe(true);
+    expect(await screen.findByRole('alert')).toHaveTextContent('Upload cancelled');
+  });
+
+  it('shows the server error naming the field', async () => {
+    render(<NewTask />);
+    dropCsv();
+    await waitFor(() => expect(screen.getByLabelText('Target column').tagName).toBe('SELECT'));
+    await userEvent.selectOptions(screen.getByLabelText('Target column'), 'label');
+    await userEvent.click(screen.getByRole('button', { name: 'Start train' }));
+    const xhr = FakeXhr.latest;
+    act(() => {
+      xhr.status = 422;
+      xhr.responseText = JSON.stringify({ error: { code: 'invalid_params', field: 'target', message: 'invalid params: target: no such column' } });
+      xhr.onload?.();
+    });
+    expect(await screen.findByRole('alert')).toHaveTextContent('no such column');
+    expect(screen.getByLabelText('Target column')).toHaveAttribute('aria-invalid', 'true');
+  });
+});

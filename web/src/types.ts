@@ -1,0 +1,91 @@
+// The shapes mlq's API sends (see the top-level README).
+
+export type Status = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
+
+export const STATUSES: Status[] = ['queued', 'running', 'succeeded', 'failed', 'cancelled'];
+
+export const isFinished = (s: Status) => s === 'succeeded' || s === 'failed' || s === 'cancelled';
+
+export interface Progress {
+  fraction: number;
+  stage: string;
+  message: string;
+  metrics: Record<string, number>;
+  at?: string;
+}
+
+export interface InputFile {
+  name: string;
+  size: number;
+  sha256: string;
+  content_type: string;
+}
+
+export interface Artifact extends InputFile {
+  url: string;
+}
+
+export interface ErrorBody {
+  code: string;
+  message: string;
+  field?: string;
+}
+
+export interface Task {
+  id: string;
+  command: string;
+  status: Status;
+  progress: Progress;
+  params: Record<string, unknown>;
+  inputs: InputFile[];
+  artifacts: Artifact[];
+  result: Record<string, unknown> | null;
+  error: ErrorBody | null;
+  attempts: number;
+  max_attempts: number;
+  cancel_requested: boolean;
+  created_at: string;
+  started_at: string | null;
+  finished_at: string | null;
+  seq: number;
+}
+
+export interface LogLine {
+  seq: number;
+  at: string;
+  level: 'info' | 'warn' | 'error';
+  message: string;
+  data?: Record<string, unknown>;
+}
+
+export interface Model {
+  id: string;
+  task_id: string;
+  kind: string;
+  target: string;
+  metrics: Record<string, number>;
+  spec: Record<string, unknown>;
+  weights_url: string;
+  created_at: string;
+}
+
+interface Numbered {
+  task: string;
+  seq: number;
+  at?: string;
+  replay?: boolean;
+}
+
+export type FeedMessage =
+  | { type: 'snapshot'; seq: number; task?: Task; tasks?: Task[] }
+  | (Numbered & {
+      type: 'status';
+      status: Status;
+      attempts: number;
+      progress: Progress;
+      error: ErrorBody | null;
+      result: Record<string, unknown> | null;
+    })
+  | (Numbered & { type: 'progress'; progress: Progress })
+  | (Numbered & { type: 'log'; level: LogLine['level']; message: string; data?: Record<string, unknown> })
+  | (Numbered & { type: 'deleted' });
