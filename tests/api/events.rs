@@ -476,3 +476,24 @@ async fn the_dashboard_is_served_with_a_fallback_for_its_routes() {
     let (status, body) = app.get("/healthz").await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+#[actix_web::test]
+async fn a_chatty_job_is_throttled_but_its_last_report_lands() {
+    let app = spawn_app_with(|s| s.progress_every = Duration::from_millis(200)).await;
+    // 1,000 progress reports in one second.
+    let id = app
+        .submit("sleep", json!({"ms": 1000, "steps": 1000}))
+        .await;
+    let mut feed = Feed::connect(&app, &format!("/api/v1/tasks/{id}/events")).await;
+    assert_eq!(feed.next(WITHIN).await.unwrap()["type"], "snapshot");
+    let messages = feed.until(is_final).await;
+    let progress = of_type(&messages, "progress");
+    assert!(
+        (2..=10).contains(&progress.len()),
+        "about one write per 200 ms, not one per report: {} progress events",
+        progress.len()
+    );
+    let last = messages.last().unwrap();
+    assert_eq!(last["status"], "succeeded");
+    assert_eq!(last["progress"]["fraction"], 1.0, "the end is always written");
+}

@@ -55,9 +55,20 @@ describe('NewTask', () => {
     await userEvent.clear(screen.getByLabelText('Epochs'));
     await userEvent.type(screen.getByLabelText('Epochs'), '0');
     await userEvent.click(screen.getByRole('button', { name: 'Start train' }));
-    expect(screen.getByText('choose one CSV file')).toBeInTheDocument();
+    expect(screen.getByText('choose a CSV file')).toBeInTheDocument();
     expect(screen.getByLabelText('Epochs')).toHaveAttribute('aria-invalid', 'true');
     expect(screen.getByText('a whole number from 1 to 1000')).toBeInTheDocument();
+  });
+
+  it('takes several dropped files but asks to keep the one a command reads', async () => {
+    render(<NewTask />);
+    dropCsv();
+    dropCsv();
+    expect(screen.getAllByRole('button', { name: 'Remove data.csv' })).toHaveLength(2);
+    await userEvent.click(screen.getByRole('button', { name: 'Start train' }));
+    expect(screen.getByText('train takes one file; remove 1 of them')).toBeInTheDocument();
+    await userEvent.click(screen.getAllByRole('button', { name: 'Remove data.csv' })[0]);
+    expect(screen.getAllByRole('button', { name: 'Remove data.csv' })).toHaveLength(1);
   });
 
   it('uploads dropped files with a byte progress bar, and can cancel', async () => {

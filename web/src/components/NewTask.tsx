@@ -160,7 +160,8 @@ export function NewTask({ initialModel }: { initialModel?: string }) {
       if (!model) found.model = 'choose a model';
       params = { model };
     }
-    if (files.length !== 1) found.files = 'choose one CSV file';
+    if (files.length === 0) found.files = 'choose a CSV file';
+    else if (files.length > 1) found.files = `${command} takes one file; remove ${files.length - 1} of them`;
     setErrors(found);
     if (Object.keys(found).length) return;
 
@@ -200,7 +201,7 @@ export function NewTask({ initialModel }: { initialModel?: string }) {
             <span className="label" id="files-label">
               Data (CSV)
             </span>
-            <Dropzone files={files} onChange={setFiles} multiple={false} accept=".csv,text/csv" />
+            <Dropzone files={files} onChange={setFiles} accept=".csv,text/csv" />
             {errors.files && <small className="field-error">{errors.files}</small>}
           </div>
 

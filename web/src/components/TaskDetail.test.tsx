@@ -52,7 +52,8 @@ describe('TaskDetail', () => {
     expect(screen.getByRole('progressbar', { name: 'Task progress' })).toHaveAttribute('aria-valuenow', '50');
     expect(screen.getByTestId('stage')).toHaveTextContent('epoch 2/4');
     expect(screen.getByRole('log')).toHaveTextContent('epoch 2/4: train_loss 0.5');
-    expect(await screen.findByTestId('charts')).toHaveAttribute('data-epochs', '2');
+    // The chart library loads lazily: allow for a slow, busy machine.
+    expect(await screen.findByTestId('charts', {}, { timeout: 10_000 })).toHaveAttribute('data-epochs', '2');
     // The CSV input is previewed.
     expect(await screen.findByRole('table', { name: /First rows of data.csv/ })).toBeInTheDocument();
   });
