@@ -13,7 +13,6 @@
 //! the pool is busy. Writes `target/bench/feed.json`.
 
 use std::cell::RefCell;
-use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -22,73 +21,14 @@ use chrono::{DateTime, Utc};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 
+mod support;
+
+use support::percentile;
+
 const SUBSCRIBERS: usize = 1000;
 
-fn admin_url() -> String {
-    std::env::var("MLQ_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-}
-
 fn phase_seconds() -> u64 {
-    let scale: f64 = std::env::var("BENCH_SCALE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1.0);
-    ((20.0 * scale) as u64).max(3)
-}
-
-struct Server {
-    child: Child,
-    base: String,
-    _data: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start_server(database: &str) -> Server {
-    let data = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(env!("CARGO_BIN_EXE_mlq"))
-        .arg("serve")
-        .env("MLQ_DATABASE_URL", format!("{}/{database}", admin_url()))
-        .env("MLQ_BIND", format!("127.0.0.1:{port}"))
-        .env("MLQ_DATA_DIR", data.path())
-        .env("MLQ_DIAGNOSTICS", "true")
-        .env("MLQ_WORKERS", "3")
-        .env("MLQ_TORCH_THREADS", "1")
-        .env("MLQ_WEB_DIR", data.path().join("no-dashboard"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("mlq starts");
-    let base = format!("http://127.0.0.1:{port}");
-    let client = awc::Client::default();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !client
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(Instant::now() < deadline, "mlq did not become ready");
-        actix_rt::time::sleep(Duration::from_millis(100)).await;
-    }
-    Server {
-        child,
-        base,
-        _data: data,
-    }
+    support::scaled(20.0, 3.0) as u64
 }
 
 async fn submit(client: &awc::Client, base: &str, body: Value) -> String {
@@ -181,13 +121,6 @@ async fn subscribe(url: String, sink: Rc<RefCell<Sink>>) {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 /// (user + system CPU seconds, RSS MiB) of a process.
 fn usage(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -250,7 +183,11 @@ async fn phase(name: &str, secs: u64, sink: &Rc<RefCell<Sink>>, pid: u32) -> Val
 fn main() {
     actix_rt::System::new().block_on(async {
         let database = format!("mlq_bench_{}", uuid::Uuid::new_v4().simple());
-        let server = start_server(&database).await;
+        let server = support::start_server(
+            &database,
+            &[("MLQ_WORKERS", "3"), ("MLQ_TORCH_THREADS", "1")],
+        )
+        .await;
         let pid = server.child.id();
         let client = awc::Client::default();
         let secs = phase_seconds();
@@ -333,13 +270,6 @@ fn main() {
         std::fs::write(&path, serde_json::to_vec_pretty(&report).unwrap()).unwrap();
         println!("\nwrote {}", path.display());
 
-        if let Ok((admin, conn)) =
-            tokio_postgres::connect(&format!("{}/postgres", admin_url()), tokio_postgres::NoTls).await
-        {
-            actix_rt::spawn(conn);
-            let _ = admin
-                .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-                .await;
-        }
+        support::drop_database(&database).await;
     });
 }

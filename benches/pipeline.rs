@@ -8,87 +8,17 @@
 //! Prints a table and writes `target/bench/pipeline.json`. Sizes can be
 //! scaled down with `BENCH_SCALE=0.1` for a quick look.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio_postgres::NoTls;
 
-fn admin_url() -> String {
-    std::env::var("MLQ_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-}
+mod support;
+
+use support::{percentile, Server};
 
 fn scale(n: usize) -> usize {
-    let s: f64 = std::env::var("BENCH_SCALE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1.0);
-    ((n as f64 * s) as usize).max(10)
-}
-
-struct Server {
-    child: Child,
-    base: String,
-    _data: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SIGTERM: a graceful stop, as an operator would do it.
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn start_server(database: &str) -> Server {
-    let data = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_mlq"))
-        .arg("serve")
-        .env("MLQ_DATABASE_URL", format!("{}/{database}", admin_url()))
-        .env("MLQ_BIND", format!("127.0.0.1:{port}"))
-        .env("MLQ_DATA_DIR", data.path())
-        .env("MLQ_DIAGNOSTICS", "true")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("mlq starts");
-    let base = format!("http://127.0.0.1:{port}");
-    let client = awc::Client::default();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(res) = client.get(format!("{base}/readyz")).send().await {
-            if res.status().is_success() {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "mlq did not become ready");
-        actix_rt::time::sleep(Duration::from_millis(100)).await;
-    }
-    Server {
-        child,
-        base,
-        _data: data,
-    }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
+    support::scaled(n as f64, 10.0) as usize
 }
 
 struct Stats {
@@ -257,9 +187,10 @@ async fn latency_bench(server: &Server) -> Value {
 const ROUNDS: usize = 3;
 
 async fn throughput_bench(server: &Server, database: &str) -> Value {
-    let (db, conn) = tokio_postgres::connect(&format!("{}/{database}", admin_url()), NoTls)
-        .await
-        .unwrap();
+    let (db, conn) =
+        tokio_postgres::connect(&format!("{}/{database}", support::admin_url()), NoTls)
+            .await
+            .unwrap();
     actix_rt::spawn(conn);
     let mut rounds = Vec::new();
     for _ in 0..ROUNDS {
@@ -353,7 +284,7 @@ async fn throughput_round(server: &Server, db: &tokio_postgres::Client) -> Value
 fn main() {
     actix_rt::System::new().block_on(async {
         let database = format!("mlq_bench_{}", uuid::Uuid::new_v4().simple());
-        let server = start_server(&database).await;
+        let server = support::start_server(&database, &[]).await;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
 
         // Latency first, on a fresh database: the throughput run leaves
@@ -427,13 +358,6 @@ fn main() {
         std::fs::write(&path, serde_json::to_vec_pretty(&report).unwrap()).unwrap();
         println!("\nwrote {}", path.display());
 
-        if let Ok((admin, conn)) =
-            tokio_postgres::connect(&format!("{}/postgres", admin_url()), NoTls).await
-        {
-            actix_rt::spawn(conn);
-            let _ = admin
-                .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-                .await;
-        }
+        support::drop_database(&database).await;
     });
 }

@@ -126,6 +126,18 @@ pub async fn list(
         .collect()
 }
 
+/// Locks a task's row for the rest of the transaction and reads its
+/// status; `None` if there is no such task.
+async fn locked_status(
+    tx: &deadpool_postgres::Transaction<'_>,
+    id: Uuid,
+) -> Result<Option<String>, DbError> {
+    Ok(tx
+        .query_opt("SELECT status FROM tasks WHERE id = $1 FOR UPDATE", &[&id])
+        .await?
+        .map(|r| r.get(0)))
+}
+
 /// What a cancel request did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cancel {
@@ -142,10 +154,7 @@ pub enum Cancel {
 /// (through `mlq_cancel` notifications, with heartbeats as the backstop).
 pub async fn cancel(client: &mut deadpool_postgres::Client, id: Uuid) -> Result<Cancel, DbError> {
     let tx = client.transaction().await?;
-    let status: Option<String> = tx
-        .query_opt("SELECT status FROM tasks WHERE id = $1 FOR UPDATE", &[&id])
-        .await?
-        .map(|r| r.get(0));
+    let status = locked_status(&tx, id).await?;
     let outcome = match status.as_deref() {
         None => Cancel::NotFound,
         Some("queued") => {
@@ -189,10 +198,7 @@ pub enum Retry {
 /// over, and its log says a user asked for it.
 pub async fn retry(client: &mut deadpool_postgres::Client, id: Uuid) -> Result<Retry, DbError> {
     let tx = client.transaction().await?;
-    let status: Option<String> = tx
-        .query_opt("SELECT status FROM tasks WHERE id = $1 FOR UPDATE", &[&id])
-        .await?
-        .map(|r| r.get(0));
+    let status = locked_status(&tx, id).await?;
     let outcome = match status.as_deref() {
         None => Retry::NotFound,
         Some("failed" | "cancelled") => {
@@ -230,10 +236,7 @@ pub async fn delete(
     id: Uuid,
 ) -> Result<Option<Vec<String>>, DbError> {
     let tx = client.transaction().await?;
-    let status: Option<String> = tx
-        .query_opt("SELECT status FROM tasks WHERE id = $1 FOR UPDATE", &[&id])
-        .await?
-        .map(|r| r.get(0));
+    let status = locked_status(&tx, id).await?;
     let Some(status) = status else {
         return Ok(None);
     };

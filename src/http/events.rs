@@ -172,11 +172,15 @@ struct Feed {
 }
 
 impl Feed {
+    /// Sends the snapshot, then the replay. Database connections are held
+    /// only while querying, never while a (possibly slow) client reads.
     async fn begin(&mut self, state: &AppState, start: Start) -> Result<(), Ended> {
-        let client = state.db.get().await.map_err(db::DbError::from)?;
         let (task, after) = match start {
             Start::Task { id, after } => {
-                let Some(task) = db::tasks::get(&client, id).await? else {
+                let client = state.db.get().await.map_err(db::DbError::from)?;
+                let found = db::tasks::get(&client, id).await?;
+                drop(client);
+                let Some(task) = found else {
                     // Deleted after the check before the upgrade.
                     self.text(json!({"type": "deleted", "task": id}).to_string())
                         .await?;
@@ -190,7 +194,9 @@ impl Feed {
                 (Some(id), after)
             }
             Start::All { after, limit } => {
+                let client = state.db.get().await.map_err(db::DbError::from)?;
                 let tasks = db::tasks::list(&client, None, None, limit).await?;
+                drop(client);
                 let seq = tasks
                     .iter()
                     .map(|t| t.seq)
@@ -211,7 +217,9 @@ impl Feed {
         };
         let mut replayed = 0;
         loop {
+            let client = state.db.get().await.map_err(db::DbError::from)?;
             let rows = db::events::replay(&client, task, after, REPLAY_PAGE).await?;
+            drop(client);
             let n = rows.len() as i64;
             for row in rows {
                 after = row.seq;

@@ -495,5 +495,8 @@ async fn a_chatty_job_is_throttled_but_its_last_report_lands() {
     );
     let last = messages.last().unwrap();
     assert_eq!(last["status"], "succeeded");
-    assert_eq!(last["progress"]["fraction"], 1.0, "the end is always written");
+    assert_eq!(
+        last["progress"]["fraction"], 1.0,
+        "the end is always written"
+    );
 }
