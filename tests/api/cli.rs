@@ -93,6 +93,11 @@ fn the_docker_files_build_what_the_repository_builds() {
         "Dockerfile and scripts/libtorch.sh disagree on {version}"
     );
     assert!(dockerfile.contains("cargo build --release --bin mlq"));
+    // The dashboard is built from the lock file and served from where the
+    // image says.
+    assert!(dockerfile.contains("npm ci") && dockerfile.contains("npm run build"));
+    assert!(dockerfile.contains("COPY --from=web /web/dist /usr/share/mlq/web"));
+    assert!(dockerfile.contains("MLQ_WEB_DIR=/usr/share/mlq/web"));
     // Compose builds that Dockerfile from the repository root, and every
     // mlq process shares one database and one object volume.
     assert!(compose.contains("dockerfile: docker/Dockerfile"));
