@@ -12,8 +12,8 @@
 //! their ratio, and the server's RSS and CPU. Target: p99 < 100 ms while
 //! the pool is busy. Writes `target/bench/feed.json`.
 
-use std::cell::RefCell;
-use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use awc::ws::Frame;
@@ -25,7 +25,17 @@ mod support;
 
 use support::percentile;
 
+/// `BENCH_SUBSCRIBERS` overrides it, to see how latency grows with fan-out.
 const SUBSCRIBERS: usize = 1000;
+/// One client runtime per core.
+const CLIENT_THREADS: usize = 2;
+
+fn subscribers() -> usize {
+    std::env::var("BENCH_SUBSCRIBERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(SUBSCRIBERS)
+}
 
 fn phase_seconds() -> u64 {
     support::scaled(20.0, 3.0) as u64
@@ -71,15 +81,41 @@ async fn submit_csv(client: &awc::Client, base: &str, rows: usize) -> String {
     body["id"].as_str().expect("a task id").to_owned()
 }
 
-/// Latencies (ms) every subscriber measured, shared by the client tasks.
+/// Latencies (ms) every subscriber measured, shared by the client threads.
 #[derive(Default)]
 struct Sink {
-    recording: bool,
-    latencies: Vec<f64>,
-    connected: usize,
+    recording: AtomicBool,
+    latencies: Mutex<Vec<f64>>,
+    /// Of each latency, the part from the report to its write.
+    writes: Mutex<Vec<f64>>,
+    connected: AtomicUsize,
 }
 
-async fn subscribe(url: String, sink: Rc<RefCell<Sink>>) {
+fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    haystack
+        .get(from..)?
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|i| i + from)
+}
+
+fn time_at(text: &[u8], from: usize) -> Option<DateTime<Utc>> {
+    let start = find(text, br#""at":""#, from)? + 6;
+    let end = find(text, b"\"", start)?;
+    std::str::from_utf8(&text[start..end]).ok()?.parse().ok()
+}
+
+/// A progress event's two times: when the job reported it (`progress.at`)
+/// and when Postgres numbered the write (the event's `at`). Read without
+/// parsing the whole message: the client must stay cheap, as it shares the
+/// machine.
+fn progress_times(text: &[u8]) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    find(text, br#""type":"progress""#, 0)?;
+    let body = find(text, br#""progress":{"#, 0)?;
+    Some((time_at(text, body)?, time_at(text, 0)?))
+}
+
+async fn subscribe(url: String, sink: Arc<Sink>) {
     let (_, mut conn) = match awc::Client::new()
         .ws(url)
         .max_frame_size(16 << 20)
@@ -89,27 +125,19 @@ async fn subscribe(url: String, sink: Rc<RefCell<Sink>>) {
         Ok(c) => c,
         Err(e) => panic!("a subscriber could not connect: {e}"),
     };
-    sink.borrow_mut().connected += 1;
+    sink.connected.fetch_add(1, Ordering::Relaxed);
     while let Some(Ok(frame)) = conn.next().await {
         match frame {
             Frame::Text(text) => {
                 let received = Utc::now();
-                let Ok(message) = serde_json::from_slice::<Value>(&text) else {
-                    continue;
-                };
-                if message["type"] != "progress" {
+                if !sink.recording.load(Ordering::Relaxed) {
                     continue;
                 }
-                let Some(at) = message["progress"]["at"]
-                    .as_str()
-                    .and_then(|s| s.parse::<DateTime<Utc>>().ok())
-                else {
-                    continue;
-                };
-                let mut sink = sink.borrow_mut();
-                if sink.recording {
-                    let ms = (received - at).num_microseconds().unwrap_or(0) as f64 / 1000.0;
-                    sink.latencies.push(ms);
+                if let Some((reported, written)) = progress_times(&text) {
+                    let ms =
+                        |d: chrono::TimeDelta| d.num_microseconds().unwrap_or(0) as f64 / 1000.0;
+                    sink.latencies.lock().unwrap().push(ms(received - reported));
+                    sink.writes.lock().unwrap().push(ms(written - reported));
                 }
             }
             Frame::Ping(bytes) => {
@@ -118,6 +146,26 @@ async fn subscribe(url: String, sink: Rc<RefCell<Sink>>) {
             Frame::Close(_) => break,
             _ => {}
         }
+    }
+}
+
+/// Runs `urls` as subscribers on `threads` client threads, each its own
+/// single-threaded runtime, for as long as the process lives.
+fn start_clients(urls: Vec<String>, threads: usize, sink: &Arc<Sink>) {
+    for t in 0..threads {
+        let mine: Vec<String> = urls.iter().skip(t).step_by(threads).cloned().collect();
+        let sink = sink.clone();
+        std::thread::spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                for (i, url) in mine.into_iter().enumerate() {
+                    actix_rt::spawn(subscribe(url, sink.clone()));
+                    if i % 100 == 99 {
+                        actix_rt::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                std::future::pending::<()>().await;
+            });
+        });
     }
 }
 
@@ -146,24 +194,24 @@ fn usage(pid: u32) -> (f64, f64) {
     (cpu / ticks, rss / 1024.0)
 }
 
-/// Records latencies for `secs` and reports them with the server's CPU use.
-async fn phase(name: &str, secs: u64, sink: &Rc<RefCell<Sink>>, pid: u32) -> Value {
-    {
-        let mut s = sink.borrow_mut();
-        s.latencies.clear();
-        s.recording = true;
-    }
+/// Records latencies for `secs` and reports them with the CPU use of the
+/// server and of this process (the clients).
+async fn phase(name: &str, secs: u64, sink: &Sink, pid: u32) -> Value {
+    sink.latencies.lock().unwrap().clear();
+    sink.writes.lock().unwrap().clear();
+    sink.recording.store(true, Ordering::Relaxed);
     let (cpu_before, _) = usage(pid);
+    let (client_before, _) = usage(std::process::id());
     let started = Instant::now();
     actix_rt::time::sleep(Duration::from_secs(secs)).await;
     let wall = started.elapsed().as_secs_f64();
     let (cpu_after, rss) = usage(pid);
-    let mut latencies = {
-        let mut s = sink.borrow_mut();
-        s.recording = false;
-        std::mem::take(&mut s.latencies)
-    };
+    let (client_after, _) = usage(std::process::id());
+    sink.recording.store(false, Ordering::Relaxed);
+    let mut latencies = std::mem::take(&mut *sink.latencies.lock().unwrap());
     latencies.sort_by(f64::total_cmp);
+    let mut writes = std::mem::take(&mut *sink.writes.lock().unwrap());
+    writes.sort_by(f64::total_cmp);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     json!({
         "phase": name,
@@ -174,7 +222,12 @@ async fn phase(name: &str, secs: u64, sink: &Rc<RefCell<Sink>>, pid: u32) -> Val
             "p99": percentile(&latencies, 0.99),
             "max": latencies.last().copied().unwrap_or(f64::NAN),
         },
+        "report_to_write_ms": {
+            "p50": percentile(&writes, 0.5),
+            "p99": percentile(&writes, 0.99),
+        },
         "server_cpu_percent_of_one_core": (cpu_after - cpu_before) / wall * 100.0,
+        "client_cpu_percent_of_one_core": (client_after - client_before) / wall * 100.0,
         "server_rss_mib": rss,
         "loadavg": load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
     })
@@ -191,6 +244,7 @@ fn main() {
         let pid = server.child.id();
         let client = awc::Client::default();
         let secs = phase_seconds();
+        let subscribers = subscribers();
         let (_, rss_before) = usage(pid);
 
         // Two long tasks reporting progress every 250 ms, one per worker.
@@ -201,21 +255,20 @@ fn main() {
             tasks.push(submit(&client, &server.base, body).await);
         }
 
-        let sink = Rc::new(RefCell::new(Sink::default()));
+        let sink = Arc::new(Sink::default());
         let ws_base = server.base.replacen("http://", "ws://", 1);
-        for i in 0..SUBSCRIBERS {
-            let url = if i % 2 == 0 {
-                format!("{ws_base}/api/v1/tasks/{}/events", tasks[(i / 2) % 2])
-            } else {
-                format!("{ws_base}/api/v1/events?limit=10")
-            };
-            actix_rt::spawn(subscribe(url, sink.clone()));
-            if i % 100 == 99 {
-                actix_rt::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
+        let urls: Vec<String> = (0..subscribers)
+            .map(|i| {
+                if i % 2 == 0 {
+                    format!("{ws_base}/api/v1/tasks/{}/events", tasks[(i / 2) % 2])
+                } else {
+                    format!("{ws_base}/api/v1/events?limit=10")
+                }
+            })
+            .collect();
+        start_clients(urls, CLIENT_THREADS, &sink);
         let deadline = Instant::now() + Duration::from_secs(60);
-        while sink.borrow().connected < SUBSCRIBERS {
+        while sink.connected.load(Ordering::Relaxed) < subscribers {
             assert!(Instant::now() < deadline, "subscribers did not all connect");
             actix_rt::time::sleep(Duration::from_millis(50)).await;
         }
@@ -236,7 +289,7 @@ fn main() {
         let ratio = busy["latency_ms"]["p99"].as_f64().unwrap() / idle["latency_ms"]["p99"].as_f64().unwrap();
         let p50_ratio = busy["latency_ms"]["p50"].as_f64().unwrap() / idle["latency_ms"]["p50"].as_f64().unwrap();
         let report = json!({
-            "subscribers": SUBSCRIBERS,
+            "subscribers": subscribers,
             "phase_seconds": secs,
             "server_rss_mib": {"before_subscribers": rss_before, "with_subscribers": rss_connected},
             "phases": [idle, busy],
@@ -244,25 +297,31 @@ fn main() {
             "p99_ratio_busy_over_idle": ratio,
         });
 
-        println!("\nmlq live feed benchmark: {SUBSCRIBERS} WebSocket subscribers, 2 tasks reporting every 250 ms\n");
+        println!("\nmlq live feed benchmark: {subscribers} WebSocket subscribers, 2 tasks reporting every 250 ms\n");
         println!(
-            "    {:<30} {:>10} {:>9} {:>9} {:>9} {:>9}",
-            "", "deliveries", "p50 ms", "p99 ms", "CPU %", "RSS MiB"
+            "    {:<30} {:>10} {:>9} {:>9} {:>13} {:>11} {:>11} {:>9}",
+            "", "deliveries", "p50 ms", "p99 ms", "write p50/p99", "server CPU%", "client CPU%", "RSS MiB"
         );
         for p in report["phases"].as_array().unwrap() {
             println!(
-                "    {:<30} {:>10} {:>9.2} {:>9.2} {:>9.0} {:>9.1}",
+                "    {:<30} {:>10} {:>9.2} {:>9.2} {:>13} {:>11.0} {:>11.0} {:>9.1}",
                 p["phase"].as_str().unwrap(),
                 p["deliveries"],
                 p["latency_ms"]["p50"].as_f64().unwrap(),
                 p["latency_ms"]["p99"].as_f64().unwrap(),
+                format!(
+                    "{:.1}/{:.1}",
+                    p["report_to_write_ms"]["p50"].as_f64().unwrap(),
+                    p["report_to_write_ms"]["p99"].as_f64().unwrap()
+                ),
                 p["server_cpu_percent_of_one_core"].as_f64().unwrap(),
+                p["client_cpu_percent_of_one_core"].as_f64().unwrap(),
                 p["server_rss_mib"].as_f64().unwrap(),
             );
         }
         println!("    ratio busy / idle: p50 {p50_ratio:.2}, p99 {ratio:.2}   (target: busy p99 < 100 ms)");
         println!(
-            "    server RSS: {rss_before:.1} MiB before subscribers, {rss_connected:.1} MiB with {SUBSCRIBERS}"
+            "    server RSS: {rss_before:.1} MiB before subscribers, {rss_connected:.1} MiB with {subscribers}"
         );
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
         std::fs::create_dir_all(&dir).unwrap();

@@ -162,6 +162,14 @@ impl Application {
                 .app_data(state.clone())
                 .configure(|cfg| http::config(cfg, &web_dir))
         })
+        // Live-feed frames are small and bursty: without this, Nagle's
+        // algorithm holds a frame back until the client acknowledges the
+        // one before it (tens of milliseconds with delayed ACKs).
+        .on_connect(|connection, _| {
+            if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                let _ = tcp.set_nodelay(true);
+            }
+        })
         .shutdown_timeout(10);
         if let Some(n) = settings.http_workers {
             server = server.workers(n.max(1));

@@ -513,8 +513,12 @@ async fn run(
                 due = Some((last_write + every).max(tokio::time::Instant::now()));
             }
             _ = tokio::time::sleep_until(flush_at), if due.is_some() => {
+                // Paced from when the write was due, not when the timer
+                // fired: timer lag would otherwise add up write after write,
+                // and a job reporting every `every` would see its reports
+                // written ever later.
+                last_write = flush_at;
                 due = None;
-                last_write = tokio::time::Instant::now();
                 let taken = report.take();
                 if taken.is_empty() {
                     continue;
