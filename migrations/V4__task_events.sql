@@ -15,27 +15,55 @@ ALTER TABLE tasks
     ADD COLUMN log_bytes   integer NOT NULL DEFAULT 0,
     ADD COLUMN log_dropped integer NOT NULL DEFAULT 0;
 
+-- No foreign key: rows are only written by the triggers below, for the
+-- task whose row they are changing, and a task's deletion deletes its
+-- events (tasks_deleted). The key's check would nearly double the cost of
+-- every status change on the queue's hot path (measured).
 CREATE TABLE task_events (
     seq     bigint PRIMARY KEY DEFAULT nextval('task_event_seq'),
-    task_id uuid        NOT NULL REFERENCES tasks (id) ON DELETE CASCADE,
+    task_id uuid        NOT NULL,
     kind    text        NOT NULL CHECK (kind IN ('status', 'log')),
     data    jsonb       NOT NULL,
     at      timestamptz NOT NULL DEFAULT now()
 );
 -- Replaying and tailing one task.
-CREATE INDEX task_events_task ON task_events (task_id, kind, seq);
+CREATE INDEX task_events_task ON task_events (task_id, seq);
 
 -- A payload over pg_notify's 8000-byte limit is announced without its data;
 -- listeners read it back by number.
+--
+-- A NOTIFY holds a database-wide lock from just before its transaction
+-- commits until the commit is flushed, so notifying transactions commit one
+-- at a time. Sessions on the queue's hot path (submissions, claims,
+-- outcomes) set mlq.announce_after_commit: their events are stored but not
+-- announced here, and mlq's announcer announces them in batches right after
+-- they commit, from a session that does not wait for the flush (see
+-- src/db/announcer.rs).
 CREATE FUNCTION announce(seq bigint, task uuid, kind text, at timestamptz, data jsonb)
 RETURNS void AS $$
 DECLARE
-    payload text := json_build_object('seq', seq, 'task', task, 'type', kind, 'at', at, 'data', data);
+    payload text;
 BEGIN
+    IF current_setting('mlq.announce_after_commit', true) = 'on' THEN
+        RETURN;
+    END IF;
+    payload := json_build_object('seq', seq, 'task', task, 'type', kind, 'at', at, 'data', data);
     IF octet_length(payload) > 7900 THEN
         payload := json_build_object('seq', seq, 'task', task, 'type', kind, 'at', at, 'big', true);
     END IF;
     PERFORM pg_notify('mlq_events', payload);
+END;
+$$ LANGUAGE plpgsql;
+
+-- The wake-up for dispatchers (V1) is deferred the same way: the announcer
+-- sends it with the new tasks' events.
+CREATE OR REPLACE FUNCTION notify_tasks_queued() RETURNS trigger AS $$
+BEGIN
+    IF current_setting('mlq.announce_after_commit', true) = 'on' THEN
+        RETURN NULL;
+    END IF;
+    PERFORM pg_notify('mlq_tasks', '');
+    RETURN NULL;
 END;
 $$ LANGUAGE plpgsql;
 
@@ -88,6 +116,7 @@ CREATE TRIGGER tasks_progress_changed
 
 CREATE FUNCTION tasks_announce_deleted() RETURNS trigger AS $$
 BEGIN
+    DELETE FROM task_events WHERE task_id = OLD.id;
     PERFORM announce(nextval('task_event_seq'), OLD.id, 'deleted', now(), NULL);
     RETURN NULL;
 END;

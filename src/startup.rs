@@ -15,7 +15,7 @@ use mlq_actors::pool::{MlWorker, WorkerBoard};
 use mlq_actors::ports::ObjectStore;
 
 use crate::config::{Settings, StorageKind};
-use crate::db::{self, queue::PgTaskStore, DbError};
+use crate::db::{self, announcer::Announcer, queue::PgTaskStore, DbError, QueueConn};
 use crate::events::Hub;
 use crate::http::{self, AppState, FeedSettings};
 use crate::storage::{collector, FsStore, S3Store};
@@ -72,6 +72,12 @@ impl Application {
         })?;
         sweep_scratch(&pool, &settings.scratch_dir()).await;
         let commands = Commands::standard(settings.diagnostics);
+        let announcer = Announcer::start(db::queue_pool(&settings, 1, QueueConn::Announce)?);
+        let submissions = db::queue_pool(
+            &settings,
+            settings.database_pool_size,
+            QueueConn::Submissions,
+        )?;
         let pool_config = settings.pool();
         let board = WorkerBoard::default();
         let ml = MlWorker::start_pool(pool_config, board.clone());
@@ -103,8 +109,10 @@ impl Application {
             // arbiter: busy HTTP handlers cannot starve the queue, and
             // stopping the HTTP workers does not close them.
             Arc::new(PgTaskStore::with_pools(
-                db::queue_pool(&settings, pool_config.workers + 2, true)?,
-                db::queue_pool(&settings, pool_config.workers + 2, false)?,
+                db::queue_pool(&settings, pool_config.workers + 2, QueueConn::Outcomes)?,
+                db::queue_pool(&settings, 2, QueueConn::Claims)?,
+                db::queue_pool(&settings, pool_config.workers + 2, QueueConn::Fast)?,
+                announcer.clone(),
             )),
             objects.clone(),
             commands.clone(),
@@ -143,6 +151,8 @@ impl Application {
             workers: pool_config.workers,
             max_attempts: settings.max_attempts,
             limits: settings.upload_limits(),
+            submissions,
+            announcer,
             hub,
             feed: FeedSettings {
                 ping_every: settings.ws_ping_every,

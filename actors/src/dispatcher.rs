@@ -342,10 +342,15 @@ async fn execute(env: Arc<Env>, task: ClaimedTask, cancel: CancelToken, me: Addr
         .max_log_bytes
         .saturating_sub(task.log_bytes.max(0) as usize);
     let report = Reporter::new(budget);
-    report.info(format!(
-        "attempt {} of {} started on {}",
-        lease.attempt, task.max_attempts, env.config.name
-    ));
+    // The status change to `running` marks a first attempt; a retry's log
+    // says where it runs. (Lines cost a transaction: the common path of a
+    // quick, successful task writes none.)
+    if lease.attempt > 1 {
+        report.info(format!(
+            "attempt {} of {} started on {}",
+            lease.attempt, task.max_attempts, env.config.name
+        ));
+    }
     let ran = run(&env, &task, &workdir, cancel, report.clone()).await;
     me.do_send(WorkerFreed);
     let outcome = match ran {
@@ -392,14 +397,13 @@ async fn delete_objects(env: &Env, keys: &[String]) {
     }
 }
 
-/// The line a task's log ends an attempt with. A failure's line carries
-/// its code and the attempt, so the log tells the story without the row.
+/// The line a task's log ends an unsuccessful attempt with. A failure's
+/// line carries its code, so the log tells the story without the row.
 fn log_finish(report: &Reporter, finish: &Finish) {
     match finish {
-        Finish::Succeeded { artifacts, .. } => report.info(match artifacts.len() {
-            0 => "succeeded".to_owned(),
-            n => format!("succeeded; stored {n} artifact(s)"),
-        }),
+        // The status change says it; a line would cost the one-statement
+        // finish its speed.
+        Finish::Succeeded { .. } => {}
         Finish::Failed(e) => report.log(
             Level::Error,
             format!("failed: {} ({})", e.message, e.code),

@@ -28,17 +28,20 @@ pub const TASKS_CHANNEL: &str = "mlq_tasks";
 pub const CANCEL_CHANNEL: &str = "mlq_cancel";
 pub const EVENTS_CHANNEL: &str = "mlq_events";
 
-/// Runs the listener on the current arbiter for as long as the system lives.
-/// `pool` reads back announcements too big to carry their data.
+/// Runs the listener on an arbiter (thread) of its own for as long as the
+/// system lives: every task change anywhere arrives here, and turning those
+/// into feed events must not take turns with the dispatcher. `pool` reads
+/// back announcements too big to carry their data.
 pub fn spawn(
     config: tokio_postgres::Config,
     dispatcher: Addr<Dispatcher>,
     hub: Arc<Hub>,
     pool: Pool,
 ) {
+    let arbiter = actix::Arbiter::new();
     let (events, announced) = mpsc::unbounded_channel();
-    actix::spawn(publish(announced, hub.clone(), pool));
-    actix::spawn(async move {
+    arbiter.spawn(publish(announced, hub.clone(), pool));
+    arbiter.spawn(async move {
         let mut backoff = Duration::from_millis(100);
         let mut first = true;
         loop {
@@ -58,6 +61,9 @@ pub fn spawn(
 /// events after it.
 async fn publish(mut announced: mpsc::UnboundedReceiver<String>, hub: Arc<Hub>, pool: Pool) {
     while let Some(payload) = announced.recv().await {
+        if hub.subscribers() == 0 {
+            continue;
+        }
         let a: Announcement = match serde_json::from_str(&payload) {
             Ok(a) => a,
             Err(e) => {

@@ -4,6 +4,7 @@
 //! Query functions take `&impl GenericClient`, so they run the same on a
 //! pooled connection or inside a transaction.
 
+pub mod announcer;
 pub mod events;
 pub mod listener;
 pub mod models;
@@ -81,21 +82,46 @@ pub fn pool(settings: &Settings, size: usize) -> Result<Pool, DbError> {
     build_pool(config, size)
 }
 
-/// A pool for the dispatcher. Its queries all follow an index in order
-/// (the claim's `ORDER BY … LIMIT` has an index made for it), but with stale
-/// statistics, as after a burst of inserts, the planner may instead sort
-/// every queued row on each claim: 5 ms per claim at 6,000 queued tasks,
-/// measured. Disabling explicit sorts on these connections keeps the plan
-/// that stays cheap however deep the queue is. With `durable` false,
-/// commits do not wait for the WAL flush (see `queue::PgTaskStore`).
-pub fn queue_pool(settings: &Settings, size: usize, durable: bool) -> Result<Pool, DbError> {
+/// What a queue connection is for; each kind commits and announces
+/// differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueConn {
+    /// Submissions (task inserts): committed durably; announced after their
+    /// commit.
+    Submissions,
+    /// Outcomes: committed durably; announced after their commit.
+    Outcomes,
+    /// Claims: not waiting for the WAL flush; announced after their commit.
+    Claims,
+    /// Heartbeats, progress, logs, rescues and releases: not waiting for
+    /// the WAL flush; announced as they commit.
+    Fast,
+    /// The announcer's: not waiting for the WAL flush. It sorts what it
+    /// announces, so explicit sorts stay enabled.
+    Announce,
+}
+
+/// A pool for the dispatcher's queue work (see [`QueueConn`]).
+///
+/// Its queries all follow an index in order (the claim's `ORDER BY …
+/// LIMIT` has an index made for it), but with stale statistics, as after a
+/// burst of inserts, the planner may instead sort every queued row on each
+/// claim: 5 ms per claim at 6,000 queued tasks, measured. Disabling explicit
+/// sorts on these connections keeps the plan that stays cheap however deep
+/// the queue is.
+pub fn queue_pool(settings: &Settings, size: usize, conn: QueueConn) -> Result<Pool, DbError> {
     let mut config = settings
         .postgres()
         .map_err(|e| DbError::Config(e.to_string()))?;
-    config.options(if durable {
-        "-c enable_sort=off"
-    } else {
-        "-c enable_sort=off -c synchronous_commit=off"
+    // See V4's `announce` and the announcer module.
+    config.options(match conn {
+        QueueConn::Submissions => "-c mlq.announce_after_commit=on",
+        QueueConn::Outcomes => "-c enable_sort=off -c mlq.announce_after_commit=on",
+        QueueConn::Claims => {
+            "-c enable_sort=off -c synchronous_commit=off -c mlq.announce_after_commit=on"
+        }
+        QueueConn::Fast => "-c enable_sort=off -c synchronous_commit=off",
+        QueueConn::Announce => "-c synchronous_commit=off",
     });
     build_pool(config, size)
 }

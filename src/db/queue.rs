@@ -20,33 +20,41 @@ use mlq_actors::task::{
     ClaimedTask, Finish, HeartbeatReport, Lease, ModelDraft, ModelRecord, StoredArtifact,
 };
 
+use super::announcer::Announcer;
 use super::tasks::json_column;
 use super::DbError;
 
-/// Two pools: outcomes commit durably; claims, heartbeats, progress and
-/// rescues commit without waiting for the WAL flush. Losing one of those in
-/// a database crash is harmless: the task is still queued or its lease
-/// simply expires, and fencing rejects whatever an orphaned attempt writes.
-/// Only a recorded outcome must survive, and it waits for the flush.
+/// Three pools (see [`super::QueueConn`]): outcomes commit durably;
+/// claims, heartbeats, progress and rescues commit without waiting for the
+/// WAL flush. Losing one of those in a database crash is harmless: the task
+/// is still queued or its lease simply expires, and fencing rejects
+/// whatever an orphaned attempt writes. Only a recorded outcome must
+/// survive, and it waits for the flush. Claims and outcomes are announced to
+/// the live feed by the [`Announcer`] after they commit.
 pub struct PgTaskStore {
     durable: Pool,
+    claims: Pool,
     fast: Pool,
+    announcer: Option<Announcer>,
 }
 
 // Each ends an attempt, fenced by its lease ($1 task, $2 token), keeping
-// the job's last progress report ($3) when one is given.
+// the job's last progress report ($3) when one is given. No row: the lease
+// was lost. The number returned is the status change's.
 const SUCCEEDED: &str = r#"
     UPDATE tasks
     SET status = 'succeeded', result = $4, error = NULL,
         progress = coalesce($3, progress) || '{"fraction": 1, "stage": "done"}',
         finished_at = now(), updated_at = now(), lease_token = NULL, lease_expires_at = NULL
-    WHERE id = $1 AND lease_token = $2"#;
+    WHERE id = $1 AND lease_token = $2
+    RETURNING seq"#;
 
 const FAILED: &str = "
     UPDATE tasks
     SET status = 'failed', error = $4, progress = coalesce($3, progress),
         finished_at = now(), updated_at = now(), lease_token = NULL, lease_expires_at = NULL
-    WHERE id = $1 AND lease_token = $2";
+    WHERE id = $1 AND lease_token = $2
+    RETURNING seq";
 
 // A cancel that arrived while the attempt failed wins over the retry.
 const RETRY: &str = r#"
@@ -56,14 +64,16 @@ const RETRY: &str = r#"
         error = $4, run_at = now() + $5 * interval '1 millisecond',
         progress = coalesce($3, progress) || '{"stage": "waiting to retry"}',
         updated_at = now(), lease_token = NULL, lease_expires_at = NULL
-    WHERE id = $1 AND lease_token = $2"#;
+    WHERE id = $1 AND lease_token = $2
+    RETURNING seq"#;
 
 const CANCELLED: &str = r#"
     UPDATE tasks
     SET status = 'cancelled', progress = coalesce($3, progress),
         error = '{"code": "cancelled", "message": "the task was cancelled"}',
         finished_at = now(), updated_at = now(), lease_token = NULL, lease_expires_at = NULL
-    WHERE id = $1 AND lease_token = $2"#;
+    WHERE id = $1 AND lease_token = $2
+    RETURNING seq"#;
 
 const PROGRESS: &str = "
     UPDATE tasks SET progress = $3, updated_at = now()
@@ -84,17 +94,29 @@ const LOGS: &str = "
         SELECT owner.id, 'log', line.data, line.at
         FROM owner, unnest($5::jsonb[], $6::timestamptz[]) WITH ORDINALITY AS line (data, at, n)
         ORDER BY line.n
+        RETURNING seq
     )
-    SELECT count(*) FROM owner";
+    SELECT (SELECT count(*) FROM owner) AS held, (SELECT min(seq) FROM lines) AS first";
 
-/// Appends a report's log lines; says whether the lease held.
+/// What appending log lines did.
+struct Appended {
+    /// The lease held.
+    held: bool,
+    /// The number of the first line, if any was stored.
+    first: Option<i64>,
+}
+
+/// Appends a report's log lines.
 async fn insert_logs(
     tx: &deadpool_postgres::Transaction<'_>,
     lease: &Lease,
     report: &Report,
-) -> Result<bool, StoreError> {
+) -> Result<Appended, StoreError> {
     if report.logs.is_empty() && report.dropped == 0 {
-        return Ok(true);
+        return Ok(Appended {
+            held: true,
+            first: None,
+        });
     }
     let lines: Vec<Value> = report
         .logs
@@ -125,7 +147,10 @@ async fn insert_logs(
         )
         .await
         .map_err(query)?;
-    Ok(row.get::<_, i64>(0) == 1)
+    Ok(Appended {
+        held: row.get::<_, i64>("held") == 1,
+        first: row.get("first"),
+    })
 }
 
 fn progress_json(progress: &Progress) -> Value {
@@ -187,13 +212,32 @@ async fn record_outputs(
 }
 
 impl PgTaskStore {
-    /// A store on one pool, committing everything durably.
+    /// A store on one pool, committing everything durably; its triggers
+    /// announce every change as it commits.
     pub fn new(pool: Pool) -> Self {
-        Self::with_pools(pool.clone(), pool)
+        Self {
+            durable: pool.clone(),
+            claims: pool.clone(),
+            fast: pool,
+            announcer: None,
+        }
     }
 
-    pub fn with_pools(durable: Pool, fast: Pool) -> Self {
-        Self { durable, fast }
+    /// The dispatcher's store: pools made by [`super::queue_pool`] for each
+    /// [`super::QueueConn`], and the announcer of what they commit.
+    pub fn with_pools(outcomes: Pool, claims: Pool, fast: Pool, announcer: Announcer) -> Self {
+        Self {
+            announcer: Some(announcer),
+            durable: outcomes,
+            claims,
+            fast,
+        }
+    }
+
+    fn announce(&self, task: Uuid, first: i64, last: i64) {
+        if let Some(announcer) = &self.announcer {
+            announcer.events(task, first, last);
+        }
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
@@ -246,7 +290,7 @@ impl TaskStore for PgTaskStore {
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<ClaimedTask>, StoreError> {
-        let client = self.fast_client().await?;
+        let client = self.claims.get().await.map_err(|e| unavailable(e.into()))?;
         let statement = client
             .prepare_cached(include_str!("sql/claim.sql"))
             .await
@@ -258,6 +302,10 @@ impl TaskStore for PgTaskStore {
             )
             .await
             .map_err(query)?;
+        for row in &rows {
+            let seq: i64 = row.try_get("seq").map_err(query)?;
+            self.announce(row.try_get("id").map_err(query)?, seq, seq);
+        }
         rows.into_iter()
             .map(|row| {
                 Ok(ClaimedTask {
@@ -328,9 +376,9 @@ impl TaskStore for PgTaskStore {
             .await
             .map_err(query)?;
         }
-        let held = insert_logs(&tx, lease, report).await?;
+        let appended = insert_logs(&tx, lease, report).await?;
         tx.commit().await.map_err(query)?;
-        Ok(held)
+        Ok(appended.held)
     }
 
     async fn finish(
@@ -359,12 +407,9 @@ impl TaskStore for PgTaskStore {
         };
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&lease.task_id, &lease.token, &progress];
         params.extend(extra);
-        let fenced = |n: u64| {
-            if n == 0 {
-                Err(StoreError::LeaseLost(lease.task_id))
-            } else {
-                Ok(())
-            }
+        let fenced = |row: Option<tokio_postgres::Row>| match row {
+            Some(row) => Ok(row.get::<_, i64>("seq")),
+            None => Err(StoreError::LeaseLost(lease.task_id)),
         };
         let outputs = match &finish {
             Finish::Succeeded {
@@ -372,24 +417,30 @@ impl TaskStore for PgTaskStore {
             } if !artifacts.is_empty() || model.is_some() => Some((artifacts, model)),
             _ => None,
         };
-        if outputs.is_none() && report.logs.is_empty() && report.dropped == 0 {
+        let (since, seq) = if outputs.is_none() && report.logs.is_empty() && report.dropped == 0 {
             // The common case is one statement: no transaction round trips.
             let statement = client.prepare_cached(sql).await.map_err(query)?;
-            return fenced(client.execute(&statement, &params).await.map_err(query)?);
-        }
-        // The outcome, its log lines, artifacts and model land together or
-        // not at all. Log lines go first, so they are numbered before the
-        // status change that ends the attempt.
-        let tx = client.transaction().await.map_err(query)?;
-        if !insert_logs(&tx, lease, report).await? {
-            return Err(StoreError::LeaseLost(lease.task_id));
-        }
-        let statement = tx.prepare_cached(sql).await.map_err(query)?;
-        fenced(tx.execute(&statement, &params).await.map_err(query)?)?;
-        if let Some((artifacts, model)) = outputs {
-            record_outputs(&tx, lease, artifacts, model.as_ref()).await?;
-        }
-        tx.commit().await.map_err(query)
+            let seq = fenced(client.query_opt(&statement, &params).await.map_err(query)?)?;
+            (seq, seq)
+        } else {
+            // The outcome, its log lines, artifacts and model land together
+            // or not at all. Log lines go first, so they are numbered before
+            // the status change that ends the attempt.
+            let tx = client.transaction().await.map_err(query)?;
+            let appended = insert_logs(&tx, lease, report).await?;
+            if !appended.held {
+                return Err(StoreError::LeaseLost(lease.task_id));
+            }
+            let statement = tx.prepare_cached(sql).await.map_err(query)?;
+            let seq = fenced(tx.query_opt(&statement, &params).await.map_err(query)?)?;
+            if let Some((artifacts, model)) = outputs {
+                record_outputs(&tx, lease, artifacts, model.as_ref()).await?;
+            }
+            tx.commit().await.map_err(query)?;
+            (appended.first.unwrap_or(seq), seq)
+        };
+        self.announce(lease.task_id, since, seq);
+        Ok(())
     }
 
     async fn rescue_expired(&self, backoff_base: Duration) -> Result<u64, StoreError> {

@@ -22,6 +22,7 @@ use mlq_actors::ports::ObjectStore;
 
 use self::error::{extractor_error, ApiError};
 pub use self::events::FeedSettings;
+use crate::db::announcer::Announcer;
 use crate::events::Hub;
 
 /// What handlers share.
@@ -34,6 +35,10 @@ pub struct AppState {
     pub workers: usize,
     pub max_attempts: i32,
     pub limits: UploadLimits,
+    /// Connections for inserting tasks: their events are announced by the
+    /// announcer after they commit (see `db::announcer`).
+    pub submissions: Pool,
+    pub announcer: Announcer,
     pub hub: Arc<Hub>,
     pub feed: FeedSettings,
 }

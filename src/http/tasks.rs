@@ -165,7 +165,7 @@ async fn register(
 ) -> Result<TaskRecord, ApiError> {
     let checked = command(state, &submission.command)?
         .check(submission.params.clone(), submission.inputs.len())?;
-    let client = state.db.get().await?;
+    let client = state.submissions.get().await?;
     let ids: Vec<Uuid> = checked.models.iter().map(|(_, id)| *id).collect();
     if let Some(missing) = db::models::missing(&client, &ids).await?.first() {
         let field = checked
@@ -189,6 +189,7 @@ async fn register(
         },
     )
     .await?;
+    state.announcer.queued(id, task.seq);
     tracing::info!(task = %id, command = %submission.command, inputs = submission.inputs.len(), "task queued");
     Ok(task)
 }

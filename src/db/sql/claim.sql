@@ -22,7 +22,7 @@ SET status           = 'running',
     progress         = '{"fraction": 0, "stage": "starting", "message": "", "metrics": {}}'
 FROM due
 WHERE t.id = due.id
-RETURNING t.id, t.command, t.params, t.attempts, t.max_attempts, t.lease_token, t.log_bytes,
+RETURNING t.id, t.seq, t.command, t.params, t.attempts, t.max_attempts, t.lease_token, t.log_bytes,
     (SELECT coalesce(jsonb_agg(jsonb_build_object(
                 'position', i.position, 'name', i.name, 'size', i.size,
                 'sha256', i.sha256, 'content_type', i.content_type, 'key', i.object_key)
