@@ -11,8 +11,10 @@
 //! in parts to keep memory flat, and s3s-fs assembles parts on completion
 //! by copying every byte again, a cost a single PUT does not pay.
 //!
-//! Prints a table and writes `target/bench/storage.json`. `BENCH_SCALE=0.1`
-//! shrinks the large file for a quick look.
+//! Each size runs `BENCH_REPEATS` (3) rounds, mlq and references interleaved;
+//! the table shows medians, and the peak for memory. Prints a table and
+//! writes `target/bench/storage.json`. `BENCH_SCALE=0.1` shrinks the large
+//! file for a quick look.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -220,6 +222,60 @@ fn curl_multipart(sign: &[&str], work: &Path, file: &Path, object: &str) -> f64 
     secs
 }
 
+/// The same bytes straight into s3s-fs (one PUT, then multipart) and onto
+/// the disk with dd.
+fn references(sign: &[&str], work: &Path, endpoint: &str, file: &Path, size: u64) -> Value {
+    let object = format!("{endpoint}/reference/in-{size}");
+    let path = file.display().to_string();
+    let (up, status, _) = curl(&[sign, &["-T", &path, &object]].concat());
+    assert_eq!(status, 200);
+    let (down, _, _) = curl(&[sign, &["-o", "/dev/null", &object]].concat());
+    let multipart_object = format!("{endpoint}/reference/multipart-{size}");
+    let multipart = curl_multipart(sign, work, file, &multipart_object);
+    let copy = work.join(format!("dd-{size}"));
+    let dd_write = dd(&[
+        &format!("if={}", file.display()),
+        &format!("of={}", copy.display()),
+        "bs=8M",
+        "conv=fsync",
+    ]);
+    let dd_read = dd(&[&format!("if={}", copy.display()), "of=/dev/null", "bs=8M"]);
+    let _ = std::fs::remove_file(&copy);
+    json!({
+        "curl_s3s_upload_mib_s": mbps(size, up),
+        "curl_s3s_download_mib_s": mbps(size, down),
+        "curl_s3s_multipart_upload_mib_s": mbps(size, multipart),
+        "dd_write_mib_s": mbps(size, dd_write),
+        "dd_read_mib_s": mbps(size, dd_read),
+    })
+}
+
+/// Per figure across rounds: the median, or for memory the peak.
+fn summarize(rounds: &[Value]) -> Value {
+    fn walk(key: &str, values: &[&Value]) -> Value {
+        match values[0] {
+            Value::Object(map) => Value::Object(
+                map.keys()
+                    .map(|k| {
+                        let inner: Vec<&Value> = values.iter().map(|v| &v[k]).collect();
+                        (k.clone(), walk(k, &inner))
+                    })
+                    .collect(),
+            ),
+            _ => {
+                let mut xs: Vec<f64> = values.iter().filter_map(|v| v.as_f64()).collect();
+                xs.sort_by(f64::total_cmp);
+                if key.contains("rss") {
+                    json!(xs.last().copied().unwrap_or(f64::NAN))
+                } else {
+                    json!(xs.get(xs.len() / 2).copied().unwrap_or(f64::NAN))
+                }
+            }
+        }
+    }
+    walk("", &rounds.iter().collect::<Vec<_>>())
+}
+
 struct Mlq {
     process: Proc,
     base: String,
@@ -278,6 +334,9 @@ fn through_mlq(mlq: &Mlq, file: &Path, size: u64) -> Value {
     let input = format!("{url}/{id}/inputs/0");
     let ((down, status, _), down_rss) = peak_growth(pid, || curl(&["-o", "/dev/null", &input]));
     assert_eq!(status, 200);
+    // Rounds of gigabytes add up: free the disk for the next.
+    let (_, status, _) = curl(&["-X", "DELETE", &task_url]);
+    assert_eq!(status, 204);
     json!({
         "upload_mib_s": mbps(size, secs),
         "upload_rss_growth_mib": up_rss,
@@ -292,6 +351,10 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1.0);
     let sizes = [100 * MIB, ((2048.0 * scale) as u64).max(100) * MIB];
+    let repeats: usize = std::env::var("BENCH_REPEATS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let work = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
     let work_path: PathBuf = work.path().to_owned();
 
@@ -323,35 +386,21 @@ fn main() {
     for size in sizes {
         let file = work_path.join(format!("in-{size}"));
         make_file(&file, size);
-        let fs = through_mlq(&fs_mlq, &file, size);
-        let s3 = through_mlq(&s3_mlq, &file, size);
-
-        // References: the same bytes straight into s3s-fs, and onto the disk.
-        let object = format!("{s3_endpoint}/reference/in-{size}");
-        let path = file.display().to_string();
-        let (up, status, _) = curl(&[&sign[..], &["-T", &path, &object]].concat());
-        assert_eq!(status, 200);
-        let (down, _, _) = curl(&[&sign[..], &["-o", "/dev/null", &object]].concat());
-        let multipart_object = format!("{s3_endpoint}/reference/multipart-{size}");
-        let multipart = curl_multipart(&sign, &work_path, &file, &multipart_object);
-        let copy = work_path.join(format!("dd-{size}"));
-        let dd_write = dd(&[
-            &format!("if={}", file.display()),
-            &format!("of={}", copy.display()),
-            "bs=8M",
-            "conv=fsync",
-        ]);
-        let dd_read = dd(&[&format!("if={}", copy.display()), "of=/dev/null", "bs=8M"]);
-        let reference = json!({
-            "curl_s3s_upload_mib_s": mbps(size, up),
-            "curl_s3s_download_mib_s": mbps(size, down),
-            "curl_s3s_multipart_upload_mib_s": mbps(size, multipart),
-            "dd_write_mib_s": mbps(size, dd_write),
-            "dd_read_mib_s": mbps(size, dd_read),
-        });
-        let _ = std::fs::remove_file(&copy);
+        // Rounds interleave mlq and the references, so each pair shares the
+        // machine's mood; medians (peaks for memory) smooth the rest.
+        let rounds: Vec<Value> = (0..repeats)
+            .map(|_| {
+                let fs = through_mlq(&fs_mlq, &file, size);
+                let s3 = through_mlq(&s3_mlq, &file, size);
+                let reference = references(&sign, &work_path, &s3_endpoint, &file, size);
+                json!({"fs": fs, "s3": s3, "reference": reference})
+            })
+            .collect();
         let _ = std::fs::remove_file(&file);
-        rows.push(json!({"size_mib": size / MIB, "fs": fs, "s3": s3, "reference": reference}));
+        let mut row = summarize(&rounds);
+        row["size_mib"] = json!(size / MIB);
+        row["rounds"] = json!(rounds);
+        rows.push(row);
     }
     drop(fs_mlq);
     drop(s3_mlq);
