@@ -185,12 +185,7 @@ fn usage(pid: u32) -> (f64, f64) {
             .get(12)
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0);
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .unwrap_or(0.0);
+    let rss = support::status_kib(pid, "VmRSS:") as f64;
     (cpu / ticks, rss / 1024.0)
 }
 

@@ -18,10 +18,14 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+mod support;
+
+use support::{admin_url, free_port, status_kib, Proc};
 
 const MIB: u64 = 1 << 20;
 const KEY: &str = "bench";
@@ -41,19 +45,6 @@ fn signed() -> Vec<String> {
     .to_vec()
 }
 
-fn admin_url() -> String {
-    std::env::var("MLQ_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn wait_for(url: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -66,15 +57,6 @@ fn wait_for(url: &str) {
         }
         assert!(Instant::now() < deadline, "{url} never answered");
         std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
-        let _ = self.0.wait();
     }
 }
 
@@ -128,23 +110,14 @@ fn dd(args: &[&str]) -> f64 {
     start.elapsed().as_secs_f64()
 }
 
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Runs `f` and returns its result with how far the process's peak RSS
 /// rose above its resident size before, in MiB.
 fn peak_growth<T>(pid: u32, f: impl FnOnce() -> T) -> (T, f64) {
     // Writing 5 to clear_refs resets the peak (VmHWM) to the current RSS.
     let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
-    let before = rss_kib(pid, "VmRSS:");
+    let before = status_kib(pid, "VmRSS:");
     let out = f();
-    let peak = rss_kib(pid, "VmHWM:");
+    let peak = status_kib(pid, "VmHWM:");
     (out, peak.saturating_sub(before) as f64 / 1024.0)
 }
 

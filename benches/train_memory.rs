@@ -7,22 +7,17 @@
 //! tensors. Writes `target/bench/train_memory.json`.
 
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+mod support;
+
+use support::{status_kib, Proc};
+
 const MIB: f64 = (1 << 20) as f64;
 const FEATURES: usize = 10;
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
-        let _ = self.0.wait();
-    }
-}
 
 fn curl(args: &[&str]) -> String {
     let out = Command::new("curl")
@@ -31,15 +26,6 @@ fn curl(args: &[&str]) -> String {
         .output()
         .expect("curl runs");
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Writes a CSV of about `bytes` bytes: ten numeric features and a label.

@@ -1,5 +1,6 @@
 //! What the benchmarks that drive a running mlq share: starting the real
-//! binary on a free port against its own database, and percentiles.
+//! binary on a free port against its own database, child processes,
+//! reading a process's memory, and percentiles.
 
 #![allow(dead_code)] // each benchmark uses its own part of this
 
@@ -18,6 +19,34 @@ pub fn scaled(n: f64, min: f64) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1.0);
     (n * s).max(min)
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `kB` field of `/proc/{pid}/status` (`VmRSS:`, `VmHWM:`), in KiB.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A child process stopped (SIGTERM) and reaped when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
 }
 
 pub struct Server {
@@ -40,11 +69,7 @@ impl Drop for Server {
 /// waits until it is ready.
 pub async fn start_server(database: &str, env: &[(&str, &str)]) -> Server {
     let data = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_mlq"))
         .arg("serve")
         .env("MLQ_DATABASE_URL", format!("{}/{database}", admin_url()))
