@@ -24,6 +24,13 @@ pub struct Settings {
     pub database_url: SecretString,
     /// `MLQ_DATABASE_POOL_SIZE`: connections for HTTP handlers and workers.
     pub database_pool_size: usize,
+    /// `MLQ_DATABASE_WAIT_TIMEOUT`: longest wait for a database connection;
+    /// while Postgres is down, requests answer 503 after this.
+    #[serde(with = "humantime_serde")]
+    pub database_wait_timeout: Duration,
+    /// `MLQ_STATEMENT_TIMEOUT`: longest any one SQL statement may run.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
     /// `MLQ_BIND`: HTTP listen address; port 0 picks a free port.
     pub bind: String,
     /// `MLQ_HTTP_WORKERS`: async HTTP arbiters (threads).
@@ -84,12 +91,36 @@ pub struct Settings {
     pub orphan_grace: Duration,
     /// `MLQ_MAX_ATTEMPTS`: attempts per task before it fails for good.
     pub max_attempts: i32,
+    /// `MLQ_TASK_TIMEOUTS`: time limits per command over the built-in ones
+    /// (train 1h, predict 30m, sleep 15m), e.g. `{train = "4h"}`. A task's
+    /// `timeout` param overrides both.
+    #[serde(with = "humantime_map")]
+    pub task_timeouts: BTreeMap<String, Duration>,
+    /// `MLQ_STUCK_AFTER`: how long a job told to stop (cancelled, or over its
+    /// time limit) may take to come back before its worker thread is taken
+    /// to be stuck in native code, abandoned and replaced.
+    #[serde(with = "humantime_serde")]
+    pub stuck_after: Duration,
+    /// `MLQ_MAX_STUCK_WORKERS`: abandoned threads a process tolerates before
+    /// `/readyz` reports it not ready (each may still hold memory and CPU).
+    pub max_stuck_workers: usize,
     /// `MLQ_MAX_REQUEST_BYTES`: largest accepted request body.
     pub max_request_bytes: u64,
     /// `MLQ_MAX_FILE_BYTES`: largest accepted file part.
     pub max_file_bytes: u64,
     /// `MLQ_MAX_FILES`: most file parts in one request.
     pub max_files: usize,
+    /// `MLQ_UPLOAD_IDLE`: how long an upload may send nothing before it is
+    /// refused with 408 and what it stored is removed.
+    #[serde(with = "humantime_serde")]
+    pub upload_idle: Duration,
+    /// `MLQ_DRAIN_TIMEOUT`: on SIGTERM, how long uploads in flight may take
+    /// to finish before the server stops and they are removed.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// `MLQ_MAX_UPLOADS`: uploads one process takes at once; more get 503
+    /// with `Retry-After` (each S3 upload buffers a few parts in memory).
+    pub max_uploads: usize,
     /// `MLQ_CONTENT_TYPES`: the file content types each command accepts,
     /// e.g. `{train = ["text/csv"]}`; a command not listed accepts any.
     pub content_types: BTreeMap<String, Vec<String>>,
@@ -103,6 +134,9 @@ pub struct Settings {
     /// before it is dropped.
     #[serde(with = "humantime_serde")]
     pub ws_timeout: Duration,
+    /// `MLQ_MAX_SOCKETS`: WebSocket connections one process holds; more
+    /// are refused with 503.
+    pub max_sockets: usize,
     /// `MLQ_WS_BUFFER`: events queued per WebSocket connection before
     /// progress updates are coalesced; a connection that falls eight times
     /// this far behind on events that cannot be coalesced is closed, and
@@ -121,6 +155,8 @@ impl Default for Settings {
         Self {
             database_url: SecretString::from("postgres://localhost:5432/mlq"),
             database_pool_size: 16,
+            database_wait_timeout: Duration::from_secs(1),
+            statement_timeout: Duration::from_secs(30),
             bind: "127.0.0.1:8080".into(),
             http_workers: None,
             data_dir: PathBuf::from("./data"),
@@ -146,18 +182,46 @@ impl Default for Settings {
             collect_every: Duration::from_secs(600),
             orphan_grace: Duration::from_secs(3600),
             max_attempts: 3,
+            task_timeouts: BTreeMap::new(),
+            stuck_after: Duration::from_secs(30),
+            max_stuck_workers: 2,
             max_request_bytes: 1 << 30,
             max_file_bytes: 1 << 30,
             max_files: 16,
+            upload_idle: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
+            max_uploads: 64,
             content_types: default_content_types(),
             max_log_bytes: 1 << 20,
             ws_ping_every: Duration::from_secs(5),
             ws_timeout: Duration::from_secs(15),
+            max_sockets: 10_000,
             ws_buffer: 256,
             web_dir: PathBuf::from("web/dist"),
             diagnostics: false,
             log: "info".into(),
         }
+    }
+}
+
+/// A map of durations written the human way (`{train = "4h"}`).
+mod humantime_map {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, Duration>, D::Error> {
+        let raw = BTreeMap::<String, String>::deserialize(d)?;
+        raw.into_iter()
+            .map(|(k, v)| {
+                humantime::parse_duration(&v)
+                    .map(|d| (k.clone(), d))
+                    .map_err(|e| serde::de::Error::custom(format!("{k}: {e}")))
+            })
+            .collect()
     }
 }
 
@@ -187,6 +251,8 @@ fn default_content_types() -> BTreeMap<String, Vec<String>> {
 const ENV_KEYS: &[&str] = &[
     "database_url",
     "database_pool_size",
+    "database_wait_timeout",
+    "statement_timeout",
     "bind",
     "http_workers",
     "data_dir",
@@ -212,13 +278,20 @@ const ENV_KEYS: &[&str] = &[
     "collect_every",
     "orphan_grace",
     "max_attempts",
+    "task_timeouts",
+    "stuck_after",
+    "max_stuck_workers",
     "max_request_bytes",
     "max_file_bytes",
     "max_files",
+    "upload_idle",
+    "drain_timeout",
+    "max_uploads",
     "content_types",
     "max_log_bytes",
     "ws_ping_every",
     "ws_timeout",
+    "max_sockets",
     "ws_buffer",
     "web_dir",
     "diagnostics",
@@ -267,7 +340,14 @@ impl Settings {
             ("progress_every", self.progress_every),
             ("collect_every", self.collect_every),
             ("ws_ping_every", self.ws_ping_every),
+            ("database_wait_timeout", self.database_wait_timeout),
+            ("statement_timeout", self.statement_timeout),
+            ("upload_idle", self.upload_idle),
+            ("stuck_after", self.stuck_after),
         ];
+        if let Some((command, _)) = self.task_timeouts.iter().find(|(_, d)| d.is_zero()) {
+            return Err(format!("task_timeouts.{command} must be longer than zero"));
+        }
         if let Some((name, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
             return Err(format!("{name} must be longer than zero"));
         }
@@ -292,9 +372,16 @@ impl Settings {
         if self.max_attempts < 1 {
             return Err("max_attempts must be at least 1".into());
         }
-        if self.database_pool_size < 1 || self.max_request_bytes < 1 || self.workers == Some(0) {
+        if self.database_pool_size < 1
+            || self.max_request_bytes < 1
+            || self.workers == Some(0)
+            || self.max_uploads < 1
+            || self.max_sockets < 1
+        {
             return Err(
-                "database_pool_size, max_request_bytes and workers must be at least 1".into(),
+                "database_pool_size, max_request_bytes, workers, max_uploads and max_sockets \
+                 must be at least 1"
+                    .into(),
             );
         }
         Ok(())
@@ -322,33 +409,6 @@ impl Settings {
         }
         pool.nice = self.worker_nice;
         pool
-    }
-
-    pub fn s3(&self) -> crate::storage::S3Config {
-        crate::storage::S3Config {
-            endpoint: self.s3_endpoint.clone(),
-            region: self.s3_region.clone(),
-            bucket: self.s3_bucket.clone(),
-            path_style: self.s3_path_style,
-            access_key: self.s3_access_key.clone(),
-            secret_key: self
-                .s3_secret_key
-                .as_ref()
-                .map(|s| s.expose_secret().to_owned()),
-            create_bucket: self.s3_create_bucket,
-            part_size: self.s3_part_size,
-            parts_in_flight: self.s3_parts_in_flight,
-        }
-    }
-
-    pub fn upload_limits(&self) -> crate::http::UploadLimits {
-        crate::http::UploadLimits {
-            max_request_bytes: self.max_request_bytes,
-            max_file_bytes: self.max_file_bytes,
-            max_files: self.max_files,
-            max_upload_time: self.orphan_grace / 2,
-            content_types: self.content_types.clone(),
-        }
     }
 
     pub fn objects_dir(&self) -> PathBuf {

@@ -68,10 +68,13 @@ fn main() -> ExitCode {
                     .map_err(|e| e.to_string())?;
                 app.run_until_stopped().await.map_err(|e| e.to_string())
             }
-            Command::Migrate => db::connect(&settings)
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string()),
+            Command::Migrate => match db::PgConfig::from_settings(&settings) {
+                Ok(pg) => db::connect(&pg, 1)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            },
         }
     });
     match result {

@@ -2,23 +2,26 @@
 //! integration tests start mlq through exactly this code.
 
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::{Actor, Addr};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
+use tokio::sync::Semaphore;
 use tracing_actix_web::TracingLogger;
 
 use mlq_actors::commands::Commands;
 use mlq_actors::dispatcher::{Dispatcher, DispatcherConfig, Drain};
-use mlq_actors::pool::{MlWorker, WorkerBoard};
+use mlq_actors::pool::{Pool, WorkerBoard};
 use mlq_actors::ports::ObjectStore;
 
 use crate::config::{Settings, StorageKind};
-use crate::db::{self, announcer::Announcer, queue::PgTaskStore, DbError, QueueConn};
+use crate::db::{self, announcer::Announcer, queue::PgTaskStore, DbError, PgConfig, QueueConn};
 use crate::events::Hub;
-use crate::http::{self, AppState, FeedSettings};
-use crate::storage::{collector, FsStore, S3Store};
+use crate::http::{self, AppState, FeedSettings, UploadLimits};
+use crate::storage::{collector, FsStore, Janitor, S3Config, S3Store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -44,6 +47,11 @@ pub struct Application {
     port: u16,
     server: Server,
     dispatcher: Addr<Dispatcher>,
+    stopping: Arc<AtomicBool>,
+    uploads: Arc<Semaphore>,
+    max_uploads: usize,
+    drain_timeout: Duration,
+    janitor: Janitor,
 }
 
 impl Application {
@@ -52,7 +60,8 @@ impl Application {
     /// binds the HTTP server. Must run inside an actix system.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         settings.validate().map_err(StartupError::Config)?;
-        let pool = db::connect(&settings).await?;
+        let pg = PgConfig::from_settings(&settings)?;
+        let pool = db::connect(&pg, settings.database_pool_size).await?;
         let objects: Arc<dyn ObjectStore> = match settings.storage {
             StorageKind::Fs => {
                 Arc::new(FsStore::new(settings.objects_dir()).map_err(|source| {
@@ -62,7 +71,7 @@ impl Application {
                     }
                 })?)
             }
-            StorageKind::S3 => Arc::new(S3Store::connect(&settings.s3()).await?),
+            StorageKind::S3 => Arc::new(S3Store::connect(&S3Config::from(&settings)).await?),
         };
         std::fs::create_dir_all(settings.scratch_dir()).map_err(|source| {
             StartupError::DataDir {
@@ -72,15 +81,12 @@ impl Application {
         })?;
         sweep_scratch(&pool, &settings.scratch_dir()).await;
         let commands = Commands::standard(settings.diagnostics);
-        let announcer = Announcer::start(db::queue_pool(&settings, 1, QueueConn::Announce)?);
-        let submissions = db::queue_pool(
-            &settings,
-            settings.database_pool_size,
-            QueueConn::Submissions,
-        )?;
+        let hub = Hub::new(settings.ws_buffer);
+        let announcer = Announcer::start(db::queue_pool(&pg, 1, QueueConn::Announce)?, hub.clone());
+        let submissions = db::queue_pool(&pg, settings.database_pool_size, QueueConn::Submissions)?;
         let pool_config = settings.pool();
         let board = WorkerBoard::default();
-        let ml = MlWorker::start_pool(pool_config, board.clone());
+        let ml = Pool::start(pool_config, board.clone());
         tracing::info!(
             workers = pool_config.workers,
             torch_threads = pool_config.torch_threads,
@@ -104,14 +110,16 @@ impl Application {
                 progress_every: settings.progress_every,
                 max_log_bytes: settings.max_log_bytes,
                 scratch: settings.scratch_dir(),
+                timeouts: settings.task_timeouts.clone(),
+                stuck_after: settings.stuck_after,
             },
             // Its own connections, opened and driven on the dispatcher's
             // arbiter: busy HTTP handlers cannot starve the queue, and
             // stopping the HTTP workers does not close them.
             Arc::new(PgTaskStore::with_pools(
-                db::queue_pool(&settings, pool_config.workers + 2, QueueConn::Outcomes)?,
-                db::queue_pool(&settings, 2, QueueConn::Claims)?,
-                db::queue_pool(&settings, pool_config.workers + 2, QueueConn::Fast)?,
+                db::queue_pool(&pg, pool_config.workers + 2, QueueConn::Outcomes)?,
+                db::queue_pool(&pg, 2, QueueConn::Claims)?,
+                db::queue_pool(&pg, pool_config.workers + 2, QueueConn::Fast)?,
                 announcer.clone(),
             )),
             objects.clone(),
@@ -120,11 +128,12 @@ impl Application {
             pool_config.workers,
         )
         .start();
-        let pg = settings
-            .postgres()
-            .map_err(|e| DbError::Config(e.to_string()))?;
-        let hub = Hub::new(settings.ws_buffer);
-        db::listener::spawn(pg, dispatcher.clone(), hub.clone(), pool.clone());
+        db::listener::spawn(
+            pg.config.clone(),
+            dispatcher.clone(),
+            hub.clone(),
+            pool.clone(),
+        );
         collector::spawn(
             pool.clone(),
             objects.clone(),
@@ -143,14 +152,24 @@ impl Application {
                 source,
             })?
             .port();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let uploads = Arc::new(Semaphore::new(settings.max_uploads));
+        let janitor = Janitor::start(objects.clone());
         let state = web::Data::new(AppState {
+            uploads: uploads.clone(),
+            max_uploads: settings.max_uploads,
+            stopping: stopping.clone(),
+            janitor: janitor.clone(),
+            sockets: Arc::new(Semaphore::new(settings.max_sockets)),
+            max_sockets: settings.max_sockets,
             db: pool,
             objects,
             commands,
             board,
             workers: pool_config.workers,
+            max_stuck_workers: settings.max_stuck_workers,
             max_attempts: settings.max_attempts,
-            limits: settings.upload_limits(),
+            limits: UploadLimits::from(&settings),
             submissions,
             announcer,
             hub,
@@ -168,6 +187,7 @@ impl Application {
         }
         let mut server = HttpServer::new(move || {
             App::new()
+                .wrap(actix_web::middleware::from_fn(http::request_id::tag))
                 .wrap(TracingLogger::default())
                 .app_data(state.clone())
                 .configure(|cfg| http::config(cfg, &web_dir))
@@ -180,7 +200,10 @@ impl Application {
                 let _ = tcp.set_nodelay(true);
             }
         })
-        .shutdown_timeout(10);
+        // Signals are handled in `run_until_stopped`: readiness goes first,
+        // then uploads get their drain, then the server stops.
+        .disable_signals()
+        .shutdown_timeout(5);
         if let Some(n) = settings.http_workers {
             server = server.workers(n.max(1));
         }
@@ -196,6 +219,11 @@ impl Application {
             port,
             server,
             dispatcher,
+            stopping,
+            uploads,
+            max_uploads: settings.max_uploads,
+            drain_timeout: settings.drain_timeout,
+            janitor,
         })
     }
 
@@ -210,12 +238,64 @@ impl Application {
 
     /// Serves until the server stops (SIGINT/SIGTERM or `handle().stop()`),
     /// then hands running tasks back to the queue.
+    ///
+    /// On a signal: `/readyz` answers 503 at once and the dispatcher stops
+    /// claiming (its running tasks go back to the queue); new submissions
+    /// are refused; uploads in flight get up to `drain_timeout` to finish.
+    /// Then the server stops, and a request still running is dropped, its
+    /// stored files deleted.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let result = self.server.await;
+        let handle = self.server.handle();
+        let server = self.server;
+        tokio::pin!(server);
+        let result = tokio::select! {
+            result = &mut server => result,
+            () = shutdown_signal() => {
+                self.stopping.store(true, Ordering::Relaxed);
+                tracing::info!("shutting down: not ready, not claiming, draining uploads");
+                if let Err(e) = self.dispatcher.send(Drain).await {
+                    tracing::warn!("could not drain the dispatcher: {e}");
+                }
+                let all = self.max_uploads as u32;
+                let drained = tokio::time::timeout(
+                    self.drain_timeout,
+                    self.uploads.acquire_many(all),
+                )
+                .await;
+                if drained.is_err() {
+                    tracing::warn!(
+                        "uploads still running after {:?}; stopping them",
+                        self.drain_timeout
+                    );
+                }
+                // The server future carries out the stop: keep polling it.
+                let ((), result) = tokio::join!(handle.stop(true), &mut server);
+                result
+            }
+        };
         if let Err(e) = self.dispatcher.send(Drain).await {
             tracing::warn!("could not drain the dispatcher: {e}");
         }
+        self.janitor.settle(Duration::from_secs(10)).await;
         result
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use actix_web::rt::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let terminate = async {
+        match term.as_mut() {
+            Some(term) => {
+                term.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = terminate => {}
+        _ = actix_web::rt::signal::ctrl_c() => {}
     }
 }
 

@@ -14,22 +14,18 @@
 //!   its lease can never overwrite a newer one.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, WrapFuture};
+use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, WrapFuture};
 use uuid::Uuid;
 
-use crate::commands::{AnyCommand, Commands};
-use crate::error::{ErrorCode, JobError};
-use crate::pool::{MlWorker, RunJob};
-use crate::ports::{self, ObjectError, ObjectKey, ObjectStore, StoreError, TaskStore};
-use crate::progress::{Level, Reporter};
-use crate::task::{
-    CancelToken, ClaimedTask, Finish, JobContext, Lease, LocalInput, LocalModel, Outcome,
-    StoredArtifact,
-};
+use crate::attempt::{execute, release, Env};
+use crate::commands::Commands;
+use crate::pool::Pool;
+use crate::ports::{ObjectStore, StoreError, TaskStore};
+use crate::task::{CancelToken, ClaimedTask, HeartbeatReport, Lease};
 
 #[derive(Debug, Clone)]
 pub struct DispatcherConfig {
@@ -51,15 +47,12 @@ pub struct DispatcherConfig {
     pub max_log_bytes: usize,
     /// Local scratch space for staged inputs and artifacts.
     pub scratch: PathBuf,
-}
-
-/// What every job execution needs, shared.
-struct Env {
-    config: DispatcherConfig,
-    store: Arc<dyn TaskStore>,
-    objects: Arc<dyn ObjectStore>,
-    commands: Commands,
-    pool: Addr<MlWorker>,
+    /// Time limits per command, over the commands' own defaults (a task's
+    /// `timeout` param overrides both).
+    pub timeouts: std::collections::BTreeMap<String, Duration>,
+    /// How long a job told to stop may take to come back before its worker
+    /// is taken to be stuck, abandoned and replaced.
+    pub stuck_after: Duration,
 }
 
 pub struct Dispatcher {
@@ -80,6 +73,17 @@ pub struct Dispatcher {
     /// Told when a claim that was in flight as draining began has handed
     /// its tasks back.
     claim_drained: Option<tokio::sync::oneshot::Sender<()>>,
+    /// A suspect (a task some process died running) is due: claim nothing
+    /// else until it can run alone.
+    suspects_waiting: bool,
+    /// The lease of a suspect running here: nothing else is claimed until
+    /// its attempt has ended and been recorded, so if it kills this process
+    /// too, no other task is blamed.
+    isolating: Option<Uuid>,
+    /// Since when the store has answered without a failure in between.
+    /// After an outage every process's leases look expired; rescuing waits
+    /// until live processes have had two heartbeats to extend theirs.
+    store_ok_since: Option<Instant>,
 }
 
 struct Running {
@@ -93,7 +97,7 @@ impl Dispatcher {
         store: Arc<dyn TaskStore>,
         objects: Arc<dyn ObjectStore>,
         commands: Commands,
-        pool: Addr<MlWorker>,
+        pool: Pool,
         capacity: usize,
     ) -> Self {
         Self {
@@ -111,6 +115,19 @@ impl Dispatcher {
             again: false,
             draining: false,
             claim_drained: None,
+            store_ok_since: None,
+            // Looked for once at start; rescues keep it current.
+            suspects_waiting: true,
+            isolating: None,
+        }
+    }
+
+    /// Notes whether a call to the store got through.
+    fn store_answered(&mut self, ok: bool) {
+        match (ok, self.store_ok_since) {
+            (true, None) => self.store_ok_since = Some(Instant::now()),
+            (false, Some(_)) => self.store_ok_since = None,
+            _ => {}
         }
     }
 
@@ -130,8 +147,14 @@ impl Dispatcher {
         ctx.spawn(
             execute(self.env.clone(), task, cancel, ctx.address())
                 .into_actor(self)
-                .map(move |_, act, _| {
+                .map(move |_, act, ctx| {
                     act.running.remove(&token);
+                    if act.isolating == Some(token) {
+                        act.isolating = None;
+                        ctx.notify(Wake);
+                    } else if act.suspects_waiting && act.running.is_empty() {
+                        ctx.notify(Wake);
+                    }
                 }),
         );
     }
@@ -143,7 +166,15 @@ impl Dispatcher {
         let leases: Vec<Lease> = self.running.values().map(|r| r.lease).collect();
         let env = self.env.clone();
         let fut = async move { env.store.heartbeat(&leases, env.config.lease).await };
-        ctx.spawn(fut.into_actor(self).map(|report, act, _| match report {
+        ctx.spawn(fut.into_actor(self).map(|report, act, _| {
+            act.store_answered(report.is_ok());
+            act.heartbeat_done(report)
+        }));
+    }
+
+    fn heartbeat_done(&mut self, report: Result<HeartbeatReport, StoreError>) {
+        let act = self;
+        match report {
             Ok(report) => {
                 for token in report.lost {
                     if let Some(r) = act.running.get(&token) {
@@ -158,19 +189,31 @@ impl Dispatcher {
                 }
             }
             Err(e) => tracing::warn!("heartbeat failed: {e}"),
-        }));
+        }
     }
 
     fn rescue(&mut self, ctx: &mut Context<Self>) {
+        let grace = self.env.config.heartbeat * 2;
+        if self.store_ok_since.is_none_or(|t| t.elapsed() < grace) {
+            return;
+        }
+        let live: Vec<Uuid> = self.running.keys().copied().collect();
         let env = self.env.clone();
-        let fut = async move { env.store.rescue_expired(env.config.retry_base).await };
-        ctx.spawn(fut.into_actor(self).map(|rescued, _, ctx| match rescued {
-            Ok(0) => {}
-            Ok(n) => {
-                tracing::warn!("rescued {n} task(s) whose lease expired");
-                ctx.notify(Wake);
+        let fut = async move { env.store.rescue_expired(env.config.retry_base, &live).await };
+        ctx.spawn(fut.into_actor(self).map(|rescued, act, ctx| {
+            act.store_answered(rescued.is_ok());
+            match rescued {
+                Ok(rescued) => {
+                    if rescued.tasks > 0 {
+                        tracing::warn!("rescued {} task(s) whose lease expired", rescued.tasks);
+                    }
+                    act.suspects_waiting = rescued.suspects_waiting;
+                    if rescued.tasks > 0 || rescued.suspects_waiting {
+                        ctx.notify(Wake);
+                    }
+                }
+                Err(e) => tracing::warn!("rescue failed: {e}"),
             }
-            Err(e) => tracing::warn!("rescue failed: {e}"),
         }));
     }
 }
@@ -205,19 +248,44 @@ impl Handler<Wake> for Dispatcher {
             return;
         }
         let free = self.capacity.saturating_sub(self.busy);
-        if free == 0 {
+        if free == 0 || self.isolating.is_some() {
+            return;
+        }
+        // A suspect runs alone: wait until every attempt here has ended and
+        // been recorded (a death while one is recording would blame it too),
+        // then claim the suspect before anything else.
+        let suspects = self.suspects_waiting;
+        if suspects && !self.running.is_empty() {
             return;
         }
         self.claiming = true;
         let env = self.env.clone();
         let fut = async move {
             let commands: Vec<&str> = env.commands.names().collect();
-            env.store
-                .claim(&env.config.name, &commands, free, env.config.lease)
-                .await
+            let (name, lease) = (&env.config.name, env.config.lease);
+            if suspects {
+                let suspect = env.store.claim(name, &commands, 1, lease, true).await?;
+                if !suspect.is_empty() {
+                    return Ok((suspect, true));
+                }
+            }
+            let tasks = env.store.claim(name, &commands, free, lease, false).await?;
+            Ok::<_, StoreError>((tasks, false))
         };
-        ctx.spawn(fut.into_actor(self).map(|claimed, act, ctx| {
+        ctx.spawn(fut.into_actor(self).map(move |claimed, act, ctx| {
             act.claiming = false;
+            act.store_answered(claimed.is_ok());
+            let claimed = claimed.map(|(tasks, suspect)| {
+                if !suspect && suspects {
+                    // None was due after all.
+                    act.suspects_waiting = false;
+                }
+                if suspect && !act.draining {
+                    tracing::warn!(task = %tasks[0].lease.task_id, "running a task a process died running, alone");
+                    act.isolating = Some(tasks[0].lease.token);
+                }
+                tasks
+            });
             match claimed {
                 // Draining began while this claim was in flight: hand the
                 // tasks straight back.
@@ -253,7 +321,7 @@ impl Handler<Wake> for Dispatcher {
 /// A job has left its worker: the slot can take the next task.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct WorkerFreed;
+pub(crate) struct WorkerFreed;
 
 impl Handler<WorkerFreed> for Dispatcher {
     type Result = ();
@@ -317,341 +385,5 @@ impl Handler<Drain> for Dispatcher {
                 tracing::info!("handed {} running task(s) back to the queue", running.len());
             }
         })
-    }
-}
-
-/// Hands a task back to the queue; says whether it worked.
-async fn release(env: &Env, lease: &Lease) -> bool {
-    match env.store.release(lease).await {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::warn!(task = %lease.task_id, "could not release task: {e}");
-            false
-        }
-    }
-}
-
-/// Runs one claimed task to its recorded end.
-async fn execute(env: Arc<Env>, task: ClaimedTask, cancel: CancelToken, me: Addr<Dispatcher>) {
-    let lease = task.lease;
-    // Named by lease token: unique to this attempt, even where processes
-    // share a scratch folder or a released attempt's number is reused.
-    let workdir = env.config.scratch.join(lease.token.to_string());
-    let budget = env
-        .config
-        .max_log_bytes
-        .saturating_sub(task.log_bytes.max(0) as usize);
-    let report = Reporter::new(budget);
-    // The status change to `running` marks a first attempt; a retry's log
-    // says where it runs. (Lines cost a transaction: the common path of a
-    // quick, successful task writes none.)
-    if lease.attempt > 1 {
-        report.info(format!(
-            "attempt {} of {} started on {}",
-            lease.attempt, task.max_attempts, env.config.name
-        ));
-    }
-    let ran = run(&env, &task, &workdir, cancel, report.clone()).await;
-    me.do_send(WorkerFreed);
-    let outcome = match ran {
-        Some(outcome) => outcome,
-        // The pool is gone (shutting down): leave the lease to expire so the
-        // task is rescued, by this process after a restart or by another.
-        None => {
-            remove_dir(&workdir).await;
-            return;
-        }
-    };
-    let finish = match outcome {
-        Ok(outcome) => match store_artifacts(&env, &lease, &outcome).await {
-            Ok(artifacts) => Finish::Succeeded {
-                result: outcome.result,
-                artifacts,
-                model: outcome.model,
-            },
-            Err(e) => after_failure(&env, &task, e),
-        },
-        Err(e) if e.is_cancelled() => Finish::Cancelled,
-        Err(e) => after_failure(&env, &task, e),
-    };
-    log_finish(&report, &finish);
-    // What is left unwritten goes with the outcome, however recent the
-    // write before it was.
-    let last = report.take();
-    let stored: Vec<String> = match &finish {
-        Finish::Succeeded { artifacts, .. } => artifacts.iter().map(|a| a.key.clone()).collect(),
-        _ => Vec::new(),
-    };
-    if !record(&env, &lease, finish, &last).await {
-        // Nothing references these objects: the outcome was not recorded.
-        delete_objects(&env, &stored).await;
-    }
-    remove_dir(&workdir).await;
-}
-
-async fn delete_objects(env: &Env, keys: &[String]) {
-    for key in keys {
-        if let Err(e) = env.objects.delete(key).await {
-            tracing::warn!(%key, "could not delete an unreferenced object: {e}");
-        }
-    }
-}
-
-/// The line a task's log ends an unsuccessful attempt with. A failure's
-/// line carries its code, so the log tells the story without the row.
-fn log_finish(report: &Reporter, finish: &Finish) {
-    match finish {
-        // The status change says it; a line would cost the one-statement
-        // finish its speed.
-        Finish::Succeeded { .. } => {}
-        Finish::Failed(e) => report.log(
-            Level::Error,
-            format!("failed: {} ({})", e.message, e.code),
-            Some(e.to_json()),
-        ),
-        Finish::Retry { error, delay } => report.log(
-            Level::Warn,
-            format!(
-                "attempt failed: {} ({}); retrying in {:.1} s",
-                error.message,
-                error.code,
-                delay.as_secs_f64()
-            ),
-            Some(error.to_json()),
-        ),
-        Finish::Cancelled => report.info("cancelled"),
-    }
-}
-
-/// Retry transient failures while attempts remain; fail the rest for good.
-fn after_failure(env: &Env, task: &ClaimedTask, error: JobError) -> Finish {
-    let attempt = task.lease.attempt;
-    if error.is_transient() && attempt < task.max_attempts {
-        let factor = 2u32.saturating_pow((attempt - 1).clamp(0, 16) as u32);
-        let delay = env.config.retry_base.saturating_mul(factor);
-        tracing::warn!(task = %task.lease.task_id, attempt, ?delay, "transient failure, will retry: {error}");
-        Finish::Retry { error, delay }
-    } else {
-        tracing::info!(task = %task.lease.task_id, attempt, "task failed: {error}");
-        Finish::Failed(error)
-    }
-}
-
-/// Writes the end of an attempt and says whether it was recorded. While the
-/// store is unreachable it keeps trying (the task stays in `running`, so
-/// its lease keeps being extended once the store is back); a lost lease
-/// means another attempt owns the task now.
-async fn record(
-    env: &Env,
-    lease: &Lease,
-    finish: Finish,
-    report: &crate::progress::Report,
-) -> bool {
-    let mut finish = finish;
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match env.store.finish(lease, finish.clone(), report).await {
-            Ok(()) => return true,
-            Err(StoreError::LeaseLost(id)) => {
-                tracing::info!(task = %id, attempt = lease.attempt, "lease lost; this attempt's outcome is discarded");
-                return false;
-            }
-            // The outcome itself cannot be stored: record that instead, so
-            // the task ends rather than being re-run to the same end.
-            Err(StoreError::Rejected(why)) if !matches!(finish, Finish::Failed(_)) => {
-                tracing::error!(task = %lease.task_id, "outcome rejected by the store: {why}");
-                finish = Finish::Failed(JobError::new(
-                    ErrorCode::Internal,
-                    format!("the task's outcome could not be stored: {why}"),
-                ));
-            }
-            Err(StoreError::Rejected(why)) => {
-                tracing::error!(task = %lease.task_id, "failure rejected by the store: {why}");
-                return false;
-            }
-            Err(StoreError::Unavailable(why)) => {
-                tracing::warn!(task = %lease.task_id, "could not record outcome, retrying in {delay:?}: {why}");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
-}
-
-/// Stages inputs, runs the job on the pool and keeps its reports flowing.
-/// `None` means the pool is gone.
-async fn run(
-    env: &Env,
-    task: &ClaimedTask,
-    workdir: &Path,
-    cancel: CancelToken,
-    report: Reporter,
-) -> Option<Result<Outcome, JobError>> {
-    let Some(command) = env.commands.get(&task.command).cloned() else {
-        return Some(Err(JobError::new(
-            ErrorCode::InvalidParams,
-            format!("unknown command {}", task.command),
-        )));
-    };
-    let ctx = match stage(env, task, &command, workdir, cancel.clone(), report.clone()).await {
-        Ok(ctx) => ctx,
-        Err(e) => return Some(Err(e)),
-    };
-    let request = env.pool.send(RunJob {
-        command,
-        params: task.params.clone(),
-        ctx,
-    });
-    tokio::pin!(request);
-    // Leading-edge throttle: the first report after a quiet spell is
-    // written at once; later ones wait for `every` to pass since the last
-    // write, and are written together.
-    let every = env.config.progress_every;
-    let mut last_write = tokio::time::Instant::now() - every;
-    let mut due: Option<tokio::time::Instant> = None;
-    loop {
-        let flush_at = due.unwrap_or_else(|| tokio::time::Instant::now() + every);
-        tokio::select! {
-            result = &mut request => return result.ok(),
-            _ = report.changed(), if due.is_none() => {
-                due = Some((last_write + every).max(tokio::time::Instant::now()));
-            }
-            _ = tokio::time::sleep_until(flush_at), if due.is_some() => {
-                // Paced from when the write was due, not when the timer
-                // fired: timer lag would otherwise add up write after write,
-                // and a job reporting every `every` would see its reports
-                // written ever later.
-                last_write = flush_at;
-                due = None;
-                let taken = report.take();
-                if taken.is_empty() {
-                    continue;
-                }
-                match env.store.save_report(&task.lease, &taken).await {
-                    Ok(true) => {}
-                    Ok(false) => cancel.cancel(),
-                    Err(e) => tracing::debug!("progress not saved: {e}"),
-                }
-            }
-        }
-    }
-}
-
-/// Builds the job's context: inputs and models copied into its scratch
-/// folder, so the job reads local files with random access.
-async fn stage(
-    env: &Env,
-    task: &ClaimedTask,
-    command: &Arc<dyn AnyCommand>,
-    workdir: &Path,
-    cancel: CancelToken,
-    report: Reporter,
-) -> Result<JobContext, JobError> {
-    let checked = command
-        .check(task.params.clone(), task.inputs.len())
-        .map_err(|e| JobError::new(ErrorCode::InvalidParams, e.to_string()))?;
-    for (sub, needed) in [
-        ("inputs", !task.inputs.is_empty()),
-        ("models", !checked.models.is_empty()),
-    ] {
-        if needed {
-            tokio::fs::create_dir_all(workdir.join(sub))
-                .await
-                .map_err(|e| JobError::storage(format!("creating scratch folder: {e}")))?;
-        }
-    }
-    let mut inputs = Vec::with_capacity(task.inputs.len());
-    for input in &task.inputs {
-        let path = workdir.join("inputs").join(input.position.to_string());
-        fetch(env, &input.key, &path).await?;
-        inputs.push(LocalInput {
-            name: input.name.clone(),
-            content_type: input.content_type.clone(),
-            path,
-        });
-    }
-    let mut models = Vec::with_capacity(checked.models.len());
-    for (_, id) in checked.models {
-        let record = env
-            .store
-            .model(id)
-            .await
-            .map_err(JobError::storage)?
-            .ok_or_else(|| {
-                JobError::new(
-                    ErrorCode::ModelNotFound,
-                    format!("model {id} does not exist"),
-                )
-            })?;
-        let weights = workdir.join("models").join(format!("{id}.safetensors"));
-        fetch(env, &record.weights_key, &weights).await?;
-        models.push(LocalModel { record, weights });
-    }
-    Ok(JobContext {
-        task_id: task.lease.task_id,
-        inputs,
-        models,
-        workdir: workdir.to_owned(),
-        cancel,
-        report,
-    })
-}
-
-async fn fetch(env: &Env, key: &str, path: &Path) -> Result<(), JobError> {
-    env.objects.fetch_to(key, path).await.map_err(|e| match e {
-        // A stored object that vanished will not come back by retrying.
-        ObjectError::NotFound(key) => JobError::new(
-            ErrorCode::MissingInput,
-            format!("stored object {key} is missing"),
-        ),
-        e => JobError::storage(e),
-    })
-}
-
-/// Stores a successful job's artifacts; on failure, deletes those already
-/// stored, so an attempt leaves all of its artifacts or none.
-async fn store_artifacts(
-    env: &Env,
-    lease: &Lease,
-    outcome: &Outcome,
-) -> Result<Vec<StoredArtifact>, JobError> {
-    let mut stored = Vec::with_capacity(outcome.artifacts.len());
-    for artifact in &outcome.artifacts {
-        let key = ObjectKey::Artifact {
-            task: lease.task_id,
-            lease: lease.token,
-            name: artifact.name.clone(),
-        }
-        .as_string();
-        match ports::put_file(
-            env.objects.as_ref(),
-            &key,
-            &artifact.path,
-            &artifact.content_type,
-        )
-        .await
-        {
-            Ok(meta) => stored.push(StoredArtifact {
-                name: artifact.name.clone(),
-                size: meta.size as i64,
-                sha256: meta.sha256,
-                content_type: artifact.content_type.clone(),
-                key,
-            }),
-            Err(e) => {
-                let keys: Vec<String> = stored.into_iter().map(|a| a.key).collect();
-                delete_objects(env, &keys).await;
-                return Err(JobError::storage(e));
-            }
-        }
-    }
-    Ok(stored)
-}
-
-async fn remove_dir(path: &Path) {
-    if let Err(e) = tokio::fs::remove_dir_all(path).await {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!("could not remove scratch folder {}: {e}", path.display());
-        }
     }
 }

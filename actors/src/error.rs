@@ -26,6 +26,12 @@ pub enum ErrorCode {
     TooManyCategories,
     /// The encoded data would not fit the memory budget.
     DataTooLarge,
+    /// The header has more columns than a file may have.
+    TooManyColumns,
+    /// One cell, or one record, is larger than the limit.
+    FieldTooLarge,
+    /// A metric or prediction came out NaN or infinite.
+    NonFiniteResult,
     /// Training produced a non-finite loss.
     Diverged,
     SingleClass,
@@ -40,6 +46,11 @@ pub enum ErrorCode {
     Storage,
     /// The worker's lease expired too often (the process running it died).
     LeaseExpired,
+    /// Two processes died while running the task: its input is taken to
+    /// have killed them, and it is not run a third time.
+    WorkerCrashed,
+    /// The task ran past its time limit.
+    Timeout,
     Cancelled,
     Internal,
 }
@@ -60,6 +71,9 @@ impl ErrorCode {
             Self::DuplicateColumn => "duplicate_column",
             Self::TooManyCategories => "too_many_categories",
             Self::DataTooLarge => "data_too_large",
+            Self::TooManyColumns => "too_many_columns",
+            Self::FieldTooLarge => "field_too_large",
+            Self::NonFiniteResult => "non_finite_result",
             Self::Diverged => "diverged",
             Self::SingleClass => "single_class",
             Self::TooFewRows => "too_few_rows",
@@ -69,6 +83,8 @@ impl ErrorCode {
             Self::Torch => "torch_error",
             Self::Storage => "storage_error",
             Self::LeaseExpired => "lease_expired",
+            Self::WorkerCrashed => "worker_crashed",
+            Self::Timeout => "timeout",
             Self::Cancelled => "cancelled",
             Self::Internal => "internal",
         }
@@ -93,6 +109,43 @@ impl std::fmt::Display for ErrorCode {
     }
 }
 
+/// What a cancelled task's error says (also written by the queue's SQL).
+pub const CANCELLED_MESSAGE: &str = "the task was cancelled";
+
+/// Longest error message kept, in bytes. A message quotes user data (cell
+/// values, column names, libtorch's text); whatever the input, the task's
+/// JSON, the task list and the live feed stay small.
+pub const MAX_MESSAGE_BYTES: usize = 2048;
+
+/// Longest quoted value in a message, in characters.
+pub const MAX_QUOTE_CHARS: usize = 100;
+
+/// `value` in double quotes, cut to [`MAX_QUOTE_CHARS`] characters with a
+/// note of how long it really was: messages name a bad cell without
+/// carrying it whole.
+pub fn quote(value: &str) -> String {
+    let mut chars = value.char_indices();
+    match chars.nth(MAX_QUOTE_CHARS) {
+        None => format!("\"{value}\""),
+        Some((end, _)) => format!("\"{}…\" ({} bytes)", &value[..end], value.len()),
+    }
+}
+
+/// `text` cut to at most `max` bytes on a character boundary, marked with
+/// an ellipsis when cut.
+pub fn truncate(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push('…');
+    text
+}
+
 /// The error a job ends with.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{code}: {message}")]
@@ -105,12 +158,12 @@ impl JobError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
-            message: message.into(),
+            message: truncate(message.into(), MAX_MESSAGE_BYTES),
         }
     }
 
     pub fn cancelled() -> Self {
-        Self::new(ErrorCode::Cancelled, "the task was cancelled")
+        Self::new(ErrorCode::Cancelled, CANCELLED_MESSAGE)
     }
 
     pub fn storage(message: impl std::fmt::Display) -> Self {
@@ -134,5 +187,24 @@ impl JobError {
 impl From<tch::TchError> for JobError {
     fn from(e: tch::TchError) -> Self {
         Self::new(ErrorCode::Torch, format!("libtorch: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_and_messages_stay_small() {
+        assert_eq!(quote("abc"), "\"abc\"");
+        let long = "é".repeat(10_000);
+        let q = quote(&long);
+        assert!(q.chars().count() < MAX_QUOTE_CHARS + 30, "{q}");
+        assert!(q.contains("20000 bytes"), "{q}");
+        let e = JobError::new(ErrorCode::InvalidNumber, "x".repeat(1 << 20));
+        assert!(e.message.len() <= MAX_MESSAGE_BYTES);
+        assert!(e.message.ends_with('…'));
+        let e = JobError::new(ErrorCode::InvalidNumber, "ü".repeat(5000));
+        assert!(e.message.len() <= MAX_MESSAGE_BYTES);
     }
 }

@@ -16,6 +16,7 @@
 //! - [`commands`] holds the ML commands (`train`, `predict`, `sleep`), each a
 //!   typed [`commands::Command`] with parsed, validated params.
 
+pub mod attempt;
 pub mod commands;
 pub mod dispatcher;
 pub mod error;

@@ -8,10 +8,14 @@
 //! Each thread lowers its own OS priority and sets libtorch's intra-op thread
 //! count, so ML work never starves the async arbiters serving HTTP and the
 //! pool never oversubscribes the cores.
+//!
+//! Each worker is a `SyncArbiter` of one thread, so one can be replaced on
+//! its own: a job stuck inside a libtorch call cannot be interrupted, and
+//! its thread is abandoned (left to finish or not, marked `stuck`) while a
+//! new worker takes its place and the pool stays at full size.
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use actix::{Actor, Addr, Handler, Message, SyncArbiter, SyncContext};
@@ -54,6 +58,8 @@ impl PoolConfig {
 pub enum WorkerState {
     Idle,
     Busy,
+    /// Abandoned inside a job that would not stop; replaced in the pool.
+    Stuck,
 }
 
 /// One worker's status, as `/readyz` and the dashboard show it.
@@ -74,8 +80,20 @@ pub struct WorkerInfo {
 pub struct WorkerBoard(Arc<Mutex<BTreeMap<usize, WorkerInfo>>>);
 
 impl WorkerBoard {
+    /// Workers that can take jobs (stuck ones do not count).
     pub fn alive(&self) -> usize {
-        self.lock().len()
+        self.lock()
+            .values()
+            .filter(|w| w.state != WorkerState::Stuck)
+            .count()
+    }
+
+    /// Threads abandoned inside a job that would not stop.
+    pub fn stuck(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|w| w.state == WorkerState::Stuck)
+            .count()
     }
 
     pub fn snapshot(&self) -> Vec<WorkerInfo> {
@@ -84,6 +102,20 @@ impl WorkerBoard {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<usize, WorkerInfo>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn register(&self, id: usize) {
+        self.lock().insert(
+            id,
+            WorkerInfo {
+                id,
+                state: WorkerState::Idle,
+                current_task: None,
+                tasks_done: 0,
+                panics: 0,
+                last_error: None,
+            },
+        );
     }
 
     fn update(&self, id: usize, f: impl FnOnce(&mut WorkerInfo)) {
@@ -110,15 +142,99 @@ pub struct MlWorker {
     board: WorkerBoard,
 }
 
-impl MlWorker {
-    /// Starts the pool and returns its address.
-    pub fn start_pool(config: PoolConfig, board: WorkerBoard) -> Addr<MlWorker> {
-        let next = AtomicUsize::new(0);
-        SyncArbiter::start(config.workers, move || MlWorker {
-            id: next.fetch_add(1, Ordering::Relaxed),
+/// The pool: one single-thread `SyncArbiter` per worker, handed out one
+/// job at a time.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Mutex<Slots>>,
+    config: PoolConfig,
+    board: WorkerBoard,
+}
+
+struct Slots {
+    idle: Vec<(usize, Addr<MlWorker>)>,
+    next_id: usize,
+}
+
+/// A worker taken for one job. Dropped, it goes back to the pool; see
+/// [`Taken::abandon`] for one that will not come back.
+pub struct Taken {
+    pool: Pool,
+    worker: Option<(usize, Addr<MlWorker>)>,
+}
+
+impl Taken {
+    pub fn addr(&self) -> &Addr<MlWorker> {
+        &self.worker.as_ref().expect("a taken worker").1
+    }
+
+    /// Gives up on this worker's thread: it is marked stuck, and a new
+    /// worker takes its place in the pool.
+    pub fn abandon(mut self, task: Uuid) {
+        if let Some((id, _)) = self.worker.take() {
+            tracing::error!(worker = id, %task, "abandoning an ML thread stuck in a job; starting a replacement");
+            self.pool.board.update(id, |w| w.state = WorkerState::Stuck);
+            let replacement = self.pool.spawn();
+            self.pool.slots().idle.push(replacement);
+        }
+    }
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            self.pool.slots().idle.push(worker);
+        }
+    }
+}
+
+impl Pool {
+    /// Starts `config.workers` workers.
+    pub fn start(config: PoolConfig, board: WorkerBoard) -> Self {
+        let pool = Self {
+            inner: Arc::new(Mutex::new(Slots {
+                idle: Vec::new(),
+                next_id: 0,
+            })),
+            config,
+            board,
+        };
+        for _ in 0..config.workers {
+            let worker = pool.spawn();
+            pool.slots().idle.push(worker);
+        }
+        pool
+    }
+
+    /// An idle worker, if there is one.
+    pub fn take(&self) -> Option<Taken> {
+        let worker = self.slots().idle.pop()?;
+        Some(Taken {
+            pool: self.clone(),
+            worker: Some(worker),
+        })
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn spawn(&self) -> (usize, Addr<MlWorker>) {
+        let id = {
+            let mut slots = self.slots();
+            slots.next_id += 1;
+            slots.next_id - 1
+        };
+        let (config, board) = (self.config, self.board.clone());
+        // Registered here, not when the thread starts, so the board counts
+        // the worker from the moment it exists.
+        board.register(id);
+        let addr = SyncArbiter::start(1, move || MlWorker {
+            id,
             config,
             board: board.clone(),
-        })
+        });
+        (id, addr)
     }
 }
 
@@ -130,17 +246,6 @@ impl Actor for MlWorker {
         lower_priority(self.config.nice);
         // Per thread: OpenMP's thread count is a per-thread setting.
         tch::set_num_threads(self.config.torch_threads as i32);
-        self.board.lock().insert(
-            self.id,
-            WorkerInfo {
-                id: self.id,
-                state: WorkerState::Idle,
-                current_task: None,
-                tasks_done: 0,
-                panics: 0,
-                last_error: None,
-            },
-        );
         tracing::debug!(worker = self.id, "ML worker started");
     }
 }
@@ -173,8 +278,10 @@ impl Handler<RunJob> for MlWorker {
                 ))
             });
         self.board.update(self.id, |w| {
-            w.state = WorkerState::Idle;
-            w.current_task = None;
+            if w.state != WorkerState::Stuck {
+                w.state = WorkerState::Idle;
+                w.current_task = None;
+            }
             w.tasks_done += 1;
             w.last_error = result.as_ref().err().map(ToString::to_string);
         });

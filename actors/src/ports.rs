@@ -26,12 +26,27 @@ pub enum StoreError {
     /// attempt, or cancelled. The write was not made.
     #[error("lease lost for task {0}")]
     LeaseLost(Uuid),
+    /// The store could not be reached (no connection, or it dropped).
     #[error("task store unavailable: {0}")]
     Unavailable(String),
+    /// The store answered with an error that may pass: a statement timeout,
+    /// a deadlock, a lack of resources. The write itself may be the cause
+    /// (an outcome too big to store in time), so retries are few.
+    #[error("task store busy: {0}")]
+    Busy(String),
     /// The store refused the write itself (bad data, a broken constraint):
     /// retrying the same write cannot help.
     #[error("task store rejected the write: {0}")]
     Rejected(String),
+}
+
+/// What a rescue pass did and found.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rescued {
+    /// Tasks whose expired lease was settled.
+    pub tasks: u64,
+    /// A suspect (a task a process died running) is due.
+    pub suspects_waiting: bool,
 }
 
 /// Durable task state: the queue the dispatcher claims from.
@@ -39,13 +54,15 @@ pub enum StoreError {
 pub trait TaskStore: Send + Sync + 'static {
     /// Claims up to `limit` due tasks for `worker`, each with a fresh lease.
     /// Only tasks whose command is in `commands` are claimed, so processes
-    /// with different command sets can share a queue.
+    /// with different command sets can share a queue. `suspects` claims
+    /// only tasks a process died running (to run alone), else only others.
     async fn claim(
         &self,
         worker: &str,
         commands: &[&str],
         limit: usize,
         lease: Duration,
+        suspects: bool,
     ) -> Result<Vec<ClaimedTask>, StoreError>;
 
     /// Extends the given leases and reports which are lost or cancelled.
@@ -69,8 +86,14 @@ pub trait TaskStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 
     /// Re-queues (with backoff) or fails tasks whose lease expired because
-    /// the process running them died. Returns how many were rescued.
-    async fn rescue_expired(&self, backoff_base: Duration) -> Result<u64, StoreError>;
+    /// the process running them died; a task on which a second process
+    /// died fails with `worker_crashed`. Leases in `live` (the caller's own
+    /// running attempts) are never taken. Returns how many were rescued.
+    async fn rescue_expired(
+        &self,
+        backoff_base: Duration,
+        live: &[Uuid],
+    ) -> Result<Rescued, StoreError>;
 
     /// Hands a running task back to the queue at once, without using up an
     /// attempt (graceful shutdown).
@@ -159,6 +182,12 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn delete(&self, key: &str) -> Result<(), ObjectError>;
     /// Every object whose key starts with `prefix`.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, ObjectError>;
+
+    /// Removes the remains of writes begun before `before` and never
+    /// finished (a process died mid-upload): S3 multipart uploads, or
+    /// temporary files. Returns how many it removed.
+    async fn abort_stale_writes(&self, before: std::time::SystemTime)
+        -> Result<usize, ObjectError>;
 
     /// Copies an object to a local file, for jobs that need random access.
     async fn fetch_to(&self, key: &str, path: &Path) -> Result<(), ObjectError> {

@@ -13,6 +13,14 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::error::truncate;
+
+/// Longest log message (and progress stage or message), in bytes.
+pub const MAX_LINE_BYTES: usize = 4096;
+/// Most data a log line carries, serialized, in bytes; more is replaced by
+/// a note saying how much there was.
+pub const MAX_LINE_DATA_BYTES: usize = 16 << 10;
+
 /// A task's progress as users see it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
@@ -146,15 +154,25 @@ impl Reporter {
 
     pub fn progress(&self, mut progress: Progress) {
         progress.at.get_or_insert_with(Utc::now);
+        progress.stage = truncate(progress.stage, MAX_LINE_BYTES);
+        progress.message = truncate(progress.message, MAX_LINE_BYTES);
         self.state().progress = Some(progress);
         self.0.changed.notify_one();
     }
 
     pub fn log(&self, level: Level, message: impl Into<String>, data: Option<Value>) {
+        let data = data.map(|d| {
+            let size = d.to_string().len();
+            if size > MAX_LINE_DATA_BYTES {
+                serde_json::json!({ "omitted": format!("{size} bytes of data, over the limit of {MAX_LINE_DATA_BYTES}") })
+            } else {
+                d
+            }
+        });
         let line = LogLine {
             at: Utc::now(),
             level,
-            message: message.into(),
+            message: truncate(message.into(), MAX_LINE_BYTES),
             data,
         };
         let mut state = self.state();
@@ -243,6 +261,22 @@ mod tests {
         assert!(messages[1].contains("log limit reached"));
         assert_eq!(report.dropped, 3);
         assert_eq!(reporter.take().dropped, 0, "counts are handed over once");
+    }
+
+    #[test]
+    fn lines_and_their_data_are_capped() {
+        let reporter = Reporter::new(1 << 30);
+        reporter.info("x".repeat(1 << 20));
+        reporter.log(
+            Level::Info,
+            "data",
+            Some(serde_json::json!({"cell": "y".repeat(1 << 20)})),
+        );
+        reporter.progress(Progress::new(0.5, "s".repeat(1 << 20)));
+        let report = reporter.take();
+        assert!(report.logs[0].message.len() <= MAX_LINE_BYTES);
+        assert!(report.logs[1].cost() < MAX_LINE_DATA_BYTES);
+        assert!(report.progress.unwrap().stage.len() <= MAX_LINE_BYTES);
     }
 
     #[tokio::test]

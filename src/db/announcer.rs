@@ -11,9 +11,15 @@
 //! the WAL flush. Under load one NOTIFY transaction carries many changes;
 //! when idle, an announcement follows its commit at once.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use deadpool_postgres::Pool;
 use tokio::sync::mpsc;
 use uuid::Uuid;
+
+use super::listener::{EVENTS_CHANNEL, GAP, TASKS_CHANNEL};
+use crate::events::Hub;
 
 /// Most changes announced by one statement.
 const BATCH: usize = 1000;
@@ -42,10 +48,11 @@ pub struct Announcer {
 impl Announcer {
     /// Starts announcing on an arbiter (thread) of its own, off the
     /// dispatcher's, through `pool`, whose connections must not set
-    /// `mlq.announce_after_commit`.
-    pub fn start(pool: Pool) -> Self {
+    /// `mlq.announce_after_commit`. `hub` is this process's feed, closed
+    /// when announcements are lost.
+    pub fn start(pool: Pool, hub: Arc<Hub>) -> Self {
         let (ranges, pending) = mpsc::unbounded_channel();
-        actix::Arbiter::new().spawn(run(pool, pending));
+        actix::Arbiter::new().spawn(run(pool, pending, hub));
         Self { ranges }
     }
 
@@ -71,39 +78,84 @@ impl Announcer {
     }
 }
 
-async fn run(pool: Pool, mut pending: mpsc::UnboundedReceiver<Range>) {
+/// Tries per batch before its events are given up on.
+const TRIES: u32 = 3;
+
+async fn run(pool: Pool, mut pending: mpsc::UnboundedReceiver<Range>, hub: Arc<Hub>) {
     let mut batch = Vec::with_capacity(BATCH);
+    // Announcements were lost: the next batch that goes out first tells
+    // every process's feed clients to resync.
+    let mut gap = false;
     while pending.recv_many(&mut batch, BATCH).await > 0 {
         let tasks: Vec<Uuid> = batch.iter().map(|r| r.task).collect();
         let firsts: Vec<i64> = batch.iter().map(|r| r.first).collect();
         let lasts: Vec<i64> = batch.iter().map(|r| r.last).collect();
         let wake = batch.iter().any(|r| r.queued);
         batch.clear();
-        // Should this fail, the events are stored all the same, and feed
-        // clients catch up when they reconnect.
-        let announced = async {
-            let client = pool.get().await.map_err(|e| e.to_string())?;
-            let statement = client
-                .prepare_cached(ANNOUNCE)
-                .await
-                .map_err(|e| e.to_string())?;
-            client
-                .execute(&statement, &[&tasks, &firsts, &lasts])
-                .await
-                .map_err(|e| e.to_string())?;
-            if wake {
-                client
-                    .execute("SELECT pg_notify('mlq_tasks', '')", &[])
-                    .await
-                    .map_err(|e| e.to_string())?;
+        let mut delay = Duration::from_millis(100);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match announce(&pool, &tasks, &firsts, &lasts, wake, gap).await {
+                Ok(()) => {
+                    gap = false;
+                    break;
+                }
+                Err(e) if tries < TRIES => {
+                    tracing::warn!(
+                        "could not announce {} change(s), retrying: {e}",
+                        tasks.len()
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(e) => {
+                    // The events are stored all the same: clients that
+                    // would have missed them resync from Postgres.
+                    tracing::warn!(
+                        "could not announce {} change(s) to the live feed: {e}",
+                        tasks.len()
+                    );
+                    hub.interrupt(
+                        "some events could not be announced; reconnect with ?after=<the last seq \
+                         you saw>",
+                    );
+                    gap = true;
+                    break;
+                }
             }
-            Ok::<_, String>(())
-        };
-        if let Err(e) = announced.await {
-            tracing::warn!(
-                "could not announce {} change(s) to the live feed: {e}",
-                tasks.len()
-            );
         }
     }
+}
+
+async fn announce(
+    pool: &Pool,
+    tasks: &[Uuid],
+    firsts: &[i64],
+    lasts: &[i64],
+    wake: bool,
+    gap: bool,
+) -> Result<(), String> {
+    let client = pool.get().await.map_err(|e| e.to_string())?;
+    if gap {
+        client
+            .execute("SELECT pg_notify($1, $2)", &[&EVENTS_CHANNEL, &GAP])
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let statement = client
+        .prepare_cached(ANNOUNCE)
+        .await
+        .map_err(|e| e.to_string())?;
+    client
+        .execute(&statement, &[&tasks, &firsts, &lasts])
+        .await
+        .map_err(|e| e.to_string())?;
+    if wake {
+        client
+            .execute("SELECT pg_notify($1, '')", &[&TASKS_CHANNEL])
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }

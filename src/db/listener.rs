@@ -28,6 +28,17 @@ pub const TASKS_CHANNEL: &str = "mlq_tasks";
 pub const CANCEL_CHANNEL: &str = "mlq_cancel";
 pub const EVENTS_CHANNEL: &str = "mlq_events";
 
+/// Sent on `EVENTS_CHANNEL` when announcements were lost: every process's
+/// feed clients resync.
+pub const GAP: &str = "gap";
+
+/// Announcements waiting to be published.
+const ANNOUNCED_BUFFER: usize = 10_000;
+/// How often the LISTEN connection is probed, and how long a probe waits:
+/// a dead connection is noticed within their sum.
+const PROBE_EVERY: Duration = Duration::from_secs(10);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Runs the listener on an arbiter (thread) of its own for as long as the
 /// system lives: every task change anywhere arrives here, and turning those
 /// into feed events must not take turns with the dispatcher. `pool` reads
@@ -39,8 +50,10 @@ pub fn spawn(
     pool: Pool,
 ) {
     let arbiter = actix::Arbiter::new();
-    let (events, announced) = mpsc::unbounded_channel();
+    let (events, announced) = mpsc::channel(ANNOUNCED_BUFFER);
     arbiter.spawn(publish(announced, hub.clone(), pool));
+    let mut config = config;
+    super::keep_alive(&mut config);
     arbiter.spawn(async move {
         let mut backoff = Duration::from_millis(100);
         let mut first = true;
@@ -49,6 +62,11 @@ pub fn spawn(
                 Ok(()) => backoff = Duration::from_millis(100),
                 Err(e) => tracing::warn!("notification listener: {e}; reconnecting in {backoff:?}"),
             }
+            // Whatever happened while nobody listened is not coming: feed
+            // clients resync now rather than after the reconnect.
+            hub.interrupt(
+                "the event stream was interrupted; reconnect with ?after=<the last seq you saw>",
+            );
             first = false;
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -59,9 +77,15 @@ pub fn spawn(
 /// Turns announcements into feed events, one at a time and in the order
 /// they came, so a big one read back from Postgres is not overtaken by the
 /// events after it.
-async fn publish(mut announced: mpsc::UnboundedReceiver<String>, hub: Arc<Hub>, pool: Pool) {
+async fn publish(mut announced: mpsc::Receiver<String>, hub: Arc<Hub>, pool: Pool) {
     while let Some(payload) = announced.recv().await {
         if hub.subscribers() == 0 {
+            continue;
+        }
+        if payload == GAP {
+            hub.interrupt(
+                "some events could not be announced; reconnect with ?after=<the last seq you saw>",
+            );
             continue;
         }
         let a: Announcement = match serde_json::from_str(&payload) {
@@ -110,25 +134,39 @@ async fn read_back(
     })
 }
 
-/// Listens until the connection drops.
+/// Listens until the connection drops, or stops answering.
 async fn listen(
     config: &tokio_postgres::Config,
     dispatcher: &Addr<Dispatcher>,
-    events: &mpsc::UnboundedSender<String>,
-    hub: &Hub,
+    events: &mpsc::Sender<String>,
+    hub: &Arc<Hub>,
     first: bool,
-) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+) -> Result<(), String> {
+    let (client, mut connection) = tokio::time::timeout(PROBE_TIMEOUT, config.connect(NoTls))
+        .await
+        .map_err(|_| format!("no answer to connecting within {PROBE_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())?;
     let (ended_tx, ended) = tokio::sync::oneshot::channel();
     let forward = dispatcher.clone();
     let events = events.clone();
+    let overflow = hub.clone();
     actix::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         let result = loop {
             match messages.next().await {
                 Some(Ok(AsyncMessage::Notification(n))) => match n.channel() {
                     EVENTS_CHANNEL => {
-                        let _ = events.send(n.payload().to_owned());
+                        // Bounded: a burst the publisher cannot keep up with
+                        // costs its clients a resync, not this process's
+                        // memory.
+                        if let Err(mpsc::error::TrySendError::Full(_)) =
+                            events.try_send(n.payload().to_owned())
+                        {
+                            overflow.interrupt(
+                                "this process fell behind the event stream; reconnect with \
+                                 ?after=<the last seq you saw>",
+                            );
+                        }
                     }
                     TASKS_CHANNEL => forward.do_send(Wake),
                     CANCEL_CHANNEL => match n.payload().parse::<Uuid>() {
@@ -144,11 +182,13 @@ async fn listen(
         };
         let _ = ended_tx.send(result);
     });
-    client
-        .batch_execute(&format!(
-            "LISTEN {TASKS_CHANNEL}; LISTEN {CANCEL_CHANNEL}; LISTEN {EVENTS_CHANNEL};"
-        ))
-        .await?;
+    let statement =
+        format!("LISTEN {TASKS_CHANNEL}; LISTEN {CANCEL_CHANNEL}; LISTEN {EVENTS_CHANNEL};");
+    let listening = client.batch_execute(&statement);
+    tokio::time::timeout(PROBE_TIMEOUT, listening)
+        .await
+        .map_err(|_| format!("no answer to LISTEN within {PROBE_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())?;
     tracing::debug!("listening for task notifications");
     if !first {
         hub.interrupt(
@@ -158,7 +198,19 @@ async fn listen(
     // Tasks queued while we were not listening would otherwise wait for the
     // next poll.
     dispatcher.do_send(Wake);
-    let result = ended.await.unwrap_or(Ok(()));
-    drop(client);
-    result
+    // A connection can die without a word (a black-holed route): probe it.
+    let probe = async {
+        loop {
+            tokio::time::sleep(PROBE_EVERY).await;
+            match tokio::time::timeout(PROBE_TIMEOUT, client.simple_query("SELECT 1")).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(format!("probe failed: {e}")),
+                Err(_) => return Err(format!("no answer to a probe within {PROBE_TIMEOUT:?}")),
+            }
+        }
+    };
+    tokio::select! {
+        ended = ended => ended.unwrap_or(Ok(())).map_err(|e| e.to_string()),
+        failed = probe => failed,
+    }
 }

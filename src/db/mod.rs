@@ -11,6 +11,8 @@ pub mod models;
 pub mod queue;
 pub mod tasks;
 
+use std::time::Duration;
+
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
@@ -40,46 +42,82 @@ pub enum DbError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("database migration failed: {0}")]
     Migration(#[from] refinery::Error),
+    /// A row did not have the shape this version expects.
+    #[error("unexpected row: {0}")]
+    RowShape(String),
 }
 
 impl DbError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Unreachable { .. } | Self::Pool(_) => "database_unavailable",
+            Self::Query(e) if !is_statement_error(e) => "database_unavailable",
             Self::Config(_) => "database_config",
-            Self::Query(_) => "database_error",
+            Self::Query(_) | Self::RowShape(_) => "database_error",
             Self::Migration(_) => "migration_failed",
         }
     }
 
-    /// Whether retrying later could help (the database is down or busy).
+    /// Whether retrying later could help (the database is down, restarting
+    /// or busy), rather than the statement being at fault.
     pub fn is_unavailable(&self) -> bool {
         match self {
             Self::Unreachable { .. } | Self::Pool(_) => true,
-            Self::Query(e) => e.is_closed() || e.as_db_error().is_none(),
+            Self::Query(e) => !is_statement_error(e),
             _ => false,
         }
     }
 }
 
+/// Whether Postgres refused the statement itself, so that running it again
+/// would fail the same way: data exceptions (SQLSTATE class 22), integrity
+/// violations (23), program limits (54), syntax and access errors (42),
+/// unsupported features (0A) and internal errors (XX). Everything else
+/// (no answer, a closed connection, a server shutting down, a statement
+/// timeout, a deadlock) is the database being unavailable for now.
+pub fn is_statement_error(e: &tokio_postgres::Error) -> bool {
+    matches!(
+        e.code().map(|c| &c.code()[..2]),
+        Some("22" | "23" | "54" | "42" | "0A" | "XX")
+    )
+}
+
+/// How to reach Postgres, and how long anything may wait for it.
+#[derive(Debug, Clone)]
+pub struct PgConfig {
+    pub config: tokio_postgres::Config,
+    /// Longest wait for a pooled connection, and for a new one to open: a
+    /// request while Postgres is down answers 503 after this, not hangs.
+    pub wait_timeout: Duration,
+    /// `statement_timeout` of every pooled connection.
+    pub statement_timeout: Duration,
+}
+
+impl PgConfig {
+    pub fn from_settings(settings: &Settings) -> Result<Self, DbError> {
+        let config = settings
+            .postgres()
+            .map_err(|e| DbError::Config(e.to_string()))?;
+        Ok(Self {
+            config,
+            wait_timeout: settings.database_wait_timeout,
+            statement_timeout: settings.statement_timeout,
+        })
+    }
+}
+
 /// Connects, creating the database if it does not exist and applying
-/// migrations, and returns a pool of `database_pool_size` connections.
-pub async fn connect(settings: &Settings) -> Result<Pool, DbError> {
-    let config = settings
-        .postgres()
-        .map_err(|e| DbError::Config(e.to_string()))?;
-    ensure_database(&config).await?;
-    migrate(&config).await?;
-    pool(settings, settings.database_pool_size)
+/// migrations, and returns a pool of `size` connections.
+pub async fn connect(pg: &PgConfig, size: usize) -> Result<Pool, DbError> {
+    ensure_database(&pg.config).await?;
+    migrate(&pg.config).await?;
+    pool(pg, size)
 }
 
 /// A pool of up to `size` connections. Connections are opened lazily and
 /// driven on the arbiter that opens them.
-pub fn pool(settings: &Settings, size: usize) -> Result<Pool, DbError> {
-    let config = settings
-        .postgres()
-        .map_err(|e| DbError::Config(e.to_string()))?;
-    build_pool(config, size)
+pub fn pool(pg: &PgConfig, size: usize) -> Result<Pool, DbError> {
+    build_pool(pg, pg.config.clone(), "", size, RecyclingMethod::Verified)
 }
 
 /// What a queue connection is for; each kind commits and announces
@@ -109,12 +147,9 @@ pub enum QueueConn {
 /// claim: 5 ms per claim at 6,000 queued tasks, measured. Disabling explicit
 /// sorts on these connections keeps the plan that stays cheap however deep
 /// the queue is.
-pub fn queue_pool(settings: &Settings, size: usize, conn: QueueConn) -> Result<Pool, DbError> {
-    let mut config = settings
-        .postgres()
-        .map_err(|e| DbError::Config(e.to_string()))?;
+pub fn queue_pool(pg: &PgConfig, size: usize, conn: QueueConn) -> Result<Pool, DbError> {
     // See V4's `announce` and the announcer module.
-    config.options(match conn {
+    let options = match conn {
         QueueConn::Submissions => "-c mlq.announce_after_commit=on",
         QueueConn::Outcomes => "-c enable_sort=off -c mlq.announce_after_commit=on",
         QueueConn::Claims => {
@@ -122,23 +157,52 @@ pub fn queue_pool(settings: &Settings, size: usize, conn: QueueConn) -> Result<P
         }
         QueueConn::Fast => "-c enable_sort=off -c synchronous_commit=off",
         QueueConn::Announce => "-c synchronous_commit=off",
-    });
-    build_pool(config, size)
+    };
+    // Requests check a connection before using it: one that went dead
+    // while pooled (a restarted server, a stalled route) is replaced within
+    // the wait timeout instead of hanging the request. The dispatcher's
+    // pools skip the round trip; their work retries on its own.
+    let recycling = match conn {
+        QueueConn::Submissions => RecyclingMethod::Verified,
+        _ => RecyclingMethod::Fast,
+    };
+    build_pool(pg, pg.config.clone(), options, size, recycling)
 }
 
-fn build_pool(config: tokio_postgres::Config, size: usize) -> Result<Pool, DbError> {
-    let manager = Manager::from_config(
-        config,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+fn build_pool(
+    pg: &PgConfig,
+    mut config: tokio_postgres::Config,
+    options: &str,
+    size: usize,
+    recycling_method: RecyclingMethod,
+) -> Result<Pool, DbError> {
+    config.options(format!(
+        "-c statement_timeout={} {options}",
+        pg.statement_timeout.as_millis().max(1)
+    ));
+    config.connect_timeout(pg.wait_timeout);
+    keep_alive(&mut config);
+    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method });
     Pool::builder(manager)
         .max_size(size)
         .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(pg.wait_timeout))
+        .create_timeout(Some(pg.wait_timeout))
+        .recycle_timeout(Some(pg.wait_timeout))
         .build()
         .map_err(|e| DbError::Config(e.to_string()))
+}
+
+/// Short TCP keepalives and a user timeout: a connection whose peer
+/// vanished (a cut cable, a black-holed route) errors within about 20 s
+/// instead of the kernel's two hours.
+pub fn keep_alive(config: &mut tokio_postgres::Config) {
+    config
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(5))
+        .keepalives_interval(Duration::from_secs(2))
+        .keepalives_retries(3)
+        .tcp_user_timeout(Duration::from_secs(15));
 }
 
 /// Opens one connection outside the pool, driving it on this arbiter.

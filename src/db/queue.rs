@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use mlq_actors::ports::{StoreError, TaskStore};
+use mlq_actors::ports::{Rescued, StoreError, TaskStore};
 use mlq_actors::progress::{Progress, Report};
 use mlq_actors::task::{
     ClaimedTask, Finish, HeartbeatReport, Lease, ModelDraft, ModelRecord, StoredArtifact,
@@ -40,63 +40,15 @@ pub struct PgTaskStore {
 
 // Each ends an attempt, fenced by its lease ($1 task, $2 token), keeping
 // the job's last progress report ($3) when one is given. No row: the lease
-// was lost. The number returned is the status change's.
-const SUCCEEDED: &str = r#"
-    UPDATE tasks
-    SET status = 'succeeded', result = $4, error = NULL,
-        progress = coalesce($3, progress) || '{"fraction": 1, "stage": "done"}',
-        finished_at = now(), updated_at = now(), lease_token = NULL, lease_expires_at = NULL
-    WHERE id = $1 AND lease_token = $2
-    RETURNING seq"#;
-
-const FAILED: &str = "
-    UPDATE tasks
-    SET status = 'failed', error = $4, progress = coalesce($3, progress),
-        finished_at = now(), updated_at = now(), lease_token = NULL, lease_expires_at = NULL
-    WHERE id = $1 AND lease_token = $2
-    RETURNING seq";
-
-// A cancel that arrived while the attempt failed wins over the retry.
-const RETRY: &str = r#"
-    UPDATE tasks
-    SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
-        finished_at = CASE WHEN cancel_requested THEN now() END,
-        error = $4, run_at = now() + $5 * interval '1 millisecond',
-        progress = coalesce($3, progress) || '{"stage": "waiting to retry"}',
-        updated_at = now(), lease_token = NULL, lease_expires_at = NULL
-    WHERE id = $1 AND lease_token = $2
-    RETURNING seq"#;
-
-const CANCELLED: &str = r#"
-    UPDATE tasks
-    SET status = 'cancelled', progress = coalesce($3, progress),
-        error = '{"code": "cancelled", "message": "the task was cancelled"}',
-        finished_at = now(), updated_at = now(), lease_token = NULL, lease_expires_at = NULL
-    WHERE id = $1 AND lease_token = $2
-    RETURNING seq"#;
-
-const PROGRESS: &str = "
-    UPDATE tasks SET progress = $3, updated_at = now()
-    WHERE id = $1 AND lease_token = $2";
-
-// Appends log lines ($5 the lines, $6 their times) to a task's log, fenced
-// by the lease; $3 bytes and $4 dropped lines are added to its counts. The
-// UPDATE runs first (the INSERT reads its row), so the task's row lock is
-// held before the lines are numbered.
-const LOGS: &str = "
-    WITH owner AS (
-        UPDATE tasks
-        SET log_bytes = log_bytes + $3, log_dropped = log_dropped + $4
-        WHERE id = $1 AND lease_token = $2
-        RETURNING id
-    ), lines AS (
-        INSERT INTO task_events (task_id, kind, data, at)
-        SELECT owner.id, 'log', line.data, line.at
-        FROM owner, unnest($5::jsonb[], $6::timestamptz[]) WITH ORDINALITY AS line (data, at, n)
-        ORDER BY line.n
-        RETURNING seq
-    )
-    SELECT (SELECT count(*) FROM owner) AS held, (SELECT min(seq) FROM lines) AS first";
+// was lost, or (see `outcome_recorded`) this very outcome was recorded by
+// an earlier try whose answer was lost. The number returned is the status
+// change's.
+const SUCCEEDED: &str = include_str!("sql/finish_succeeded.sql");
+const FAILED: &str = include_str!("sql/finish_failed.sql");
+const RETRY: &str = include_str!("sql/finish_retry.sql");
+const CANCELLED: &str = include_str!("sql/finish_cancelled.sql");
+const PROGRESS: &str = include_str!("sql/progress.sql");
+const LOGS: &str = include_str!("sql/append_logs.sql");
 
 /// What appending log lines did.
 struct Appended {
@@ -167,8 +119,7 @@ async fn record_outputs(
 ) -> Result<(), StoreError> {
     for a in artifacts {
         tx.execute(
-            "INSERT INTO artifacts (task_id, name, size, sha256, content_type, object_key)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            include_str!("sql/insert_artifact.sql"),
             &[
                 &lease.task_id,
                 &a.name,
@@ -188,12 +139,11 @@ async fn record_outputs(
                 .find(|a| a.name == name)
                 .map(|a| a.key.clone())
                 .ok_or_else(|| {
-                    StoreError::Unavailable(format!("model artifact {name} was not stored"))
+                    StoreError::Rejected(format!("model artifact {name} was not stored"))
                 })
         };
         tx.execute(
-            "INSERT INTO models (id, task_id, kind, target, spec, metrics, weights_key, spec_key)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            include_str!("sql/insert_model.sql"),
             &[
                 &m.id,
                 &lease.task_id,
@@ -247,18 +197,98 @@ impl PgTaskStore {
     async fn fast_client(&self) -> Result<deadpool_postgres::Client, StoreError> {
         self.fast.get().await.map_err(|e| unavailable(e.into()))
     }
+
+    /// One try at recording an outcome.
+    async fn finish_once(
+        &self,
+        lease: &Lease,
+        finish: &Finish,
+        report: &Report,
+    ) -> Result<(), StoreError> {
+        let progress = report.progress.as_ref().map(progress_json);
+        let mut client = self.client().await?;
+        let (result, error, delay);
+        let (sql, extra): (&str, Vec<&(dyn ToSql + Sync)>) = match finish {
+            Finish::Succeeded { result: r, .. } => {
+                result = jsonb(r);
+                (SUCCEEDED, vec![&result])
+            }
+            Finish::Failed(e) => {
+                error = jsonb(&e.to_json());
+                (FAILED, vec![&error])
+            }
+            Finish::Retry { error: e, delay: d } => {
+                (error, delay) = (jsonb(&e.to_json()), millis(*d));
+                (RETRY, vec![&error, &delay])
+            }
+            Finish::Cancelled => (CANCELLED, vec![]),
+        };
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&lease.task_id, &lease.token, &progress];
+        params.extend(extra);
+        let fenced = |row: Option<tokio_postgres::Row>| match row {
+            Some(row) => Ok(row.get::<_, i64>("seq")),
+            None => Err(StoreError::LeaseLost(lease.task_id)),
+        };
+        let outputs = match finish {
+            Finish::Succeeded {
+                artifacts, model, ..
+            } if !artifacts.is_empty() || model.is_some() => Some((artifacts, model)),
+            _ => None,
+        };
+        let (since, seq) = if outputs.is_none() && report.logs.is_empty() && report.dropped == 0 {
+            // The common case is one statement: no transaction round trips.
+            let statement = client.prepare_cached(sql).await.map_err(query)?;
+            let seq = fenced(client.query_opt(&statement, &params).await.map_err(query)?)?;
+            (seq, seq)
+        } else {
+            // The outcome, its log lines, artifacts and model land together
+            // or not at all. Log lines go first, so they are numbered before
+            // the status change that ends the attempt.
+            let tx = client.transaction().await.map_err(query)?;
+            let appended = insert_logs(&tx, lease, report).await?;
+            if !appended.held {
+                return Err(StoreError::LeaseLost(lease.task_id));
+            }
+            let statement = tx.prepare_cached(sql).await.map_err(query)?;
+            let seq = fenced(tx.query_opt(&statement, &params).await.map_err(query)?)?;
+            if let Some((artifacts, model)) = outputs {
+                record_outputs(&tx, lease, artifacts, model.as_ref()).await?;
+            }
+            tx.commit().await.map_err(query)?;
+            (appended.first.unwrap_or(seq), seq)
+        };
+        self.announce(lease.task_id, since, seq);
+        Ok(())
+    }
+
+    /// Whether this lease's outcome is already recorded.
+    async fn outcome_recorded(&self, lease: &Lease) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                include_str!("sql/outcome_recorded.sql"),
+                &[&lease.task_id, &lease.token],
+            )
+            .await
+            .map_err(query)?;
+        Ok(row.get(0))
+    }
 }
 
 fn unavailable(e: DbError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-/// Data exceptions (class 22) and integrity violations (class 23) are about
-/// the write itself; anything else is the database being unreachable or busy.
+/// Errors about the statement itself are rejections: retrying the same
+/// write fails the same way. Anything else (a dropped connection, a
+/// restarting or overloaded server) is worth another try.
 fn query(e: tokio_postgres::Error) -> StoreError {
-    match e.code().map(|c| &c.code()[..2]) {
-        Some("22" | "23") => StoreError::Rejected(e.to_string()),
-        _ => unavailable(DbError::Query(e)),
+    if super::is_statement_error(&e) {
+        StoreError::Rejected(e.to_string())
+    } else if e.code().is_some() {
+        StoreError::Busy(e.to_string())
+    } else {
+        unavailable(DbError::Query(e))
     }
 }
 
@@ -289,6 +319,7 @@ impl TaskStore for PgTaskStore {
         commands: &[&str],
         limit: usize,
         lease: Duration,
+        suspects: bool,
     ) -> Result<Vec<ClaimedTask>, StoreError> {
         let client = self.claims.get().await.map_err(|e| unavailable(e.into()))?;
         let statement = client
@@ -298,7 +329,13 @@ impl TaskStore for PgTaskStore {
         let rows = client
             .query(
                 &statement,
-                &[&commands, &(limit as i64), &millis(lease), &worker],
+                &[
+                    &commands,
+                    &(limit as i64),
+                    &millis(lease),
+                    &worker,
+                    &suspects,
+                ],
             )
             .await
             .map_err(query)?;
@@ -387,90 +424,49 @@ impl TaskStore for PgTaskStore {
         finish: Finish,
         report: &Report,
     ) -> Result<(), StoreError> {
-        let progress = report.progress.as_ref().map(progress_json);
-        let mut client = self.client().await?;
-        let (result, error, delay);
-        let (sql, extra): (&str, Vec<&(dyn ToSql + Sync)>) = match &finish {
-            Finish::Succeeded { result: r, .. } => {
-                result = jsonb(r);
-                (SUCCEEDED, vec![&result])
+        match self.finish_once(lease, &finish, report).await {
+            Err(StoreError::LeaseLost(id)) if self.outcome_recorded(lease).await? => {
+                tracing::info!(task = %id, "an earlier try recorded this outcome; its answer was lost");
+                Ok(())
             }
-            Finish::Failed(e) => {
-                error = jsonb(&e.to_json());
-                (FAILED, vec![&error])
-            }
-            Finish::Retry { error: e, delay: d } => {
-                (error, delay) = (jsonb(&e.to_json()), millis(*d));
-                (RETRY, vec![&error, &delay])
-            }
-            Finish::Cancelled => (CANCELLED, vec![]),
-        };
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&lease.task_id, &lease.token, &progress];
-        params.extend(extra);
-        let fenced = |row: Option<tokio_postgres::Row>| match row {
-            Some(row) => Ok(row.get::<_, i64>("seq")),
-            None => Err(StoreError::LeaseLost(lease.task_id)),
-        };
-        let outputs = match &finish {
-            Finish::Succeeded {
-                artifacts, model, ..
-            } if !artifacts.is_empty() || model.is_some() => Some((artifacts, model)),
-            _ => None,
-        };
-        let (since, seq) = if outputs.is_none() && report.logs.is_empty() && report.dropped == 0 {
-            // The common case is one statement: no transaction round trips.
-            let statement = client.prepare_cached(sql).await.map_err(query)?;
-            let seq = fenced(client.query_opt(&statement, &params).await.map_err(query)?)?;
-            (seq, seq)
-        } else {
-            // The outcome, its log lines, artifacts and model land together
-            // or not at all. Log lines go first, so they are numbered before
-            // the status change that ends the attempt.
-            let tx = client.transaction().await.map_err(query)?;
-            let appended = insert_logs(&tx, lease, report).await?;
-            if !appended.held {
-                return Err(StoreError::LeaseLost(lease.task_id));
-            }
-            let statement = tx.prepare_cached(sql).await.map_err(query)?;
-            let seq = fenced(tx.query_opt(&statement, &params).await.map_err(query)?)?;
-            if let Some((artifacts, model)) = outputs {
-                record_outputs(&tx, lease, artifacts, model.as_ref()).await?;
-            }
-            tx.commit().await.map_err(query)?;
-            (appended.first.unwrap_or(seq), seq)
-        };
-        self.announce(lease.task_id, since, seq);
-        Ok(())
+            result => result,
+        }
     }
 
-    async fn rescue_expired(&self, backoff_base: Duration) -> Result<u64, StoreError> {
+    async fn rescue_expired(
+        &self,
+        backoff_base: Duration,
+        live: &[Uuid],
+    ) -> Result<Rescued, StoreError> {
         let client = self.fast_client().await?;
         let rows = client
-            .query(include_str!("sql/rescue.sql"), &[&millis(backoff_base)])
+            .query(
+                include_str!("sql/rescue.sql"),
+                &[&millis(backoff_base), &live],
+            )
             .await
             .map_err(query)?;
         for row in &rows {
-            let (id, status): (Uuid, String) = (row.get(0), row.get(1));
-            tracing::warn!(task = %id, %status, "lease expired");
+            let (id, status, verdict): (Uuid, String, String) =
+                (row.get(0), row.get(1), row.get(2));
+            tracing::warn!(task = %id, %status, %verdict, "lease expired");
         }
-        Ok(rows.len() as u64)
+        let suspects_waiting = client
+            .query_one(include_str!("sql/suspects_waiting.sql"), &[])
+            .await
+            .map_err(query)?
+            .get(0);
+        Ok(Rescued {
+            tasks: rows.len() as u64,
+            suspects_waiting,
+        })
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         let client = self.fast_client().await?;
         client
             .execute(
-                r#"WITH released AS (
-                       UPDATE tasks
-                       SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
-                           finished_at = CASE WHEN cancel_requested THEN now() END,
-                           attempts = attempts - 1, run_at = now(), updated_at = now(),
-                           progress = progress || '{"stage": "requeued"}',
-                           lease_token = NULL, lease_expires_at = NULL
-                       WHERE id = $1 AND lease_token = $2
-                       RETURNING id
-                   )
-                   SELECT pg_notify('mlq_tasks', '') FROM released"#,
+                include_str!("sql/release.sql"),
                 &[&lease.task_id, &lease.token],
             )
             .await

@@ -6,8 +6,9 @@ use serde_json::Value;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use mlq_actors::task::{InputFile, StoredArtifact};
+use mlq_actors::task::{InputFile, StoredArtifact, TaskStatus};
 
+use super::listener::{CANCEL_CHANNEL, TASKS_CHANNEL};
 use super::DbError;
 
 /// A task row with its inputs and artifacts.
@@ -16,7 +17,7 @@ pub struct TaskRecord {
     pub id: Uuid,
     pub command: String,
     pub params: Value,
-    pub status: String,
+    pub status: TaskStatus,
     pub progress: Value,
     pub result: Option<Value>,
     pub error: Option<Value>,
@@ -40,7 +41,7 @@ impl TryFrom<Row> for TaskRecord {
             id: row.try_get("id")?,
             command: row.try_get("command")?,
             params: row.try_get("params")?,
-            status: row.try_get("status")?,
+            status: status(&row)?,
             progress: row.try_get("progress")?,
             result: row.try_get("result")?,
             error: row.try_get("error")?,
@@ -57,13 +58,17 @@ impl TryFrom<Row> for TaskRecord {
     }
 }
 
+fn status(row: &Row) -> Result<TaskStatus, DbError> {
+    let text: &str = row.try_get("status")?;
+    TaskStatus::parse(text).ok_or_else(|| DbError::RowShape(format!("unknown status {text:?}")))
+}
+
 pub(crate) fn json_column<T: serde::de::DeserializeOwned>(
     row: &Row,
     name: &str,
 ) -> Result<T, DbError> {
     let value: Value = row.try_get(name)?;
-    serde_json::from_value(value)
-        .map_err(|e| DbError::Config(format!("column {name} has an unexpected shape: {e}")))
+    serde_json::from_value(value).map_err(|e| DbError::RowShape(format!("column {name}: {e}")))
 }
 
 /// A task to create.
@@ -111,10 +116,11 @@ pub async fn get(client: &impl GenericClient, id: Uuid) -> Result<Option<TaskRec
 /// One page of tasks, newest first, created before the task `before`.
 pub async fn list(
     client: &impl GenericClient,
-    status: Option<&str>,
+    status: Option<TaskStatus>,
     before: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<TaskRecord>, DbError> {
+    let status = status.map(TaskStatus::as_str);
     client
         .query(
             include_str!("sql/list_tasks.sql"),
@@ -131,11 +137,12 @@ pub async fn list(
 async fn locked_status(
     tx: &deadpool_postgres::Transaction<'_>,
     id: Uuid,
-) -> Result<Option<String>, DbError> {
-    Ok(tx
-        .query_opt("SELECT status FROM tasks WHERE id = $1 FOR UPDATE", &[&id])
+) -> Result<Option<TaskStatus>, DbError> {
+    tx.query_opt("SELECT status FROM tasks WHERE id = $1 FOR UPDATE", &[&id])
         .await?
-        .map(|r| r.get(0)))
+        .as_ref()
+        .map(status)
+        .transpose()
 }
 
 /// What a cancel request did.
@@ -155,9 +162,9 @@ pub enum Cancel {
 pub async fn cancel(client: &mut deadpool_postgres::Client, id: Uuid) -> Result<Cancel, DbError> {
     let tx = client.transaction().await?;
     let status = locked_status(&tx, id).await?;
-    let outcome = match status.as_deref() {
+    let outcome = match status {
         None => Cancel::NotFound,
-        Some("queued") => {
+        Some(TaskStatus::Queued) => {
             tx.execute(
                 r#"UPDATE tasks
                    SET status = 'cancelled', cancel_requested = true, finished_at = now(),
@@ -169,14 +176,17 @@ pub async fn cancel(client: &mut deadpool_postgres::Client, id: Uuid) -> Result<
             .await?;
             Cancel::Cancelled
         }
-        Some("running") => {
+        Some(TaskStatus::Running) => {
             tx.execute(
                 "UPDATE tasks SET cancel_requested = true, updated_at = now() WHERE id = $1",
                 &[&id],
             )
             .await?;
-            tx.execute("SELECT pg_notify('mlq_cancel', $1)", &[&id.to_string()])
-                .await?;
+            tx.execute(
+                "SELECT pg_notify($1, $2)",
+                &[&CANCEL_CHANNEL, &id.to_string()],
+            )
+            .await?;
             Cancel::Requested
         }
         Some(_) => Cancel::AlreadyFinished,
@@ -190,7 +200,7 @@ pub async fn cancel(client: &mut deadpool_postgres::Client, id: Uuid) -> Result<
 pub enum Retry {
     Queued,
     /// Only failed and cancelled tasks are retried; this one is in this status.
-    NotRetryable(String),
+    NotRetryable(TaskStatus),
     NotFound,
 }
 
@@ -199,9 +209,9 @@ pub enum Retry {
 pub async fn retry(client: &mut deadpool_postgres::Client, id: Uuid) -> Result<Retry, DbError> {
     let tx = client.transaction().await?;
     let status = locked_status(&tx, id).await?;
-    let outcome = match status.as_deref() {
+    let outcome = match status {
         None => Retry::NotFound,
-        Some("failed" | "cancelled") => {
+        Some(TaskStatus::Failed | TaskStatus::Cancelled) => {
             tx.execute(
                 r#"INSERT INTO task_events (task_id, kind, data)
                    VALUES ($1, 'log', '{"level": "info", "message": "retry requested"}')"#,
@@ -211,6 +221,7 @@ pub async fn retry(client: &mut deadpool_postgres::Client, id: Uuid) -> Result<R
             tx.execute(
                 r#"UPDATE tasks
                    SET status = 'queued', attempts = 0, run_at = now(), cancel_requested = false,
+                       crashed_on = '{}',
                        error = NULL, result = NULL, started_at = NULL, finished_at = NULL,
                        progress = '{"fraction": 0, "stage": "queued", "message": "", "metrics": {}}',
                        updated_at = now()
@@ -218,10 +229,11 @@ pub async fn retry(client: &mut deadpool_postgres::Client, id: Uuid) -> Result<R
                 &[&id],
             )
             .await?;
-            tx.execute("SELECT pg_notify('mlq_tasks', '')", &[]).await?;
+            tx.execute("SELECT pg_notify($1, '')", &[&TASKS_CHANNEL])
+                .await?;
             Retry::Queued
         }
-        Some(other) => Retry::NotRetryable(other.to_owned()),
+        Some(other) => Retry::NotRetryable(other),
     };
     tx.commit().await?;
     Ok(outcome)
@@ -240,9 +252,12 @@ pub async fn delete(
     let Some(status) = status else {
         return Ok(None);
     };
-    if status == "running" {
-        tx.execute("SELECT pg_notify('mlq_cancel', $1)", &[&id.to_string()])
-            .await?;
+    if status == TaskStatus::Running {
+        tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&CANCEL_CHANNEL, &id.to_string()],
+        )
+        .await?;
     }
     let keys = tx
         .query(

@@ -14,6 +14,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
+use mlq_actors::task::TaskStatus;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Status,
@@ -47,10 +49,10 @@ impl Kind {
     pub fn ends(self, data: &Value) -> bool {
         match self {
             Self::Deleted => true,
-            Self::Status => matches!(
-                data["status"].as_str(),
-                Some("succeeded" | "failed" | "cancelled")
-            ),
+            Self::Status => data["status"]
+                .as_str()
+                .and_then(TaskStatus::parse)
+                .is_some_and(TaskStatus::is_finished),
             _ => false,
         }
     }

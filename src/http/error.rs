@@ -2,8 +2,11 @@
 //!
 //! Policy: anything the client can fix is a 4xx whose JSON body names the
 //! problem (`{"error": {"code", "message", "field"?}}`); a database that is
-//! down is a 503 the client may retry; anything else is a 500, logged with
-//! its cause, and never caused by input alone.
+//! down, or a process at its limits, is a 503 the client may retry after
+//! `Retry-After`; anything else is a 500, never caused by input alone. A
+//! 5xx body says only its code, a generic message and the request id: the
+//! details (which may name hosts, keys or URLs) go to the log, redacted,
+//! under the same id.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
@@ -34,6 +37,15 @@ pub enum ApiError {
     TooManyParts { limit: usize },
     #[error("the upload took longer than {0:?}, half of orphan_grace; raise orphan_grace for slower uploads")]
     UploadTimeout(std::time::Duration),
+    #[error("the upload sent nothing for {0:?} (upload_idle); nothing of it was kept")]
+    UploadIdle(std::time::Duration),
+    /// This process is at one of its limits; the client may retry later.
+    #[error("{message}")]
+    Busy {
+        code: &'static str,
+        message: String,
+        retry_after: u32,
+    },
     #[error("{command} does not accept files of type {content_type:?}; accepted: {}", allowed.join(", "))]
     UnsupportedFileType {
         command: String,
@@ -80,6 +92,8 @@ impl ApiError {
             Self::FileTooLarge { .. } => "file_too_large",
             Self::TooManyParts { .. } => "too_many_parts",
             Self::UploadTimeout(_) => "upload_timeout",
+            Self::UploadIdle(_) => "upload_idle",
+            Self::Busy { code, .. } => code,
             Self::UnsupportedFileType { .. } => "unsupported_file_type",
             Self::ChecksumMismatch { .. } => "checksum_mismatch",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
@@ -118,7 +132,8 @@ impl ResponseError for ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             Self::UnsupportedFileType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::UploadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::UploadTimeout(_) | Self::UploadIdle(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::ChecksumMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
@@ -131,14 +146,34 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
-        if status.is_server_error() {
-            tracing::error!(code = self.code(), "request failed: {self}");
-        }
-        let mut body = json!({ "code": self.code(), "message": self.to_string() });
-        if let Self::InvalidParams { field, .. } = self {
-            body["field"] = json!(field);
-        }
         let mut response = HttpResponse::build(status);
+        let body = if status.is_server_error() {
+            let request_id = super::request_id::current();
+            if status == StatusCode::INTERNAL_SERVER_ERROR {
+                tracing::error!(code = self.code(), "request failed: {self}");
+            } else {
+                tracing::warn!(code = self.code(), "request refused: {self}");
+            }
+            let retry_after = match self {
+                Self::Busy { retry_after, .. } => Some(*retry_after),
+                _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),
+                _ => None,
+            };
+            if let Some(seconds) = retry_after {
+                response.insert_header((actix_web::http::header::RETRY_AFTER, seconds.to_string()));
+            }
+            json!({
+                "code": self.code(),
+                "message": self.public_message(),
+                "request_id": request_id,
+            })
+        } else {
+            let mut body = json!({ "code": self.code(), "message": self.to_string() });
+            if let Self::InvalidParams { field, .. } = self {
+                body["field"] = json!(field);
+            }
+            body
+        };
         if let Self::RangeNotSatisfiable { size } = self {
             response.insert_header((
                 actix_web::http::header::CONTENT_RANGE,
@@ -146,6 +181,22 @@ impl ResponseError for ApiError {
             ));
         }
         response.json(json!({ "error": body }))
+    }
+}
+
+impl ApiError {
+    /// What a 5xx body says: nothing of the cause but its kind.
+    fn public_message(&self) -> String {
+        match self {
+            // Written by mlq itself, about its own limits: safe and useful.
+            Self::Busy { message, .. } => message.clone(),
+            Self::Db(e) if e.is_unavailable() => {
+                "the database is unavailable; retry shortly (the request id names the details \
+                 in the server log)"
+                    .into()
+            }
+            _ => "internal error; the server log has the details under this request id".into(),
+        }
     }
 }
 

@@ -24,8 +24,9 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::error::ApiError;
-use super::tasks::{no_task, TaskView};
+use super::tasks::TaskView;
 use super::AppState;
+use super::{no_task, page_limit};
 use crate::db;
 use crate::events::{Scope, Subscription};
 
@@ -36,7 +37,9 @@ const REPLAY_PAGE: i64 = 1000;
 const REPLAY_ALL_MAX: i64 = 10_000;
 
 pub fn config(cfg: &mut web::ServiceConfig) {
-    cfg.route("/events", web::get().to(follow_all));
+    cfg.route("/events", web::get().to(follow_all))
+        .route("/tasks/{id}/events", web::get().to(follow_task))
+        .route("/tasks/{id}/logs", web::get().to(logs));
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,7 +65,7 @@ enum Start {
 }
 
 /// `GET /api/v1/tasks/{id}/events?after=`
-pub(super) async fn follow_task(
+async fn follow_task(
     req: HttpRequest,
     body: web::Payload,
     id: web::Path<Uuid>,
@@ -92,7 +95,7 @@ async fn follow_all(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let q = query.into_inner();
-    let limit = super::tasks::page_limit(q.limit)?;
+    let limit = page_limit(q.limit)?;
     let subscription = state.hub.subscribe(Scope::All { logs: q.logs });
     let start = Start::All {
         after: q.after,
@@ -108,6 +111,21 @@ fn upgrade(
     subscription: Subscription,
     start: Start,
 ) -> Result<HttpResponse, ApiError> {
+    // One slot per connection, held until it ends: a flood of sockets is
+    // refused with a clear error rather than exhausting the process.
+    let slot = state
+        .sockets
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::Busy {
+            code: "too_many_sockets",
+            message: format!(
+                "this process holds its limit of {} live-feed connections (max_sockets); retry \
+             shortly or poll GET /api/v1/tasks/{{id}}",
+                state.max_sockets
+            ),
+            retry_after: 5,
+        })?;
     let (response, session, messages) = actix_ws::handle(req, body).map_err(|e| {
         ApiError::bad_request(
             "websocket_required",
@@ -115,9 +133,11 @@ fn upgrade(
         )
     })?;
     actix_web::rt::spawn(async move {
+        let _slot = slot;
         let mut feed = Feed {
             session,
             newest: HashMap::new(),
+            timeout: state.feed.timeout,
         };
         // The subscription was taken before the snapshot is read, so nothing
         // that happens in between is lost; anything both in the snapshot or
@@ -127,13 +147,11 @@ fn upgrade(
             Err(Ended::Closed) => {}
             Err(Ended::Failed(e)) => {
                 tracing::warn!("feed could not start: {e}");
-                let _ = feed
-                    .session
-                    .close(Some(CloseReason {
-                        code: CloseCode::Error,
-                        description: Some(e.to_string()),
-                    }))
-                    .await;
+                let close = feed.session.clone().close(Some(CloseReason {
+                    code: CloseCode::Error,
+                    description: Some(format!("the feed could not start ({})", e.code())),
+                }));
+                let _ = tokio::time::timeout(feed.timeout, close).await;
             }
         }
     });
@@ -169,6 +187,9 @@ struct Feed {
     /// Per task: the highest sequence number sent, and whether the task
     /// ended (a terminal status or deletion) as of that number.
     newest: HashMap<Uuid, (i64, bool)>,
+    /// Longest any send may wait: a client that stops reading is dropped
+    /// within this, however much its TCP buffers still take.
+    timeout: std::time::Duration,
 }
 
 impl Feed {
@@ -270,7 +291,8 @@ impl Feed {
                 message = messages.next() => match message {
                     Some(Ok(Message::Ping(bytes))) => {
                         heard = Instant::now();
-                        if self.session.pong(&bytes).await.is_err() {
+                        let pong = self.session.pong(&bytes);
+                        if !matches!(tokio::time::timeout(self.timeout, pong).await, Ok(Ok(()))) {
                             return;
                         }
                     }
@@ -285,13 +307,14 @@ impl Feed {
                             description: Some("no answer to pings".into()),
                         };
                     }
-                    if self.session.ping(b"").await.is_err() {
+                    let ping = self.session.ping(b"");
+                    if !matches!(tokio::time::timeout(self.timeout, ping).await, Ok(Ok(()))) {
                         return;
                     }
                 }
             }
         };
-        let _ = self.session.close(Some(closing)).await;
+        let _ = tokio::time::timeout(self.timeout, self.session.close(Some(closing))).await;
     }
 
     /// Sends an event unless the client already has it or something newer
@@ -302,7 +325,7 @@ impl Feed {
             return Ok(());
         }
         *newest = (event.seq, event.last);
-        self.session.text(event.json.clone()).await
+        self.text(event.json.clone()).await
     }
 
     /// Keeps the per-task memory of a long-lived all-tasks connection small:
@@ -315,8 +338,16 @@ impl Feed {
         }
     }
 
+    /// Sends a message, giving up on (and so dropping) a client that has
+    /// not taken it within the timeout.
     async fn text(&mut self, text: String) -> Result<(), actix_ws::Closed> {
-        self.session.text(text).await
+        match tokio::time::timeout(self.timeout, self.session.text(text)).await {
+            Ok(sent) => sent,
+            Err(_) => {
+                tracing::info!("dropping a live-feed client that stopped reading");
+                Err(actix_ws::Closed)
+            }
+        }
     }
 }
 
@@ -336,7 +367,7 @@ pub(super) struct LogQuery {
 
 /// `GET /api/v1/tasks/{id}/logs?after=&limit=`: log lines oldest first.
 /// Pass the returned `next_after` as `after` to tail.
-pub(super) async fn logs(
+async fn logs(
     id: web::Path<Uuid>,
     query: web::Query<LogQuery>,
     state: web::Data<AppState>,

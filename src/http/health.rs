@@ -18,6 +18,12 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    if state.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+        return HttpResponse::ServiceUnavailable().json(json!({
+            "status": "stopping",
+            "reason": "the process is shutting down",
+        }));
+    }
     let database = tokio::time::timeout(Duration::from_secs(2), async {
         let client = state.db.get().await.map_err(|e| e.to_string())?;
         client
@@ -29,14 +35,25 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     .await
     .unwrap_or_else(|_| Err("timed out".into()));
     let alive = state.board.alive();
-    let ready = database.is_ok() && alive == state.workers;
+    let stuck = state.board.stuck();
+    let ready = database.is_ok() && alive == state.workers && stuck <= state.max_stuck_workers;
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
-        "database": match &database { Ok(()) => "ok".to_owned(), Err(e) => e.clone() },
+        "database": match &database { Ok(()) => "ok".to_owned(), Err(e) => crate::telemetry::redact(e) },
         "workers": {
             "configured": state.workers,
             "alive": alive,
+            "stuck": stuck,
+            "max_stuck": state.max_stuck_workers,
             "detail": state.board.snapshot(),
+        },
+        "feed": {
+            "connections": state.hub.subscribers(),
+            "max": state.max_sockets,
+        },
+        "uploads": {
+            "running": state.max_uploads - state.uploads.available_permits(),
+            "max": state.max_uploads,
         },
     });
     if ready {

@@ -8,6 +8,7 @@ pub mod error;
 mod events;
 pub mod health;
 pub mod models;
+pub mod request_id;
 mod submit;
 pub mod tasks;
 
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use actix_web::{web, HttpResponse};
 use deadpool_postgres::Pool;
 
-use mlq_actors::commands::Commands;
+use mlq_actors::commands::{AnyCommand, Commands};
 use mlq_actors::pool::WorkerBoard;
 use mlq_actors::ports::ObjectStore;
 
@@ -33,6 +34,8 @@ pub struct AppState {
     pub board: WorkerBoard,
     /// The configured pool size, to compare with the live one.
     pub workers: usize,
+    /// Stuck (abandoned) worker threads tolerated before not ready.
+    pub max_stuck_workers: usize,
     pub max_attempts: i32,
     pub limits: UploadLimits,
     /// Connections for inserting tasks: their events are announced by the
@@ -41,6 +44,16 @@ pub struct AppState {
     pub announcer: Announcer,
     pub hub: Arc<Hub>,
     pub feed: FeedSettings,
+    /// Upload slots (`max_uploads`).
+    pub uploads: Arc<tokio::sync::Semaphore>,
+    pub max_uploads: usize,
+    /// Set when the process is shutting down: `/readyz` answers 503.
+    pub stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// Live-feed connection slots (`max_sockets`).
+    pub sockets: Arc<tokio::sync::Semaphore>,
+    pub max_sockets: usize,
+    /// Deletes what dropped requests stored.
+    pub janitor: crate::storage::Janitor,
 }
 
 /// What one submission may upload.
@@ -53,8 +66,23 @@ pub struct UploadLimits {
     /// collector's grace period: a file stored early in a longer upload
     /// could otherwise be collected before its task row commits.
     pub max_upload_time: std::time::Duration,
+    /// Longest a submission may send nothing.
+    pub idle: std::time::Duration,
     /// Accepted file content types per command; unlisted commands take any.
     pub content_types: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl From<&crate::config::Settings> for UploadLimits {
+    fn from(s: &crate::config::Settings) -> Self {
+        Self {
+            max_request_bytes: s.max_request_bytes,
+            max_file_bytes: s.max_file_bytes,
+            max_files: s.max_files,
+            max_upload_time: s.orphan_grace / 2,
+            idle: s.upload_idle,
+            content_types: s.content_types.clone(),
+        }
+    }
 }
 
 impl UploadLimits {
@@ -80,6 +108,7 @@ pub fn config(cfg: &mut web::ServiceConfig, web_dir: &std::path::Path) {
     .configure(health::config)
     .service(
         web::scope("/api/v1")
+            .configure(submit::config)
             .configure(tasks::config)
             .configure(models::config)
             .configure(events::config)
@@ -88,6 +117,32 @@ pub fn config(cfg: &mut web::ServiceConfig, web_dir: &std::path::Path) {
     if !dashboard::config(cfg, web_dir) {
         cfg.default_service(web::to(not_found));
     }
+}
+
+/// The registered command called `name`.
+fn command<'a>(state: &'a AppState, name: &str) -> Result<&'a Arc<dyn AnyCommand>, ApiError> {
+    state
+        .commands
+        .get(name)
+        .ok_or_else(|| ApiError::UnknownCommand {
+            command: name.to_owned(),
+            known: state.commands.names().collect::<Vec<_>>().join(", "),
+        })
+}
+
+/// A page size: 50 unless given, at most 200.
+fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
+    match limit.unwrap_or(50) {
+        n @ 1..=200 => Ok(n),
+        n => Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be between 1 and 200, got {n}"),
+        )),
+    }
+}
+
+fn no_task(id: uuid::Uuid) -> ApiError {
+    ApiError::NotFound(format!("no task with id {id}"))
 }
 
 fn not_found_error(req: &actix_web::HttpRequest) -> ApiError {

@@ -7,7 +7,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::error::ApiError;
-use super::tasks::page_limit;
+use super::page_limit;
 use super::AppState;
 use crate::db::{self, models::ModelRow};
 

@@ -1,12 +1,20 @@
-//! Reading a task submission: `multipart/form-data` with files, or JSON.
+//! `POST /api/v1/tasks`: reading a submission, `multipart/form-data` with
+//! files or JSON, and queueing its task.
 //!
 //! File parts stream straight into the object store as they arrive, hashed
-//! on the way; nothing is held whole in memory. If the request fails part
-//! way (bad field, over the limit, client gone), every object it stored is
-//! deleted before the error is returned.
+//! on the way; nothing is held whole in memory. The stored inputs belong to
+//! the request until the task row that references them commits: a request
+//! that fails part way (bad field, over a limit, idle, client gone, server
+//! shutting down) deletes what it stored. Only when the insert's own outcome
+//! is unknown (the connection dropped after it was sent) are they kept, for
+//! the orphan collector to settle once the row is known to be absent.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix_multipart::{Field, Multipart};
-use actix_web::{web, HttpRequest};
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::{StreamExt, TryStreamExt};
 use md5::Digest;
 use serde::Deserialize;
@@ -17,13 +25,197 @@ use mlq_actors::ports::{ObjectKey, ObjectStore, Upload};
 use mlq_actors::task::InputFile;
 
 use super::error::ApiError;
+use super::tasks::TaskView;
 use super::AppState;
+use crate::db::{self, tasks::TaskRecord, DbError};
+use crate::storage::Janitor;
+
+pub fn config(cfg: &mut web::ServiceConfig) {
+    cfg.route("/tasks", web::post().to(create));
+}
+
+/// `POST /api/v1/tasks`: validates, stores the inputs and queues the task.
+async fn create(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    if state.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(ApiError::Busy {
+            code: "shutting_down",
+            message: "this process is shutting down; send the task to another one, or retry \
+                      shortly"
+                .into(),
+            retry_after: 1,
+        });
+    }
+    let id = Uuid::new_v4();
+    let task = accept(&req, payload, &state, id).await?;
+    Ok(HttpResponse::Accepted()
+        .insert_header((header::LOCATION, format!("/api/v1/tasks/{id}")))
+        .json(TaskView::from(task)))
+}
+
+/// Reads a submission and queues its task: the one place that owns stored
+/// inputs until their row commits.
+async fn accept(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    id: Uuid,
+) -> Result<TaskRecord, ApiError> {
+    let started = Instant::now();
+    let mut stored = StoredInputs::new(state);
+    let result = async {
+        let submission = read(req, payload, state, id, &mut stored).await?;
+        // Checked again at the last moment: a file stored early in an upload
+        // that took longer could already have been collected as an orphan.
+        if started.elapsed() > state.limits.max_upload_time {
+            return Err(Registered::Refused(ApiError::UploadTimeout(
+                state.limits.max_upload_time,
+            )));
+        }
+        register(state, id, &submission).await
+    }
+    .await;
+    match result {
+        Ok(task) => {
+            stored.keep();
+            Ok(task)
+        }
+        Err(Registered::Refused(e)) => {
+            stored.discard().await;
+            Err(e)
+        }
+        Err(Registered::Unknown(e)) => match committed(state, id).await {
+            Some(Some(task)) => {
+                stored.keep();
+                tracing::info!(task = %id, "the task was queued although its insert's answer was lost");
+                Ok(task)
+            }
+            Some(None) => {
+                // Not there now; an insert still in flight could yet land,
+                // so its files are left to the orphan collector.
+                stored.keep();
+                Err(e)
+            }
+            None => {
+                stored.keep();
+                Err(e)
+            }
+        },
+    }
+}
+
+/// How registering a submission failed.
+enum Registered {
+    /// The task certainly does not exist.
+    Refused(ApiError),
+    /// The insert may or may not have committed.
+    Unknown(ApiError),
+}
+
+impl<E: Into<ApiError>> From<E> for Registered {
+    fn from(e: E) -> Self {
+        Self::Refused(e.into())
+    }
+}
+
+/// The task as committed, if it was: `Some(None)` when it certainly is not
+/// there now, `None` when that cannot be told either.
+async fn committed(state: &AppState, id: Uuid) -> Option<Option<TaskRecord>> {
+    let client = state.db.get().await.ok()?;
+    db::tasks::get(&client, id).await.ok()
+}
+
+async fn register(
+    state: &AppState,
+    id: Uuid,
+    submission: &Submission,
+) -> Result<TaskRecord, Registered> {
+    let checked = super::command(state, &submission.command)?
+        .check(submission.params.clone(), submission.inputs.len())
+        .map_err(ApiError::from)?;
+    let client = state.submissions.get().await.map_err(ApiError::from)?;
+    let ids: Vec<Uuid> = checked.models.iter().map(|(_, id)| *id).collect();
+    if let Some(missing) = db::models::missing(&client, &ids).await?.first() {
+        let field = checked
+            .models
+            .iter()
+            .find(|(_, id)| id == missing)
+            .map_or("model", |(f, _)| f);
+        return Err(Registered::Refused(ApiError::InvalidParams {
+            field: field.into(),
+            message: format!("no model with id {missing}"),
+        }));
+    }
+    let task = db::tasks::insert(
+        &client,
+        db::tasks::NewTask {
+            id,
+            command: &submission.command,
+            params: &checked.params,
+            max_attempts: state.max_attempts,
+            inputs: &submission.inputs,
+        },
+    )
+    .await
+    .map_err(|e| match e {
+        // The server answered: the statement failed, nothing committed.
+        DbError::Query(ref q) if q.as_db_error().is_some() => Registered::Refused(e.into()),
+        DbError::Query(_) => Registered::Unknown(e.into()),
+        e => Registered::Refused(e.into()),
+    })?;
+    state.announcer.queued(id, task.seq);
+    tracing::info!(task = %id, command = %submission.command, inputs = submission.inputs.len(), "task queued");
+    Ok(task)
+}
+
+/// The inputs a request has stored. Dropped without `keep` or `discard`
+/// (the request was cancelled: the client left, or the server stopped
+/// waiting for it at shutdown), it has the janitor delete them.
+struct StoredInputs {
+    objects: Arc<dyn ObjectStore>,
+    janitor: Janitor,
+    inputs: Vec<InputFile>,
+}
+
+impl StoredInputs {
+    fn new(state: &AppState) -> Self {
+        Self {
+            objects: state.objects.clone(),
+            janitor: state.janitor.clone(),
+            inputs: Vec::new(),
+        }
+    }
+
+    /// A row references them now (or may): they stay.
+    fn keep(&mut self) {
+        self.inputs.clear();
+    }
+
+    async fn discard(&mut self) {
+        for input in std::mem::take(&mut self.inputs) {
+            if let Err(e) = self.objects.delete(&input.key).await {
+                tracing::warn!(key = %input.key, "could not delete orphaned input: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for StoredInputs {
+    fn drop(&mut self) {
+        for input in std::mem::take(&mut self.inputs) {
+            self.janitor.delete(input.key);
+        }
+    }
+}
 
 /// Largest `command` or `params` form field.
 const MAX_TEXT_FIELD: usize = 1 << 20;
 
 #[derive(Debug)]
-pub struct Submission {
+struct Submission {
     pub command: String,
     pub params: Value,
     pub inputs: Vec<InputFile>,
@@ -37,17 +229,19 @@ struct JsonSubmission {
     params: Value,
 }
 
-/// Reads the body of `POST /api/v1/tasks` for task `task`.
-pub async fn read(
+/// Reads the body of `POST /api/v1/tasks` for task `task`, storing its
+/// files into `stored`.
+async fn read(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
     task: Uuid,
+    stored: &mut StoredInputs,
 ) -> Result<Submission, ApiError> {
     let limit = state.limits.max_request_bytes;
     let declared = req
         .headers()
-        .get(actix_web::http::header::CONTENT_LENGTH)
+        .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
@@ -55,7 +249,7 @@ pub async fn read(
     }
     let mime = req
         .headers()
-        .get(actix_web::http::header::CONTENT_TYPE)
+        .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
@@ -67,31 +261,46 @@ pub async fn read(
         .to_ascii_lowercase();
     match essence.as_str() {
         "multipart/form-data" => {
-            let mut stored = Vec::new();
-            let result = read_multipart(req, payload, state, task, &mut stored).await;
-            if result.is_err() {
-                discard(state.objects.as_ref(), &stored).await;
-            }
-            result
+            // Each upload to S3 buffers a few parts: cap how many run at once.
+            let _slot = state
+                .uploads
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| ApiError::Busy {
+                    code: "too_many_uploads",
+                    message: format!(
+                        "this process is taking its limit of {} uploads at once (max_uploads); \
+                         retry shortly",
+                        state.max_uploads
+                    ),
+                    retry_after: 1,
+                })?;
+            read_multipart(req, payload, state, task, stored).await
         }
-        "application/json" => read_json(payload, limit).await,
+        "application/json" => read_json(payload, limit, state.limits.idle).await,
         _ => Err(ApiError::UnsupportedMediaType(mime)),
     }
 }
 
-/// Deletes stored inputs of a submission that did not become a task.
-pub async fn discard(objects: &dyn ObjectStore, inputs: &[InputFile]) {
-    for input in inputs {
-        if let Err(e) = objects.delete(&input.key).await {
-            tracing::warn!(key = %input.key, "could not delete orphaned input: {e}");
-        }
-    }
+/// The next item of a request body, or 408 when the client sends nothing
+/// for `idle`.
+async fn next_or_idle<T>(
+    idle: Duration,
+    next: impl std::future::Future<Output = T>,
+) -> Result<T, ApiError> {
+    tokio::time::timeout(idle, next)
+        .await
+        .map_err(|_| ApiError::UploadIdle(idle))
 }
 
-async fn read_json(mut payload: web::Payload, limit: u64) -> Result<Submission, ApiError> {
+async fn read_json(
+    mut payload: web::Payload,
+    limit: u64,
+    idle: Duration,
+) -> Result<Submission, ApiError> {
     let limit = limit.min(MAX_TEXT_FIELD as u64) as usize;
     let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
+    while let Some(chunk) = next_or_idle(idle, payload.next()).await? {
         let chunk = chunk.map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
         if body.len() + chunk.len() > limit {
             return Err(ApiError::TooLarge {
@@ -114,22 +323,25 @@ async fn read_multipart(
     payload: web::Payload,
     state: &AppState,
     task: Uuid,
-    stored: &mut Vec<InputFile>,
+    stored: &mut StoredInputs,
 ) -> Result<Submission, ApiError> {
     let limits = &state.limits;
     let mut multipart = Multipart::new(req.headers(), payload);
     let mut budget = Budget::new();
     let mut command: Option<String> = None;
     let mut params = Value::Null;
-    while let Some(field) = multipart.try_next().await.map_err(multipart_error)? {
+    while let Some(field) = next_or_idle(limits.idle, multipart.try_next())
+        .await?
+        .map_err(multipart_error)?
+    {
         let name = field.name().unwrap_or("").to_owned();
         match name.as_str() {
             "command" => {
                 let text = read_text(field, &mut budget, limits).await?;
                 let text = text.trim().to_owned();
                 // Reject an unknown command before any file is uploaded.
-                super::tasks::command(state, &text)?;
-                for input in stored.iter() {
+                super::command(state, &text)?;
+                for input in stored.inputs.iter() {
                     check_type(state, &text, &input.content_type)?;
                 }
                 command = Some(text);
@@ -144,12 +356,12 @@ async fn read_multipart(
                 params = params_object(value)?;
             }
             "file" => {
-                if stored.len() >= limits.max_files {
+                if stored.inputs.len() >= limits.max_files {
                     return Err(ApiError::TooManyParts {
                         limit: limits.max_files,
                     });
                 }
-                let position = stored.len() as i32;
+                let position = stored.inputs.len() as i32;
                 let input = store_file(
                     field,
                     state,
@@ -159,7 +371,7 @@ async fn read_multipart(
                     &mut budget,
                 )
                 .await?;
-                stored.push(input);
+                stored.inputs.push(input);
             }
             other => {
                 return Err(ApiError::bad_request(
@@ -175,7 +387,7 @@ async fn read_multipart(
     Ok(Submission {
         command,
         params,
-        inputs: std::mem::take(stored),
+        inputs: stored.inputs.clone(),
     })
 }
 
@@ -270,7 +482,10 @@ async fn read_text(
 ) -> Result<String, ApiError> {
     let name = field.name().unwrap_or("").to_owned();
     let mut bytes = Vec::new();
-    while let Some(chunk) = field.try_next().await.map_err(multipart_error)? {
+    while let Some(chunk) = next_or_idle(limits.idle, field.try_next())
+        .await?
+        .map_err(multipart_error)?
+    {
         budget.count(chunk.len(), limits)?;
         if bytes.len() + chunk.len() > MAX_TEXT_FIELD {
             return Err(ApiError::bad_request(
@@ -315,7 +530,10 @@ async fn store_file(
     let mut expected = Expected::from_headers(&field)?;
     let mut upload = Upload::start(state.objects.as_ref(), &key, &content_type).await?;
     let result = async {
-        while let Some(chunk) = field.try_next().await.map_err(multipart_error)? {
+        while let Some(chunk) = next_or_idle(limits.idle, field.try_next())
+            .await?
+            .map_err(multipart_error)?
+        {
             budget.count(chunk.len(), limits)?;
             if upload.size() + chunk.len() as u64 > limits.max_file_bytes {
                 return Err(ApiError::FileTooLarge {

@@ -1,45 +1,35 @@
-//! `/api/v1/tasks`: submit, read, list and cancel tasks; download artifacts.
+//! `/api/v1/tasks`: read, list, cancel, retry and delete tasks; download
+//! their inputs and artifacts. (Submitting is `submit`; following a task
+//! and its log is `events`.)
 
-use std::sync::Arc;
-
-use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use mlq_actors::commands::AnyCommand;
-use mlq_actors::task::{InputFile, StoredArtifact};
+use mlq_actors::task::{InputFile, StoredArtifact, TaskStatus};
 
 use super::error::ApiError;
-use super::{download, events, submit, AppState};
+use super::{download, no_task, page_limit, AppState};
 use crate::db::{self, tasks::Cancel, tasks::Retry, tasks::TaskRecord};
 
 pub fn config(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::scope("/tasks")
-            .route("", web::post().to(create))
-            .route("", web::get().to(list))
-            .route("/{id}", web::get().to(get))
-            .route("/{id}", web::delete().to(delete))
-            .route("/{id}/cancel", web::post().to(cancel))
-            .route("/{id}/retry", web::post().to(retry))
-            .route("/{id}/logs", web::get().to(events::logs))
-            .route("/{id}/events", web::get().to(events::follow_task))
-            .route("/{id}/artifacts/{name}", web::get().to(artifact))
-            .route("/{id}/inputs/{n}", web::get().to(input)),
-    );
+    cfg.route("/tasks", web::get().to(list))
+        .route("/tasks/{id}", web::get().to(get))
+        .route("/tasks/{id}", web::delete().to(delete))
+        .route("/tasks/{id}/cancel", web::post().to(cancel))
+        .route("/tasks/{id}/retry", web::post().to(retry))
+        .route("/tasks/{id}/artifacts/{name}", web::get().to(artifact))
+        .route("/tasks/{id}/inputs/{n}", web::get().to(input));
 }
-
-const STATUSES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
 
 /// A task as the API shows it.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct TaskView {
     pub id: Uuid,
     pub command: String,
-    pub status: String,
+    pub status: TaskStatus,
     pub progress: Value,
     pub params: Value,
     pub inputs: Vec<InputView>,
@@ -125,75 +115,6 @@ impl ArtifactView {
     }
 }
 
-/// The registered command called `name`.
-pub(super) fn command<'a>(
-    state: &'a AppState,
-    name: &str,
-) -> Result<&'a Arc<dyn AnyCommand>, ApiError> {
-    state
-        .commands
-        .get(name)
-        .ok_or_else(|| ApiError::UnknownCommand {
-            command: name.to_owned(),
-            known: state.commands.names().collect::<Vec<_>>().join(", "),
-        })
-}
-
-/// `POST /api/v1/tasks`: validates, stores the inputs and queues the task.
-async fn create(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let id = Uuid::new_v4();
-    let submission = submit::read(&req, payload, &state, id).await?;
-    match register(&state, id, &submission).await {
-        Ok(task) => Ok(HttpResponse::Accepted()
-            .insert_header((header::LOCATION, format!("/api/v1/tasks/{id}")))
-            .json(TaskView::from(task))),
-        Err(e) => {
-            submit::discard(state.objects.as_ref(), &submission.inputs).await;
-            Err(e)
-        }
-    }
-}
-
-async fn register(
-    state: &AppState,
-    id: Uuid,
-    submission: &submit::Submission,
-) -> Result<TaskRecord, ApiError> {
-    let checked = command(state, &submission.command)?
-        .check(submission.params.clone(), submission.inputs.len())?;
-    let client = state.submissions.get().await?;
-    let ids: Vec<Uuid> = checked.models.iter().map(|(_, id)| *id).collect();
-    if let Some(missing) = db::models::missing(&client, &ids).await?.first() {
-        let field = checked
-            .models
-            .iter()
-            .find(|(_, id)| id == missing)
-            .map_or("model", |(f, _)| f);
-        return Err(ApiError::InvalidParams {
-            field: field.into(),
-            message: format!("no model with id {missing}"),
-        });
-    }
-    let task = db::tasks::insert(
-        &client,
-        db::tasks::NewTask {
-            id,
-            command: &submission.command,
-            params: &checked.params,
-            max_attempts: state.max_attempts,
-            inputs: &submission.inputs,
-        },
-    )
-    .await?;
-    state.announcer.queued(id, task.seq);
-    tracing::info!(task = %id, command = %submission.command, inputs = submission.inputs.len(), "task queued");
-    Ok(task)
-}
-
 async fn get(id: web::Path<Uuid>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     let client = state.db.get().await?;
@@ -224,17 +145,22 @@ async fn list(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let q = query.into_inner();
-    if let Some(status) = q.status.as_deref() {
-        if !STATUSES.contains(&status) {
-            return Err(ApiError::bad_request(
-                "invalid_status",
-                format!("status must be one of {}", STATUSES.join(", ")),
-            ));
-        }
-    }
+    let status = q
+        .status
+        .as_deref()
+        .map(|s| {
+            TaskStatus::parse(s).ok_or_else(|| {
+                let all: Vec<&str> = TaskStatus::ALL.iter().map(|s| s.as_str()).collect();
+                ApiError::bad_request(
+                    "invalid_status",
+                    format!("status must be one of {}", all.join(", ")),
+                )
+            })
+        })
+        .transpose()?;
     let limit = page_limit(q.limit)?;
     let client = state.db.get().await?;
-    let tasks = db::tasks::list(&client, q.status.as_deref(), q.before, limit).await?;
+    let tasks = db::tasks::list(&client, status, q.before, limit).await?;
     let next_before = (tasks.len() as i64 == limit)
         .then(|| tasks.last().map(|t| t.id))
         .flatten();
@@ -242,16 +168,6 @@ async fn list(
         tasks: tasks.into_iter().map(TaskView::from).collect(),
         next_before,
     }))
-}
-
-pub(super) fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
-    match limit.unwrap_or(50) {
-        n @ 1..=200 => Ok(n),
-        n => Err(ApiError::bad_request(
-            "invalid_limit",
-            format!("limit must be between 1 and 200, got {n}"),
-        )),
-    }
 }
 
 /// `POST /api/v1/tasks/{id}/cancel`: a queued task is cancelled at once; a
@@ -350,8 +266,4 @@ async fn input(
         .ok_or_else(|| ApiError::NotFound(format!("task {id} has no input {position}")))?;
     drop(client);
     download::serve(&req, state.objects.as_ref(), &input).await
-}
-
-pub(super) fn no_task(id: Uuid) -> ApiError {
-    ApiError::NotFound(format!("no task with id {id}"))
 }

@@ -31,13 +31,23 @@ pub fn spawn(db: Pool, objects: Arc<dyn ObjectStore>, every: Duration, grace: Du
     });
 }
 
-/// One pass; returns how many objects it deleted.
+/// One pass; returns how many objects (and unfinished writes) it deleted.
 pub async fn collect(
     db: &Pool,
     objects: &dyn ObjectStore,
     grace: Duration,
 ) -> Result<usize, String> {
     let cutoff = SystemTime::now() - grace;
+    // Writes begun before the grace period that never finished belong to a
+    // process that died mid-upload: on S3 their parts are kept (and billed)
+    // until aborted.
+    let aborted = match objects.abort_stale_writes(cutoff).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!("could not clean up unfinished uploads: {e}");
+            0
+        }
+    };
     let mut candidates: Vec<(Uuid, String)> = Vec::new();
     for prefix in ["inputs/", "artifacts/"] {
         for object in objects.list(prefix).await.map_err(|e| e.to_string())? {
@@ -49,7 +59,7 @@ pub async fn collect(
         }
     }
     if candidates.is_empty() {
-        return Ok(0);
+        return Ok(aborted);
     }
     let (tasks, keys): (Vec<Uuid>, Vec<String>) = candidates.into_iter().unzip();
     let client = db.get().await.map_err(|e| e.to_string())?;
@@ -69,7 +79,7 @@ pub async fn collect(
         .map(|r| r.get(0))
         .collect();
     drop(client);
-    let mut deleted = 0;
+    let mut deleted = aborted;
     for key in &orphans {
         match objects.delete(key).await {
             Ok(()) => deleted += 1,

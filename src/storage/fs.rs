@@ -21,20 +21,11 @@ pub struct FsStore {
 impl FsStore {
     pub fn new(root: impl Into<PathBuf>) -> std::io::Result<Self> {
         let root = root.into();
-        let tmp = root.join(".tmp");
-        std::fs::create_dir_all(&tmp)?;
+        std::fs::create_dir_all(root.join(".tmp"))?;
         // Uploads cut off by a crash leave temporary files; an upload still
         // running after a day is not coming back either.
         let day_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400);
-        for entry in std::fs::read_dir(&tmp)?.flatten() {
-            let stale = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t < day_ago);
-            if stale {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
+        remove_stale(&root.join(".tmp"), day_ago)?;
         Ok(Self { root })
     }
 
@@ -104,6 +95,21 @@ impl Drop for FsWriter {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.tmp);
     }
+}
+
+/// Removes the files in `dir` last written before `before`.
+fn remove_stale(dir: &Path, before: std::time::SystemTime) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t < before);
+        if stale && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 async fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -198,6 +204,18 @@ impl ObjectStore for FsStore {
                 ReaderStream::with_capacity(file.take(size), 64 * 1024).map_err(ObjectError::Io),
             ),
         })
+    }
+
+    async fn abort_stale_writes(
+        &self,
+        before: std::time::SystemTime,
+    ) -> Result<usize, ObjectError> {
+        let tmp = self.root.join(".tmp");
+        Ok(
+            tokio::task::spawn_blocking(move || remove_stale(&tmp, before))
+                .await
+                .map_err(|e| ObjectError::Backend(e.to_string()))??,
+        )
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, ObjectError> {

@@ -14,13 +14,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::TryStreamExt;
 use s3::creds::Credentials;
 use s3::error::S3Error;
 use s3::serde_types::Part;
 use s3::{Bucket, BucketConfiguration, Region};
 use tokio::task::JoinHandle;
-use tokio_util::io::ReaderStream;
 
 use mlq_actors::ports::{ObjectBody, ObjectError, ObjectInfo, ObjectStore, ObjectWriter};
 
@@ -37,6 +36,36 @@ pub struct S3Config {
     pub create_bucket: bool,
     pub part_size: usize,
     pub parts_in_flight: usize,
+}
+
+impl From<&crate::config::Settings> for S3Config {
+    fn from(s: &crate::config::Settings) -> Self {
+        use secrecy::ExposeSecret;
+        Self {
+            endpoint: s.s3_endpoint.clone(),
+            region: s.s3_region.clone(),
+            bucket: s.s3_bucket.clone(),
+            path_style: s.s3_path_style,
+            access_key: s.s3_access_key.clone(),
+            secret_key: s
+                .s3_secret_key
+                .as_ref()
+                .map(|k| k.expose_secret().to_owned()),
+            create_bucket: s.s3_create_bucket,
+            part_size: s.s3_part_size,
+            parts_in_flight: s.s3_parts_in_flight,
+        }
+    }
+}
+
+/// A reqwest error's text without its URL: a presigned URL carries a
+/// signature that must not reach logs or clients.
+fn without_url(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    if let Some(url) = e.url() {
+        text = text.replace(url.as_str(), "<presigned URL>");
+    }
+    text
 }
 
 /// Why the bucket cannot be used; each says what to do about it.
@@ -59,6 +88,8 @@ pub enum S3SetupError {
 pub struct S3Store {
     bucket: Arc<Bucket>,
     http: reqwest::Client,
+    /// For downloads: connect and idle timeouts, no total timeout.
+    reader: reqwest::Client,
     part_size: usize,
     parts_in_flight: usize,
 }
@@ -138,6 +169,11 @@ impl S3Store {
                 .timeout(std::time::Duration::from_secs(300))
                 .build()
                 .map_err(|e| S3SetupError::Credentials(e.to_string()))?,
+            reader: reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(10))
+                .read_timeout(std::time::Duration::from_secs(30))
+                .build()
+                .map_err(|e| S3SetupError::Credentials(e.to_string()))?,
             part_size: config.part_size.max(5 << 20),
             parts_in_flight: config.parts_in_flight.max(1),
         })
@@ -145,6 +181,44 @@ impl S3Store {
 }
 
 impl S3Store {
+    /// Streams an object, or one range of it, through a presigned GET on
+    /// the reading client: it has a connect timeout and an idle timeout
+    /// between reads, but no limit on the whole transfer, so a slow download
+    /// of a large object completes while a stalled one fails.
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<(u64, u64)>,
+        size: u64,
+    ) -> Result<ObjectBody, ObjectError> {
+        let url = self
+            .bucket
+            .presign_get(key, 3600, None)
+            .await
+            .map_err(|e| object_error(key, e))?;
+        let mut request = self.reader.get(&url);
+        if let Some((start, end)) = range {
+            request = request.header("range", format!("bytes={start}-{end}"));
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| ObjectError::Backend(format!("GET {key}: {}", without_url(&e))))?;
+        let status = response.status().as_u16();
+        match status {
+            200..=299 => {}
+            404 => return Err(ObjectError::NotFound(key.to_owned())),
+            _ => return Err(ObjectError::Backend(format!("GET {key} answered {status}"))),
+        }
+        let key = key.to_owned();
+        Ok(ObjectBody {
+            size,
+            stream: Box::pin(response.bytes_stream().map_err(move |e| {
+                ObjectError::Backend(format!("reading {key}: {}", without_url(&e)))
+            })),
+        })
+    }
+
     /// The object's size, or `NotFound`.
     async fn size(&self, key: &str) -> Result<u64, ObjectError> {
         let (head, status) = self
@@ -242,7 +316,7 @@ async fn put_part(
                     }
                 }
             }
-            Err(e) => S3Error::HttpFailWithBody(0, e.to_string()),
+            Err(e) => S3Error::HttpFailWithBody(0, without_url(&e)),
         };
         let transient = matches!(failure, S3Error::HttpFailWithBody(0 | 500..=599, _));
         if !transient || attempt == 3 {
@@ -410,51 +484,14 @@ impl ObjectStore for S3Store {
 
     async fn open(&self, key: &str) -> Result<ObjectBody, ObjectError> {
         let size = self.size(key).await?;
-        let response = self
-            .bucket
-            .get_object_stream(key)
-            .await
-            .map_err(|e| object_error(key, e))?;
-        let key = key.to_owned();
-        Ok(ObjectBody {
-            size,
-            stream: Box::pin(response.bytes.map_err(move |e| object_error(&key, e))),
-        })
+        self.get(key, None, size).await
     }
 
     async fn open_range(&self, key: &str, start: u64, end: u64) -> Result<ObjectBody, ObjectError> {
         // Known to exist before the response starts: a failure after the
         // first byte could only cut a 206 short.
         self.size(key).await?;
-        // rust-s3 streams a range only into a writer: pipe it through a
-        // small in-memory channel instead of buffering the whole range.
-        let (mut writer, reader) = tokio::io::duplex(256 * 1024);
-        let (bucket, path) = (self.bucket.clone(), key.to_owned());
-        let (status_tx, status_rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            let result = bucket
-                .get_object_range_to_writer(&path, start, Some(end), &mut writer)
-                .await;
-            let _ = status_tx.send(result);
-        });
-        let key = key.to_owned();
-        let stream = ReaderStream::with_capacity(reader, 64 * 1024)
-            .map_err(ObjectError::Io)
-            .chain(futures_util::stream::once(async move {
-                match status_rx.await {
-                    Ok(Ok(status)) if status < 300 => Ok(Bytes::new()),
-                    Ok(Ok(status)) => {
-                        Err(ObjectError::Backend(format!("range GET answered {status}")))
-                    }
-                    Ok(Err(e)) => Err(object_error(&key, e)),
-                    Err(_) => Err(ObjectError::Backend("range GET was dropped".into())),
-                }
-            }))
-            .try_filter(|b| futures_util::future::ready(!b.is_empty()));
-        Ok(ObjectBody {
-            size: end + 1 - start,
-            stream: Box::pin(stream),
-        })
+        self.get(key, Some((start, end)), end + 1 - start).await
     }
 
     async fn delete(&self, key: &str) -> Result<(), ObjectError> {
@@ -462,6 +499,33 @@ impl ObjectStore for S3Store {
             Ok(_) | Err(S3Error::HttpFailWithBody(404, _)) => Ok(()),
             Err(e) => Err(object_error(key, e)),
         }
+    }
+
+    async fn abort_stale_writes(
+        &self,
+        before: std::time::SystemTime,
+    ) -> Result<usize, ObjectError> {
+        let pages = self
+            .bucket
+            .list_multiparts_uploads(None, None)
+            .await
+            .map_err(|e| object_error("multipart uploads", e))?;
+        let mut aborted = 0;
+        for upload in pages.into_iter().flat_map(|page| page.uploads) {
+            let started = chrono::DateTime::parse_from_rfc3339(&upload.initiated)
+                .map(std::time::SystemTime::from)
+                .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+            if started >= before {
+                continue;
+            }
+            match self.bucket.abort_upload(&upload.key, &upload.id).await {
+                Ok(()) | Err(S3Error::HttpFailWithBody(404, _)) => aborted += 1,
+                Err(e) => {
+                    tracing::warn!(key = %upload.key, "could not abort a stale multipart upload: {e}")
+                }
+            }
+        }
+        Ok(aborted)
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, ObjectError> {

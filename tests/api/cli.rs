@@ -20,7 +20,9 @@ async fn migrate_creates_the_database_and_its_tables() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let pool = mlq::db::connect(&settings).await.unwrap();
+    let pool = mlq::db::connect(&mlq::db::PgConfig::from_settings(&settings).unwrap(), 8)
+        .await
+        .unwrap();
     let client = pool.get().await.unwrap();
     let tables: Vec<String> = client
         .query(

@@ -8,19 +8,21 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{new_database_name, spawn_app, spawn_app_on, spawn_app_with, TestApp};
+use crate::helpers::{new_database_name, spawn_app, spawn_app_on, spawn_app_with, Api};
 
 const WITHIN: Duration = Duration::from_secs(30);
 
 /// A WebSocket client that answers pings (unless told not to) and yields
 /// the JSON messages.
-struct Feed {
+pub struct Feed {
     conn: actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>,
     answer_pings: bool,
+    /// Why the server closed the connection, once it did.
+    pub closed: Option<awc::ws::CloseReason>,
 }
 
 impl Feed {
-    async fn connect(app: &TestApp, path: &str) -> Self {
+    pub async fn connect(app: &Api, path: &str) -> Self {
         let url = app.url(path).replacen("http://", "ws://", 1);
         let (_, conn) = awc::Client::new()
             .ws(url)
@@ -31,11 +33,12 @@ impl Feed {
         Self {
             conn,
             answer_pings: true,
+            closed: None,
         }
     }
 
     /// The next JSON message, or `None` once the server closed.
-    async fn next(&mut self, within: Duration) -> Option<Value> {
+    pub async fn next(&mut self, within: Duration) -> Option<Value> {
         let deadline = Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -47,14 +50,17 @@ impl Feed {
                 Frame::Ping(bytes) if self.answer_pings => {
                     self.conn.send(Message::Pong(bytes)).await.unwrap();
                 }
-                Frame::Close(_) => return None,
+                Frame::Close(reason) => {
+                    self.closed = reason;
+                    return None;
+                }
                 _ => {}
             }
         }
     }
 
     /// Messages up to and including the first that `done` accepts.
-    async fn until(&mut self, done: impl Fn(&Value) -> bool) -> Vec<Value> {
+    pub async fn until(&mut self, done: impl Fn(&Value) -> bool) -> Vec<Value> {
         let mut seen = Vec::new();
         loop {
             let message = self

@@ -18,7 +18,7 @@ use mlq::db;
 use mlq::startup::Application;
 
 /// Where test databases are created. Each test gets its own.
-fn server_url() -> String {
+pub fn server_url() -> String {
     std::env::var("MLQ_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
@@ -26,12 +26,25 @@ fn server_url() -> String {
 static TRACING: Once = Once::new();
 
 pub struct TestApp {
-    pub address: String,
+    pub api: Api,
     pub settings: Settings,
     pub db: Pool,
-    pub client: awc::Client,
     pub handle: actix_web::dev::ServerHandle,
     _data: tempfile::TempDir,
+}
+
+/// Talking to one mlq over HTTP, in-process or not.
+pub struct Api {
+    pub address: String,
+    pub client: awc::Client,
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
 }
 
 /// Settings for a test: quick timers, diagnostics on, one ML worker.
@@ -84,14 +97,13 @@ pub async fn spawn_app_on(database: &str, configure: impl FnOnce(&mut Settings))
     let address = format!("http://127.0.0.1:{}", app.port());
     let handle = app.handle();
     actix_web::rt::spawn(app.run_until_stopped());
-    let db = db::connect(&settings).await.expect("test pool");
+    let db = db::connect(&db::PgConfig::from_settings(&settings).unwrap(), 8)
+        .await
+        .expect("test pool");
     TestApp {
-        address,
+        api: Api::new(address),
         settings,
         db,
-        client: awc::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .finish(),
         handle,
         _data: data,
     }
@@ -124,7 +136,16 @@ pub fn multipart(fields: &[(&str, &str)], files: &[(&str, &[u8])]) -> (String, V
     (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
-impl TestApp {
+impl Api {
+    pub fn new(address: String) -> Self {
+        Self {
+            address,
+            client: awc::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .finish(),
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }
@@ -255,30 +276,36 @@ impl TestApp {
         .await
     }
 
-    /// Stored objects in the filesystem store, temporary files aside.
-    pub fn stored_objects(&self) -> usize {
-        fn walk(dir: &std::path::Path) -> usize {
-            std::fs::read_dir(dir)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| {
-                    if e.path().is_dir() {
-                        walk(&e.path())
-                    } else {
-                        1
-                    }
-                })
-                .sum()
-        }
-        let objects = self.settings.objects_dir();
-        walk(&objects) - walk(&objects.join(".tmp"))
-    }
-
     pub async fn ready_workers(&self) -> u64 {
         let (_, body) = self.get("/readyz").await;
         body["workers"]["alive"].as_u64().unwrap()
     }
+}
+
+impl TestApp {
+    /// Stored objects in the filesystem store, temporary files aside.
+    pub fn stored_objects(&self) -> usize {
+        stored_objects(&self.settings.objects_dir())
+    }
+}
+
+/// Objects in a filesystem store at `objects`, temporary files aside.
+pub fn stored_objects(objects: &std::path::Path) -> usize {
+    fn walk(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| {
+                if e.path().is_dir() {
+                    walk(&e.path())
+                } else {
+                    1
+                }
+            })
+            .sum()
+    }
+    walk(objects) - walk(&objects.join(".tmp"))
 }
 
 /// Retries `f` until it returns `Some`, failing after `within`.

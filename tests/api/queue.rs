@@ -168,6 +168,7 @@ async fn concurrent_claims_never_hand_out_a_task_twice() {
                     &["sleep"],
                     7,
                     Duration::from_secs(30),
+                    false,
                 )
                 .await
                 .unwrap();

@@ -12,6 +12,7 @@ pub mod train;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -55,11 +56,19 @@ pub trait Params: DeserializeOwned + Serialize {
     }
 }
 
+/// The param every command takes besides its own: the task's time limit,
+/// in seconds or as text such as `"90s"` or `"2h"`.
+pub const TIMEOUT_PARAM: &str = "timeout";
+/// The longest time limit a task may ask for.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 86_400);
+
 /// A command, as its implementor writes it.
 pub trait Command: Send + Sync + 'static {
     const NAME: &'static str;
     /// How many `file` parts it takes.
     const FILES: std::ops::RangeInclusive<usize>;
+    /// Its time limit when neither the task nor the deployment sets one.
+    const TIMEOUT: Duration = Duration::from_secs(3600);
     type Params: Params;
 
     fn run(&self, params: Self::Params, ctx: &JobContext) -> Result<Outcome, JobError>;
@@ -70,11 +79,14 @@ pub trait Command: Send + Sync + 'static {
 pub struct Checked {
     pub params: Value,
     pub models: Vec<(&'static str, Uuid)>,
+    /// The task's own time limit, if it set one.
+    pub timeout: Option<Duration>,
 }
 
 /// A command with its params type erased, as the registry holds it.
 pub trait AnyCommand: Send + Sync {
     fn name(&self) -> &'static str;
+    fn default_timeout(&self) -> Duration;
     fn check(&self, params: Value, files: usize) -> Result<Checked, SubmitError>;
     fn run(&self, params: Value, ctx: &JobContext) -> Result<Outcome, JobError>;
 }
@@ -84,7 +96,12 @@ impl<C: Command> AnyCommand for C {
         C::NAME
     }
 
+    fn default_timeout(&self) -> Duration {
+        C::TIMEOUT
+    }
+
     fn check(&self, params: Value, files: usize) -> Result<Checked, SubmitError> {
+        let (params, timeout) = split_timeout(params)?;
         let parsed: C::Params = parse_params(params)?;
         parsed.validate()?;
         let range = C::FILES;
@@ -102,19 +119,71 @@ impl<C: Command> AnyCommand for C {
                 range.end()
             )));
         }
+        let mut normalized = serde_json::to_value(&parsed).unwrap_or(Value::Null);
+        if let (Some(t), Value::Object(map)) = (timeout, &mut normalized) {
+            map.insert(TIMEOUT_PARAM.into(), serde_json::json!(t.as_secs_f64()));
+        }
         Ok(Checked {
             models: parsed.models(),
-            params: serde_json::to_value(&parsed).unwrap_or(Value::Null),
+            params: normalized,
+            timeout,
         })
     }
 
     fn run(&self, params: Value, ctx: &JobContext) -> Result<Outcome, JobError> {
         // Params were checked at submit time; failing here means the stored
         // row was edited or written by another version.
-        let parsed: C::Params = parse_params(params)
+        let parsed: C::Params = split_timeout(params)
+            .and_then(|(params, _)| parse_params(params))
             .map_err(|e| JobError::new(ErrorCode::InvalidParams, e.to_string()))?;
         Command::run(self, parsed, ctx)
     }
+}
+
+/// Takes the `timeout` param out of `params`, checked.
+pub fn split_timeout(params: Value) -> Result<(Value, Option<Duration>), SubmitError> {
+    let Value::Object(mut map) = params else {
+        return Ok((params, None));
+    };
+    let Some(value) = map.remove(TIMEOUT_PARAM) else {
+        return Ok((Value::Object(map), None));
+    };
+    let bad = |why: &str| SubmitError::param(TIMEOUT_PARAM, why);
+    let limit = match &value {
+        Value::Null => None,
+        Value::Number(n) => {
+            let seconds = n.as_f64().unwrap_or(-1.0);
+            if !(seconds >= 1.0 && seconds <= MAX_TIMEOUT.as_secs_f64()) {
+                return Err(bad(&format!(
+                    "must be between 1 and {} seconds, got {n}",
+                    MAX_TIMEOUT.as_secs()
+                )));
+            }
+            Some(Duration::from_secs_f64(seconds))
+        }
+        Value::String(text) => {
+            let d = humantime::parse_duration(text.trim()).map_err(|e| {
+                bad(&format!(
+                    "{}: give seconds, or a duration such as \"90s\" or \"2h\" ({e})",
+                    crate::error::quote(text)
+                ))
+            })?;
+            if d < Duration::from_secs(1) || d > MAX_TIMEOUT {
+                return Err(bad(&format!(
+                    "must be between 1 second and {}, got {}",
+                    humantime::format_duration(MAX_TIMEOUT),
+                    crate::error::quote(text)
+                )));
+            }
+            Some(d)
+        }
+        _ => {
+            return Err(bad(
+                "must be a number of seconds or a duration such as \"10m\"",
+            ))
+        }
+    };
+    Ok((Value::Object(map), limit))
 }
 
 /// Parses params, naming the offending field on failure.
@@ -270,6 +339,26 @@ mod tests {
             Err(SubmitError::TooManyFiles(_))
         ));
         assert!(train.check(json!({"target": "y"}), 1).is_ok());
+    }
+
+    #[test]
+    fn the_timeout_param_is_checked_and_kept() {
+        let commands = Commands::standard(true);
+        let sleep = commands.get("sleep").unwrap();
+        let checked = sleep.check(json!({"ms": 1, "timeout": "90s"}), 0).unwrap();
+        assert_eq!(checked.timeout, Some(Duration::from_secs(90)));
+        assert_eq!(checked.params["timeout"], 90.0);
+        // What was stored runs: the param is taken out before parsing.
+        let again = sleep.check(checked.params.clone(), 0).unwrap();
+        assert_eq!(again.timeout, Some(Duration::from_secs(90)));
+        for bad in [json!(0), json!(-5), json!("soon"), json!([1]), json!("30d")] {
+            let err = sleep.check(json!({"timeout": bad}), 0).unwrap_err();
+            assert!(
+                matches!(&err, SubmitError::InvalidParams { field, .. } if field == "timeout"),
+                "{err:?}"
+            );
+        }
+        assert_eq!(sleep.check(json!({}), 0).unwrap().timeout, None);
     }
 
     #[test]

@@ -1,4 +1,9 @@
 //! `predict`: runs a registered model over one CSV file.
+//!
+//! The file streams through in chunks: each chunk of rows is encoded,
+//! run through the network, written to `predictions.csv` and scored, then
+//! dropped. Memory stays the size of one chunk however many rows the file
+//! has, and a cancel lands between chunks.
 
 use std::io::Write;
 
@@ -9,18 +14,25 @@ use tch::{Device, Kind, Tensor};
 use uuid::Uuid;
 
 use super::{Command, Params};
-use crate::error::{ErrorCode, JobError};
+use crate::error::{quote, ErrorCode, JobError};
+use crate::ml::network;
+use crate::ml::records::Record;
 use crate::ml::spec::{ModelSpec, ProblemKind};
-use crate::ml::table::{self, ColumnData, ColumnKind, MISSING_CODE};
-use crate::ml::{metrics, network};
+use crate::ml::table;
 use crate::progress::Progress;
 use crate::task::{ArtifactFile, JobContext, Outcome};
 
 /// Predictions returned inline in the task result; all of them go to
 /// `predictions.csv`.
 pub const INLINE_PREDICTIONS: usize = 100;
-/// Rows per forward pass: bounds memory and lets a cancel land quickly.
-const CHUNK_ROWS: i64 = 8192;
+/// Classes shown per inline prediction (the likeliest), so a model with a
+/// thousand classes does not put a thousand numbers in each.
+pub const INLINE_CLASSES: usize = 10;
+/// Rows per forward pass, at most: bounds memory and lets a cancel land
+/// quickly.
+const CHUNK_ROWS: usize = 8192;
+/// Encoded values per chunk, at most: a wide model takes fewer rows at once.
+const CHUNK_CELLS: usize = 4 << 20;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,6 +51,7 @@ pub struct Predict;
 
 impl Command for Predict {
     const NAME: &'static str = "predict";
+    const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1800);
     const FILES: std::ops::RangeInclusive<usize> = 1..=1;
     type Params = PredictParams;
 
@@ -49,57 +62,24 @@ impl Command for Predict {
         ctx.report.progress(Progress::new(0.0, "reading data"));
 
         let headers = table::read_headers(path)?;
-        let mut kinds: Vec<(String, ColumnKind)> = spec
+        let columns = spec
             .features
             .iter()
-            .map(|f| (f.name().to_owned(), f.kind()))
-            .collect();
-        if let Some(missing) = kinds.iter().find(|(n, _)| !headers.contains(n)) {
-            return Err(JobError::new(
-                ErrorCode::UnknownColumn,
-                format!(
-                    "the model needs column \"{}\", which is not in the file",
-                    missing.0
-                ),
-            ));
-        }
-        let mut has_target = headers.contains(&spec.target);
-        if has_target {
-            kinds.push((
-                spec.target.clone(),
-                match spec.kind {
-                    ProblemKind::Classification => ColumnKind::Categorical,
-                    ProblemKind::Regression => ColumnKind::Numeric,
-                },
-            ));
-        }
-        let mut note = None;
-        let data = match table::load(path, &headers, &kinds, &ctx.cancel) {
-            Ok(data) => data,
-            // The target column is only used for scoring: if it is the
-            // problem, predict without it (a feature column that is the
-            // problem fails the reload the same way).
-            Err(e) if has_target && !e.is_cancelled() => {
-                note = Some(format!("target column not scored: {}", e.message));
-                kinds.pop();
-                has_target = false;
-                table::load(path, &headers, &kinds, &ctx.cancel)?
-            }
-            Err(e) => return Err(e),
-        };
-        if data.rows == 0 {
-            return Err(JobError::new(
-                ErrorCode::TooFewRows,
-                "the file has no data rows",
-            ));
-        }
-        spec.check_size(data.rows)?;
-        let width = spec.input_width();
-        let rows = data.rows;
-        let mut columns = data.columns;
-        let target = if has_target { columns.pop() } else { None };
-        let x = network::encode(&spec, columns, rows, |r| r)?;
+            .map(|f| {
+                headers.iter().position(|h| h == f.name()).ok_or_else(|| {
+                    JobError::new(
+                        ErrorCode::UnknownColumn,
+                        format!(
+                            "the model needs column {}, which is not in the file",
+                            quote(f.name())
+                        ),
+                    )
+                })
+            })
+            .collect::<Result<Vec<usize>, JobError>>()?;
+        let target = headers.iter().position(|h| *h == spec.target);
 
+        let width = spec.input_width();
         let mut vs = nn::VarStore::new(Device::Cpu);
         let net = network::mlp(
             &vs.root(),
@@ -114,36 +94,60 @@ impl Command for Predict {
             )
         })?;
 
-        let mut outputs = Vec::new();
-        let chunks = x.split(CHUNK_ROWS, 0);
-        let total = chunks.len();
-        for (i, chunk) in chunks.into_iter().enumerate() {
-            ctx.cancel.check()?;
-            outputs.push(tch::no_grad(|| net.forward(&chunk)));
-            ctx.report.progress(Progress::new(
-                (i + 1) as f64 / total as f64,
-                format!("predicting {}/{total}", i + 1),
+        let csv_path = ctx.artifact_path("predictions.csv");
+        let file_size = std::fs::metadata(path).map_or(1, |m| m.len().max(1));
+        let chunk_rows = (CHUNK_CELLS / width.max(1)).clamp(1, CHUNK_ROWS);
+        let mut run = Run {
+            spec: &spec,
+            net: &net,
+            width,
+            chunk_rows,
+            matrix: fallible_zeros(chunk_rows * width)?,
+            truth: Vec::with_capacity(chunk_rows),
+            pending: 0,
+            rows: 0,
+            inline: Vec::new(),
+            writer: PredictionWriter::create(&csv_path, &spec)
+                .map_err(|e| JobError::storage(format!("writing predictions.csv: {e}")))?,
+            score: target.map(|_| Score::default()),
+            note: None,
+        };
+        let mut read = 0u64;
+        table::for_each_record(path, &headers, &ctx.cancel, |row, record| {
+            read += record_bytes(record);
+            run.push(row, record, &columns, target)?;
+            if run.pending == run.chunk_rows {
+                ctx.cancel.check()?;
+                run.flush()?;
+                ctx.report.progress(Progress::new(
+                    read as f64 / file_size as f64,
+                    format!("predicted {} rows", run.rows),
+                ));
+            }
+            Ok(())
+        })?;
+        run.flush()?;
+        if run.rows == 0 {
+            return Err(JobError::new(
+                ErrorCode::TooFewRows,
+                "the file has no data rows",
             ));
         }
+        let rows = run.rows;
+        run.writer
+            .finish()
+            .map_err(|e| JobError::storage(format!("writing predictions.csv: {e}")))?;
         ctx.report
             .info(format!("predicted {rows} rows with model {}", p.model));
-        let out = Tensor::cat(&outputs, 0);
-        let predictions = Predictions::from_output(&spec, &out)?;
-
-        let metrics = target.map(|t| predictions.score(&spec, &t.data));
-        let csv_path = ctx.artifact_path("predictions.csv");
-        predictions
-            .write_csv(&spec, &csv_path)
-            .map_err(|e| JobError::storage(format!("writing predictions.csv: {e}")))?;
-
+        let metrics = run.score.map(|s| s.to_json(spec.kind));
         Ok(Outcome {
             result: json!({
                 "model_id": p.model,
                 "kind": spec.kind,
                 "rows": rows,
-                "predictions": predictions.inline(&spec, INLINE_PREDICTIONS),
+                "predictions": run.inline,
                 "metrics": metrics,
-                "note": note,
+                "note": run.note,
             }),
             artifacts: vec![ArtifactFile {
                 name: "predictions.csv".into(),
@@ -155,138 +159,239 @@ impl Command for Predict {
     }
 }
 
-/// What the network said, in the target's own terms.
-enum Predictions {
-    Classes {
-        labels: Vec<usize>,
-        probabilities: Vec<Vec<f32>>,
-    },
-    Values(Vec<f64>),
+/// Roughly the bytes a record took in the file, for progress.
+fn record_bytes(record: &Record<'_>) -> u64 {
+    (record.iter().map(str::len).sum::<usize>() + record.len()) as u64
 }
 
-impl Predictions {
-    fn from_output(spec: &ModelSpec, out: &Tensor) -> Result<Self, JobError> {
-        let rows = out.size()[0] as usize;
-        match spec.kind {
+/// A zeroed buffer of `n` values, or `data_too_large`.
+fn fallible_zeros(n: usize) -> Result<Vec<f32>, JobError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| {
+        JobError::new(
+            ErrorCode::DataTooLarge,
+            format!("not enough memory for a chunk of {n} encoded values"),
+        )
+    })?;
+    v.resize(n, 0.0);
+    Ok(v)
+}
+
+/// The target value of a row, when the file has the target column.
+enum Truth {
+    Missing,
+    Label(String),
+    Value(f64),
+}
+
+/// One streaming pass: the chunk being filled and what is kept of the rest.
+struct Run<'a, M: Module> {
+    spec: &'a ModelSpec,
+    net: &'a M,
+    width: usize,
+    chunk_rows: usize,
+    matrix: Vec<f32>,
+    truth: Vec<Truth>,
+    pending: usize,
+    rows: usize,
+    inline: Vec<Value>,
+    writer: PredictionWriter,
+    /// Accumulated while the target column is usable.
+    score: Option<Score>,
+    note: Option<String>,
+}
+
+impl<M: Module> Run<'_, M> {
+    fn push(
+        &mut self,
+        row: usize,
+        record: &Record<'_>,
+        columns: &[usize],
+        target: Option<usize>,
+    ) -> Result<(), JobError> {
+        let at = self.pending * self.width;
+        self.spec
+            .encode_row(row, record, columns, &mut self.matrix[at..at + self.width])?;
+        if let (Some(i), Some(_)) = (target, &self.score) {
+            let cell = record.get(i).unwrap_or("").trim();
+            let truth = if table::is_missing(cell) {
+                Ok(Truth::Missing)
+            } else {
+                match self.spec.kind {
+                    ProblemKind::Classification => Ok(Truth::Label(cell.to_owned())),
+                    ProblemKind::Regression => table::parse_number(row, &self.spec.target, cell)
+                        .map(|v| Truth::Value(f64::from(v))),
+                }
+            };
+            match truth {
+                Ok(t) => self.truth.push(t),
+                // The target column is only used for scoring: if it is the
+                // problem, predict without it.
+                Err(e) => {
+                    self.note = Some(format!("target column not scored: {}", e.message));
+                    self.score = None;
+                    self.truth.clear();
+                }
+            }
+        }
+        self.pending += 1;
+        Ok(())
+    }
+
+    /// Runs the network over the pending rows and hands their predictions
+    /// on.
+    fn flush(&mut self) -> Result<(), JobError> {
+        if self.pending == 0 {
+            return Ok(());
+        }
+        let n = self.pending;
+        let x = Tensor::from_slice(&self.matrix[..n * self.width])
+            .reshape([n as i64, self.width as i64]);
+        let out = tch::no_grad(|| self.net.forward(&x));
+        let first = self.rows + 1;
+        match self.spec.kind {
             ProblemKind::Classification => {
-                let probs = out.softmax(-1, Kind::Float);
-                let flat = Vec::<f32>::try_from(probs.reshape([-1]))?;
-                let classes = spec.classes.len();
-                let probabilities: Vec<Vec<f32>> =
-                    flat.chunks(classes).map(<[f32]>::to_vec).collect();
-                let labels = probabilities
-                    .iter()
-                    .map(|p| {
-                        p.iter()
-                            .enumerate()
-                            .max_by(|a, b| a.1.total_cmp(b.1))
-                            .map_or(0, |(i, _)| i)
-                    })
-                    .collect();
-                debug_assert_eq!(probabilities.len(), rows);
-                Ok(Self::Classes {
-                    labels,
-                    probabilities,
-                })
+                let classes = self.spec.classes.len();
+                let probs = Vec::<f32>::try_from(out.softmax(-1, Kind::Float).reshape([-1]))?;
+                for (i, p) in probs.chunks(classes).enumerate() {
+                    let row = first + i;
+                    check_finite(row, p)?;
+                    let label = p
+                        .iter()
+                        .enumerate()
+                        .max_by(|a, b| a.1.total_cmp(b.1))
+                        .map_or(0, |(i, _)| i);
+                    if let (Some(score), Some(Truth::Label(actual))) =
+                        (&mut self.score, self.truth.get(i))
+                    {
+                        score.count(f64::from(u8::from(self.spec.classes[label] == *actual)));
+                    }
+                    if self.inline.len() < INLINE_PREDICTIONS {
+                        self.inline.push(inline_class(self.spec, row, label, p));
+                    }
+                    self.writer.class(row, &self.spec.classes[label], p)?;
+                }
             }
             ProblemKind::Regression => {
-                let scale = spec.target_scale.ok_or_else(|| {
+                let scale = self.spec.target_scale.ok_or_else(|| {
                     JobError::new(
                         ErrorCode::ModelIncompatible,
                         "regression model has no target scale",
                     )
                 })?;
-                let flat = Vec::<f32>::try_from(out.reshape([-1]))?;
-                Ok(Self::Values(
-                    flat.into_iter()
-                        .map(|v| f64::from(v) * scale.std + scale.mean)
-                        .collect(),
-                ))
-            }
-        }
-    }
-
-    /// Accuracy or RMSE against the target column, over rows that have one.
-    fn score(&self, spec: &ModelSpec, target: &ColumnData) -> Value {
-        match (self, target) {
-            (Self::Classes { labels, .. }, ColumnData::Categorical { codes, levels }) => {
-                let (mut predicted, mut truth) = (Vec::new(), Vec::new());
-                for (label, &code) in labels.iter().zip(codes) {
-                    if code != MISSING_CODE {
-                        // Compare by label text: this file's levels need not
-                        // match the training levels.
-                        let actual = &levels[code as usize];
-                        let actual = spec.classes.iter().position(|c| c == actual);
-                        predicted.push(*label as i64);
-                        truth.push(actual.map_or(-1, |a| a as i64));
+                let values = Vec::<f32>::try_from(out.reshape([-1]))?;
+                for (i, v) in values.into_iter().enumerate() {
+                    let row = first + i;
+                    let value = f64::from(v) * scale.std + scale.mean;
+                    check_finite(row, &[value as f32])?;
+                    if let (Some(score), Some(Truth::Value(actual))) =
+                        (&mut self.score, self.truth.get(i))
+                    {
+                        score.count((value - actual).powi(2));
                     }
+                    if self.inline.len() < INLINE_PREDICTIONS {
+                        self.inline.push(json!({"row": row, "prediction": value}));
+                    }
+                    self.writer.value(row, value)?;
                 }
-                json!({ "accuracy": metrics::accuracy(&predicted, &truth), "scored_rows": truth.len() })
             }
-            (Self::Values(values), ColumnData::Numeric(actual)) => {
-                let (p, t): (Vec<f64>, Vec<f64>) = values
-                    .iter()
-                    .zip(actual)
-                    .filter(|(_, a)| !a.is_nan())
-                    .map(|(p, a)| (*p, f64::from(*a)))
-                    .unzip();
-                json!({ "rmse": metrics::rmse(&p, &t), "scored_rows": t.len() })
-            }
-            _ => Value::Null,
         }
+        self.rows += n;
+        self.pending = 0;
+        self.truth.clear();
+        self.matrix[..n * self.width].fill(0.0);
+        Ok(())
+    }
+}
+
+fn check_finite(row: usize, values: &[f32]) -> Result<(), JobError> {
+    if values.iter().all(|v| v.is_finite()) {
+        return Ok(());
+    }
+    Err(JobError::new(
+        ErrorCode::NonFiniteResult,
+        format!(
+            "row {row}: the model's prediction is not a finite number (its inputs are too large \
+             for it, or the model is broken)"
+        ),
+    ))
+}
+
+/// An inline classification: the label and the likeliest classes'
+/// probabilities.
+fn inline_class(spec: &ModelSpec, row: usize, label: usize, p: &[f32]) -> Value {
+    let mut order: Vec<usize> = (0..p.len()).collect();
+    order.sort_by(|a, b| p[*b].total_cmp(&p[*a]));
+    let probs: serde_json::Map<String, Value> = order
+        .into_iter()
+        .take(INLINE_CLASSES)
+        .map(|c| (spec.classes[c].clone(), json!(p[c])))
+        .collect();
+    json!({"row": row, "prediction": spec.classes[label], "probabilities": probs})
+}
+
+/// Accuracy (a sum of hits) or squared error, over rows with a target.
+#[derive(Debug, Default)]
+struct Score {
+    sum: f64,
+    rows: usize,
+}
+
+impl Score {
+    fn count(&mut self, value: f64) {
+        self.sum += value;
+        self.rows += 1;
     }
 
-    fn inline(&self, spec: &ModelSpec, limit: usize) -> Vec<Value> {
-        match self {
-            Self::Classes { labels, probabilities } => labels
-                .iter()
-                .zip(probabilities)
-                .take(limit)
-                .enumerate()
-                .map(|(i, (label, probs))| {
-                    let probs: serde_json::Map<String, Value> = spec
-                        .classes
-                        .iter()
-                        .zip(probs)
-                        .map(|(c, p)| (c.clone(), json!(p)))
-                        .collect();
-                    json!({"row": i + 1, "prediction": spec.classes[*label], "probabilities": probs})
-                })
-                .collect(),
-            Self::Values(values) => values
-                .iter()
-                .take(limit)
-                .enumerate()
-                .map(|(i, v)| json!({"row": i + 1, "prediction": v}))
-                .collect(),
+    fn to_json(&self, kind: ProblemKind) -> Value {
+        let mean = if self.rows == 0 {
+            0.0
+        } else {
+            self.sum / self.rows as f64
+        };
+        match kind {
+            ProblemKind::Classification => json!({"accuracy": mean, "scored_rows": self.rows}),
+            ProblemKind::Regression => json!({"rmse": mean.sqrt(), "scored_rows": self.rows}),
         }
     }
+}
 
-    fn write_csv(&self, spec: &ModelSpec, path: &std::path::Path) -> std::io::Result<()> {
+/// `predictions.csv`, written as chunks are predicted.
+struct PredictionWriter(csv::Writer<std::io::BufWriter<std::fs::File>>);
+
+impl PredictionWriter {
+    fn create(path: &std::path::Path, spec: &ModelSpec) -> std::io::Result<Self> {
         let file = std::fs::File::create(path)?;
         let mut w = csv::Writer::from_writer(std::io::BufWriter::new(file));
-        match self {
-            Self::Classes {
-                labels,
-                probabilities,
-            } => {
+        match spec.kind {
+            ProblemKind::Classification => {
                 let mut header = vec!["row".to_owned(), "prediction".to_owned()];
                 header.extend(spec.classes.iter().map(|c| format!("p_{c}")));
                 w.write_record(&header)?;
-                for (i, (label, probs)) in labels.iter().zip(probabilities).enumerate() {
-                    let mut record = vec![(i + 1).to_string(), spec.classes[*label].clone()];
-                    record.extend(probs.iter().map(|p| format!("{p:.6}")));
-                    w.write_record(&record)?;
-                }
             }
-            Self::Values(values) => {
-                w.write_record(["row", "prediction"])?;
-                for (i, v) in values.iter().enumerate() {
-                    w.write_record([(i + 1).to_string(), v.to_string()])?;
-                }
-            }
+            ProblemKind::Regression => w.write_record(["row", "prediction"])?,
         }
-        let mut inner = w.into_inner().map_err(|e| e.into_error())?;
+        Ok(Self(w))
+    }
+
+    fn class(&mut self, row: usize, label: &str, probs: &[f32]) -> Result<(), JobError> {
+        let mut record = vec![row.to_string(), label.to_owned()];
+        record.extend(probs.iter().map(|p| format!("{p:.6}")));
+        self.0.write_record(&record).map_err(write_error)
+    }
+
+    fn value(&mut self, row: usize, value: f64) -> Result<(), JobError> {
+        self.0
+            .write_record([row.to_string(), value.to_string()])
+            .map_err(write_error)
+    }
+
+    fn finish(self) -> std::io::Result<()> {
+        let mut inner = self.0.into_inner().map_err(|e| e.into_error())?;
         inner.flush()
     }
+}
+
+fn write_error(e: csv::Error) -> JobError {
+    JobError::storage(format!("writing predictions.csv: {e}"))
 }

@@ -24,6 +24,11 @@ pub enum Failure {
     Permanent,
     /// Panics on the worker thread.
     Panic,
+    /// Aborts the whole process, as a crash in native code would.
+    Abort,
+    /// Sleeps `ms` without ever checking for cancellation, as a job stuck
+    /// inside one libtorch call would.
+    Hang,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -63,10 +68,22 @@ pub struct Sleep;
 
 impl Command for Sleep {
     const NAME: &'static str = "sleep";
+    const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(900);
     const FILES: std::ops::RangeInclusive<usize> = 0..=16;
     type Params = SleepParams;
 
     fn run(&self, p: SleepParams, ctx: &JobContext) -> Result<Outcome, JobError> {
+        match p.fail {
+            Some(Failure::Abort) => std::process::abort(),
+            Some(Failure::Hang) => {
+                std::thread::sleep(Duration::from_millis(p.ms));
+                return Ok(Outcome {
+                    result: json!({ "slept_ms": p.ms, "hung": true }),
+                    ..Outcome::default()
+                });
+            }
+            _ => {}
+        }
         let step = Duration::from_millis(p.ms) / p.steps;
         for i in 1..=p.steps {
             ctx.cancel.check()?;
@@ -87,7 +104,7 @@ impl Command for Sleep {
             }
         }
         match p.fail {
-            None => Ok(Outcome {
+            None | Some(Failure::Abort) | Some(Failure::Hang) => Ok(Outcome {
                 result: json!({ "slept_ms": p.ms, "steps": p.steps, "inputs": ctx.inputs.len() }),
                 ..Outcome::default()
             }),

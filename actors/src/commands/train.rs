@@ -11,7 +11,7 @@ use tch::{Device, Kind, Tensor};
 use uuid::Uuid;
 
 use super::{Command, Params, SubmitError};
-use crate::error::{ErrorCode, JobError};
+use crate::error::{quote, ErrorCode, JobError};
 use crate::ml::network;
 use crate::ml::spec::{self, Feature, ModelSpec, ProblemKind, Scale, FORMAT};
 use crate::ml::table::{self, ColumnData, ColumnKind, ColumnStats, MAX_LEVELS};
@@ -147,273 +147,358 @@ pub struct Train;
 
 impl Command for Train {
     const NAME: &'static str = "train";
+    const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
     const FILES: std::ops::RangeInclusive<usize> = 1..=1;
     type Params = TrainParams;
 
     fn run(&self, p: TrainParams, ctx: &JobContext) -> Result<Outcome, JobError> {
-        let path = &ctx.inputs[0].path;
-        ctx.report.progress(Progress::new(0.0, "reading data"));
-        let headers = table::read_headers(path)?;
-        let features: Vec<String> = match &p.features {
-            Some(f) => f.clone(),
-            None => headers
-                .iter()
-                .filter(|h| **h != p.target)
-                .cloned()
-                .collect(),
-        };
-        if !headers.contains(&p.target) {
-            return Err(JobError::new(
-                ErrorCode::UnknownColumn,
-                format!("target column \"{}\" is not in the file", p.target),
-            ));
-        }
-        if features.is_empty() {
-            return Err(JobError::new(
-                ErrorCode::UnknownColumn,
-                "the file has no columns besides the target to learn from",
-            ));
-        }
-        let mut names = features.clone();
-        names.push(p.target.clone());
-        let (rows, stats) = table::scan(path, &headers, &names, &ctx.cancel)?;
-        let min_rows = if p.validation_split > 0.0 { 2 } else { 1 };
-        if rows < min_rows {
-            return Err(JobError::new(
-                ErrorCode::TooFewRows,
-                format!("the file has {rows} data row(s); training needs at least {min_rows}"),
-            ));
-        }
-        let target_stats = &stats[features.len()];
-        let kind = problem_kind(&p, target_stats)?;
-        ctx.report.info(format!(
-            "read {rows} rows; {} feature column(s); target {:?} ({})",
-            features.len(),
-            p.target,
-            json!(kind).as_str().unwrap_or("?")
+        let prepared = prepare(&p, ctx)?;
+        let (vs, last) = fit(&p, ctx, &prepared)?;
+        save(&p, ctx, prepared, &vs, last)
+    }
+}
+
+/// The data, encoded and split, and the model's description.
+struct Prepared {
+    spec: ModelSpec,
+    fit: Fit,
+    n_train: usize,
+    n_val: usize,
+    parameters: i64,
+}
+
+/// Reads the file twice: a scan that types each column and finds bad
+/// input, then a parse straight into the training matrix. Every size an
+/// uploader controls is checked before the memory it decides is spent.
+fn prepare(p: &TrainParams, ctx: &JobContext) -> Result<Prepared, JobError> {
+    let path = &ctx.inputs[0].path;
+    ctx.report.progress(Progress::new(0.0, "reading data"));
+    let headers = table::read_headers(path)?;
+    let features: Vec<String> = match &p.features {
+        Some(f) => f.clone(),
+        None => headers
+            .iter()
+            .filter(|h| **h != p.target)
+            .cloned()
+            .collect(),
+    };
+    if !headers.contains(&p.target) {
+        return Err(JobError::new(
+            ErrorCode::UnknownColumn,
+            format!("target column {} is not in the file", quote(&p.target)),
         ));
-        let mut kinds = Vec::with_capacity(features.len());
-        for (name, s) in features.iter().zip(&stats) {
-            kinds.push((name.clone(), table::infer_kind(name, s)?));
-        }
-        // Split once, with the seed, so a re-run sees the same rows.
-        let mut rng = rand::rngs::StdRng::seed_from_u64(p.seed);
-        // The shuffled order decides where each row goes in the matrix:
-        // training rows first, then validation rows, so both sets are views
-        // of one matrix rather than copies. 4-byte indices: at millions of
-        // rows, index vectors are a large part of the memory.
-        let mut place: Vec<u32> = (0..rows as u32).collect();
-        place.shuffle(&mut rng);
-        let n_val = if p.validation_split > 0.0 {
-            ((rows as f64 * p.validation_split).round() as usize).clamp(1, rows - 1)
-        } else {
-            0
+    }
+    if features.is_empty() {
+        return Err(JobError::new(
+            ErrorCode::UnknownColumn,
+            "the file has no columns besides the target to learn from",
+        ));
+    }
+    let mut names = features.clone();
+    names.push(p.target.clone());
+    ctx.report.progress(Progress::new(0.0, "scanning data"));
+    let (rows, stats) = table::scan(path, &headers, &names, Some(&p.target), &ctx.cancel)?;
+    let min_rows = if p.validation_split > 0.0 { 2 } else { 1 };
+    if rows < min_rows {
+        return Err(JobError::new(
+            ErrorCode::TooFewRows,
+            format!("the file has {rows} data row(s); training needs at least {min_rows}"),
+        ));
+    }
+    // Each feature is at least one input: refuse before any per-row
+    // memory is allocated.
+    spec::check_cells(rows, features.len())?;
+    let target_stats = &stats[features.len()];
+    let kind = problem_kind(p, target_stats)?;
+    ctx.report.info(format!(
+        "read {rows} rows; {} feature column(s); target {} ({})",
+        features.len(),
+        quote(&p.target),
+        kind.as_str()
+    ));
+    let mut kinds = Vec::with_capacity(features.len());
+    for (name, s) in features.iter().zip(&stats) {
+        kinds.push((name.clone(), table::infer_kind(name, s)?));
+    }
+
+    // Where each feature goes: levels are known from the first pass.
+    let mut slots = Vec::with_capacity(features.len());
+    let mut width = 0;
+    for ((name, kind), s) in kinds.iter().zip(&stats) {
+        let slot = match kind {
+            ColumnKind::Numeric => table::Slot::Numeric { offset: width },
+            ColumnKind::Categorical => table::Slot::Categorical {
+                offset: width,
+                levels: s.levels(name)?,
+            },
         };
-        let n_train = rows - n_val;
+        width += match &slot {
+            table::Slot::Numeric { .. } => 1,
+            table::Slot::Categorical { levels, .. } => levels.len(),
+        };
+        slots.push((name.clone(), slot));
+    }
+    let output = match kind {
+        ProblemKind::Classification => target_stats.distinct.len(),
+        ProblemKind::Regression => 1,
+    } as i64;
+    let hidden: Vec<i64> = p.hidden.iter().map(|&h| h as i64).collect();
+    let parameters = network::parameter_count(width as i64, &hidden, output);
+    if parameters > MAX_PARAMETERS {
+        return Err(JobError::new(
+            ErrorCode::InvalidParams,
+            format!(
+                "the network would have {parameters} parameters (limit {MAX_PARAMETERS}); \
+                 use smaller `hidden` layers or fewer categorical features"
+            ),
+        ));
+    }
+    spec::check_cells(rows, width)?;
 
-        // Where each feature goes: levels are known from the first pass.
-        let mut slots = Vec::with_capacity(features.len());
-        let mut width = 0;
-        for ((name, kind), s) in kinds.iter().zip(&stats) {
-            let slot = match kind {
-                ColumnKind::Numeric => table::Slot::Numeric { offset: width },
-                ColumnKind::Categorical if s.distinct.len() > MAX_LEVELS => {
-                    return Err(JobError::new(
-                        ErrorCode::TooManyCategories,
-                        format!(
-                            "column \"{name}\" has more than {MAX_LEVELS} distinct values; \
-                             leave it out with the `features` param"
-                        ),
-                    ))
-                }
-                ColumnKind::Categorical => table::Slot::Categorical {
-                    offset: width,
-                    levels: s.distinct.iter().cloned().collect(),
-                },
-            };
-            width += match &slot {
-                table::Slot::Numeric { .. } => 1,
-                table::Slot::Categorical { levels, .. } => levels.len(),
-            };
-            slots.push((name.clone(), slot));
-        }
-        let output = match kind {
-            ProblemKind::Classification => target_stats.distinct.len(),
-            ProblemKind::Regression => 1,
-        } as i64;
-        let hidden: Vec<i64> = p.hidden.iter().map(|&h| h as i64).collect();
-        let parameters = network::parameter_count(width as i64, &hidden, output);
-        if parameters > MAX_PARAMETERS {
-            return Err(JobError::new(
-                ErrorCode::InvalidParams,
-                format!(
-                    "the network would have {parameters} parameters (limit {MAX_PARAMETERS}); \
-                     use smaller `hidden` layers or fewer categorical features"
-                ),
-            ));
-        }
-        spec::check_cells(rows, width)?;
+    // Split once, with the seed, so a re-run sees the same rows. The
+    // shuffled order decides where each row goes in the matrix: training
+    // rows first, then validation rows, so both sets are views of one
+    // matrix rather than copies. 4-byte indices: at millions of rows,
+    // index vectors are a large part of the memory.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(p.seed);
+    let mut place: Vec<u32> = fallible_vec(rows, "row order")?;
+    place.extend(0..rows as u32);
+    place.shuffle(&mut rng);
+    let n_val = if p.validation_split > 0.0 {
+        ((rows as f64 * p.validation_split).round() as usize).clamp(1, rows - 1)
+    } else {
+        0
+    };
+    let n_train = rows - n_val;
 
-        // Second pass: parse straight into the tensor, then standardize the
-        // numeric inputs with their training rows' statistics.
-        let target_kind = kinds_target(kind);
-        let (x, (target, moments)) = network::matrix(rows, width, |out| {
-            let loaded = table::load_matrix(
-                path,
-                &headers,
-                &slots,
-                (&p.target, target_kind),
-                width,
-                out,
-                |r| place[r] as usize,
-                |r| (place[r] as usize) < n_train,
-                &ctx.cancel,
-            )?;
-            for ((_, slot), m) in slots.iter().zip(&loaded.1) {
-                if let table::Slot::Numeric { offset } = slot {
-                    let Scale { mean, std } = Scale::from_moments(m);
-                    for row in out.chunks_exact_mut(width) {
-                        let v = row[*offset];
-                        row[*offset] = if v.is_nan() {
-                            0.0
-                        } else {
-                            ((f64::from(v) - mean) / std) as f32
-                        };
-                    }
+    // Second pass: parse straight into the tensor, then standardize the
+    // numeric inputs with their training rows' statistics.
+    ctx.report.progress(Progress::new(0.0, "encoding data"));
+    let target_kind = kinds_target(kind);
+    let (x, (target, moments)) = network::matrix(rows, width, |out| {
+        let loaded = table::load_matrix(
+            path,
+            &headers,
+            &slots,
+            (&p.target, target_kind),
+            width,
+            out,
+            |r| place[r] as usize,
+            |r| (place[r] as usize) < n_train,
+            &ctx.cancel,
+        )?;
+        for ((_, slot), m) in slots.iter().zip(&loaded.1) {
+            if let table::Slot::Numeric { offset } = slot {
+                ctx.cancel.check()?;
+                let Scale { mean, std } = Scale::from_moments(m);
+                for row in out.chunks_exact_mut(width) {
+                    let v = row[*offset];
+                    row[*offset] = if v.is_nan() {
+                        0.0
+                    } else {
+                        ((f64::from(v) - mean) / std) as f32
+                    };
                 }
             }
-            Ok(loaded)
-        })?;
-        ctx.cancel.check()?;
-        let (y, classes, scale) = encode_target(&target, &place, n_train)?;
-        drop((target, place));
-        let spec = ModelSpec {
-            format: FORMAT.into(),
-            kind,
-            target: p.target.clone(),
-            features: slots
-                .into_iter()
-                .zip(&moments)
-                .map(|((name, slot), m)| match slot {
-                    table::Slot::Numeric { .. } => {
-                        let Scale { mean, std } = Scale::from_moments(m);
-                        Feature::Numeric { name, mean, std }
-                    }
-                    table::Slot::Categorical { levels, .. } => {
-                        Feature::Categorical { name, levels }
-                    }
-                })
-                .collect(),
-            classes,
-            target_scale: scale,
-            hidden,
-        };
-        let input = width as i64;
-
-        let (t, v) = (n_train as i64, n_val as i64);
-        let fit = Fit {
+        }
+        Ok(loaded)
+    })?;
+    ctx.cancel.check()?;
+    let (y, classes, scale) = encode_target(&target, &place, n_train)?;
+    drop((target, place));
+    let spec = ModelSpec {
+        format: FORMAT.into(),
+        kind,
+        target: p.target.clone(),
+        features: slots
+            .into_iter()
+            .zip(&moments)
+            .map(|((name, slot), m)| match slot {
+                table::Slot::Numeric { .. } => {
+                    let Scale { mean, std } = Scale::from_moments(m);
+                    Feature::Numeric { name, mean, std }
+                }
+                table::Slot::Categorical { levels, .. } => Feature::Categorical { name, levels },
+            })
+            .collect(),
+        classes,
+        target_scale: scale,
+        hidden,
+    };
+    let (t, v) = (n_train as i64, n_val as i64);
+    Ok(Prepared {
+        spec,
+        fit: Fit {
             x_train: x.narrow(0, 0, t),
             y_train: y.narrow(0, 0, t),
             x_val: x.narrow(0, t, v),
             y_val: y.narrow(0, t, v),
-        };
-        drop((x, y));
+        },
+        n_train,
+        n_val,
+        parameters,
+    })
+}
 
-        tch::manual_seed(p.seed as i64);
-        let vs = nn::VarStore::new(Device::Cpu);
-        let net = network::mlp(&vs.root(), input, &spec.hidden, output);
-        let mut opt = nn::Adam::default().build(&vs, p.learning_rate)?;
-        let mut last = BTreeMap::new();
-        for epoch in 1..=p.epochs {
-            // libtorch's generator, seeded above: no index vector in Rust.
-            let order = Tensor::randperm(n_train as i64, (Kind::Int64, Device::Cpu));
-            let mut loss_sum = 0.0;
-            for batch in order.split(p.batch_size as i64, 0) {
-                ctx.cancel.check()?;
-                let xb = fit.x_train.index_select(0, &batch);
-                let yb = fit.y_train.index_select(0, &batch);
-                let loss = loss(kind, &net.forward(&xb), &yb);
-                opt.backward_step(&loss);
-                loss_sum += loss.double_value(&[]) * batch.size()[0] as f64;
-            }
-            let train_loss = loss_sum / n_train as f64;
-            if !train_loss.is_finite() {
-                return Err(JobError::new(
-                    ErrorCode::Diverged,
-                    format!(
-                        "training diverged in epoch {epoch} (the loss is not a finite number); \
-                         try a lower learning_rate than {}",
-                        p.learning_rate
-                    ),
-                ));
-            }
-            last = fit.evaluate(kind, &net, &spec, train_loss);
-            let mut progress = Progress::new(
-                f64::from(epoch) / f64::from(p.epochs),
-                format!("epoch {epoch}/{}", p.epochs),
-            );
-            for (name, value) in &last {
-                progress = progress.with_metric(name, *value);
-            }
-            ctx.report.progress(progress);
-            let summary: Vec<String> = last.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
-            let mut data = json!(last);
-            data["epoch"] = json!(epoch);
-            ctx.report.log(
-                Level::Info,
-                format!("epoch {epoch}/{}: {}", p.epochs, summary.join(", ")),
-                Some(data),
-            );
+/// Trains the network, reporting each epoch. Batches are ranges of one
+/// shuffled index tensor, made one at a time: a batch size of 1 over
+/// millions of rows holds no more than a batch size of 1,000.
+fn fit(
+    p: &TrainParams,
+    ctx: &JobContext,
+    prepared: &Prepared,
+) -> Result<(nn::VarStore, BTreeMap<String, f64>), JobError> {
+    let Prepared {
+        spec, fit, n_train, ..
+    } = prepared;
+    let (kind, n_train) = (spec.kind, *n_train as i64);
+    tch::manual_seed(p.seed as i64);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = network::mlp(
+        &vs.root(),
+        spec.input_width() as i64,
+        &spec.hidden,
+        spec.output_width() as i64,
+    );
+    let mut opt = nn::Adam::default().build(&vs, p.learning_rate)?;
+    let mut last = BTreeMap::new();
+    let batch_size = i64::from(p.batch_size);
+    ctx.report.progress(Progress::new(
+        0.0,
+        format!("training: epoch 1/{}", p.epochs),
+    ));
+    for epoch in 1..=p.epochs {
+        // libtorch's generator, seeded above: no index vector in Rust.
+        let order = Tensor::randperm(n_train, (Kind::Int64, Device::Cpu));
+        let mut loss_sum = 0.0;
+        for start in (0..n_train).step_by(batch_size as usize) {
+            ctx.cancel.check()?;
+            let batch = order.narrow(0, start, batch_size.min(n_train - start));
+            let xb = fit.x_train.index_select(0, &batch);
+            let yb = fit.y_train.index_select(0, &batch);
+            let loss = loss(kind, &net.forward(&xb), &yb);
+            opt.backward_step(&loss);
+            loss_sum += loss.double_value(&[]) * batch.size()[0] as f64;
         }
-
-        let mut saving = Progress::new(1.0, "saving model");
-        saving.metrics = last.clone();
-        ctx.report.progress(saving);
-        let model_id = Uuid::new_v4();
-        let weights = ctx.artifact_path("model.safetensors");
-        let spec_path = ctx.artifact_path("model.json");
-        vs.save(&weights)?;
-        let spec_json = serde_json::to_value(&spec).expect("spec serializes");
-        std::fs::write(
-            &spec_path,
-            serde_json::to_vec_pretty(&spec_json).unwrap_or_default(),
-        )
-        .map_err(|e| JobError::storage(format!("writing model.json: {e}")))?;
-
-        let metrics = json!(last);
-        Ok(Outcome {
-            result: json!({
-                "model_id": model_id,
-                "kind": kind,
-                "target": p.target,
-                "metrics": metrics,
-                "epochs": p.epochs,
-                "rows": {"train": n_train, "validation": n_val},
-                "parameters": parameters,
-            }),
-            artifacts: vec![
-                ArtifactFile {
-                    name: "model.safetensors".into(),
-                    content_type: "application/octet-stream".into(),
-                    path: weights,
-                },
-                ArtifactFile {
-                    name: "model.json".into(),
-                    content_type: "application/json".into(),
-                    path: spec_path,
-                },
-            ],
-            model: Some(ModelDraft {
-                id: model_id,
-                kind: kind.as_str().into(),
-                target: spec.target.clone(),
-                spec: spec_json,
-                metrics,
-                weights_artifact: "model.safetensors".into(),
-                spec_artifact: "model.json".into(),
-            }),
-        })
+        let train_loss = loss_sum / n_train as f64;
+        if !train_loss.is_finite() {
+            return Err(JobError::new(
+                ErrorCode::Diverged,
+                format!(
+                    "training diverged in epoch {epoch} (the loss is not a finite number); \
+                     try a lower learning_rate than {}",
+                    p.learning_rate
+                ),
+            ));
+        }
+        last = fit.evaluate(kind, &net, spec, train_loss, &ctx.cancel)?;
+        if let Some((name, value)) = last.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(JobError::new(
+                ErrorCode::NonFiniteResult,
+                format!(
+                    "epoch {epoch}: the validation metric {name} is {value}, not a finite \
+                     number; the validation rows hold values the model cannot score (try a \
+                     lower learning_rate than {}, or scale the data)",
+                    p.learning_rate
+                ),
+            ));
+        }
+        let mut progress = Progress::new(
+            f64::from(epoch) / f64::from(p.epochs),
+            format!("epoch {epoch}/{}", p.epochs),
+        );
+        for (name, value) in &last {
+            progress = progress.with_metric(name, *value);
+        }
+        ctx.report.progress(progress);
+        let summary: Vec<String> = last.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+        let mut data = json!(last);
+        data["epoch"] = json!(epoch);
+        ctx.report.log(
+            Level::Info,
+            format!("epoch {epoch}/{}: {}", p.epochs, summary.join(", ")),
+            Some(data),
+        );
     }
+    Ok((vs, last))
+}
+
+/// Writes the weights and the spec as artifacts, and describes the model
+/// to register.
+fn save(
+    p: &TrainParams,
+    ctx: &JobContext,
+    prepared: Prepared,
+    vs: &nn::VarStore,
+    last: BTreeMap<String, f64>,
+) -> Result<Outcome, JobError> {
+    let Prepared {
+        spec,
+        n_train,
+        n_val,
+        parameters,
+        ..
+    } = prepared;
+    let mut saving = Progress::new(1.0, "saving model");
+    saving.metrics = last.clone();
+    ctx.report.progress(saving);
+    let model_id = Uuid::new_v4();
+    let weights = ctx.artifact_path("model.safetensors");
+    let spec_path = ctx.artifact_path("model.json");
+    vs.save(&weights)?;
+    let spec_json = serde_json::to_value(&spec).expect("spec serializes");
+    std::fs::write(
+        &spec_path,
+        serde_json::to_vec_pretty(&spec_json).unwrap_or_default(),
+    )
+    .map_err(|e| JobError::storage(format!("writing model.json: {e}")))?;
+
+    let metrics = json!(last);
+    Ok(Outcome {
+        result: json!({
+            "model_id": model_id,
+            "kind": spec.kind,
+            "target": p.target,
+            "metrics": metrics,
+            "epochs": p.epochs,
+            "rows": {"train": n_train, "validation": n_val},
+            "parameters": parameters,
+        }),
+        artifacts: vec![
+            ArtifactFile {
+                name: "model.safetensors".into(),
+                content_type: "application/octet-stream".into(),
+                path: weights,
+            },
+            ArtifactFile {
+                name: "model.json".into(),
+                content_type: "application/json".into(),
+                path: spec_path,
+            },
+        ],
+        model: Some(ModelDraft {
+            id: model_id,
+            kind: spec.kind.as_str().into(),
+            target: spec.target.clone(),
+            spec: spec_json,
+            metrics,
+            weights_artifact: "model.safetensors".into(),
+            spec_artifact: "model.json".into(),
+        }),
+    })
+}
+
+/// An empty vector with room for `n` items, or `data_too_large` when the
+/// allocator cannot give it: never an abort.
+fn fallible_vec<T>(n: usize, what: &str) -> Result<Vec<T>, JobError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| {
+        JobError::new(
+            ErrorCode::DataTooLarge,
+            format!("not enough memory for the {what} of {n} rows"),
+        )
+    })?;
+    Ok(v)
 }
 
 /// The train/validation tensors.
@@ -433,22 +518,24 @@ impl Fit {
         net: &impl Module,
         spec: &ModelSpec,
         train_loss: f64,
-    ) -> BTreeMap<String, f64> {
+        cancel: &crate::task::CancelToken,
+    ) -> Result<BTreeMap<String, f64>, JobError> {
         let mut m = BTreeMap::from([("train_loss".to_owned(), train_loss)]);
         if self.y_val.size()[0] == 0 {
-            return m;
+            return Ok(m);
         }
         // In chunks: one forward pass over millions of validation rows
         // would hold every row's hidden activations at once.
         let rows = self.y_val.size()[0];
         let (mut loss_sum, mut hits, mut squared) = (0.0, 0i64, 0.0);
         tch::no_grad(|| {
-            for (x, y) in self
-                .x_val
-                .split(EVAL_CHUNK, 0)
-                .iter()
-                .zip(self.y_val.split(EVAL_CHUNK, 0).iter())
-            {
+            for start in (0..rows).step_by(EVAL_CHUNK as usize) {
+                cancel.check()?;
+                let len = EVAL_CHUNK.min(rows - start);
+                let (x, y) = (
+                    &self.x_val.narrow(0, start, len),
+                    &self.y_val.narrow(0, start, len),
+                );
                 let out = net.forward(x);
                 let n = y.size()[0] as f64;
                 loss_sum += loss(kind, &out, y).double_value(&[]) * n;
@@ -468,7 +555,8 @@ impl Fit {
                     }
                 }
             }
-        });
+            Ok::<_, JobError>(())
+        })?;
         let n = rows as f64;
         m.insert("val_loss".into(), loss_sum / n);
         match kind {
@@ -481,7 +569,7 @@ impl Fit {
                 m.insert("val_rmse".into(), s.std * (squared / n).sqrt());
             }
         }
-        m
+        Ok(m)
     }
 }
 
@@ -498,8 +586,8 @@ fn problem_kind(p: &TrainParams, s: &ColumnStats) -> Result<ProblemKind, JobErro
         return Err(JobError::new(
             ErrorCode::MissingValue,
             format!(
-                "row {row}, column \"{}\": the target value is missing",
-                p.target
+                "row {row}, column {}: the target value is missing",
+                quote(&p.target)
             ),
         ));
     }
@@ -511,20 +599,23 @@ fn problem_kind(p: &TrainParams, s: &ColumnStats) -> Result<ProblemKind, JobErro
         }
         None => ProblemKind::Regression,
     };
+    if kind == ProblemKind::Classification {
+        s.check_level_lengths(&p.target)?;
+    }
     match kind {
         ProblemKind::Classification if s.distinct.len() < 2 => Err(JobError::new(
             ErrorCode::SingleClass,
             format!(
-                "target column \"{}\" has only one class ({}): classification needs at least two",
-                p.target,
-                s.distinct.iter().next().map(String::as_str).unwrap_or("")
+                "target column {} has only one class ({}): classification needs at least two",
+                quote(&p.target),
+                quote(s.distinct.iter().next().map(String::as_str).unwrap_or(""))
             ),
         )),
         ProblemKind::Classification if s.distinct.len() > MAX_LEVELS => Err(JobError::new(
             ErrorCode::TooManyCategories,
             format!(
-                "target column \"{}\" has more than {MAX_LEVELS} classes",
-                p.target
+                "target column {} has more than {MAX_LEVELS} classes",
+                quote(&p.target)
             ),
         )),
         ProblemKind::Regression if s.text > 0 => {
@@ -532,9 +623,9 @@ fn problem_kind(p: &TrainParams, s: &ColumnStats) -> Result<ProblemKind, JobErro
             Err(JobError::new(
                 ErrorCode::InvalidNumber,
                 format!(
-                    "row {row}, column \"{}\": \"{value}\" is not a number, and regression needs \
+                    "row {row}, column {}: {value} is not a number, and regression needs \
                      a numeric target (use kind \"classification\" for labels)",
-                    p.target
+                    quote(&p.target)
                 ),
             ))
         }
@@ -561,7 +652,8 @@ fn encode_target(
     match &column.data {
         ColumnData::Categorical { codes, levels } => {
             // Missing targets were rejected before loading.
-            let mut y = vec![0i64; codes.len()];
+            let mut y = fallible_vec(codes.len(), "target")?;
+            y.resize(codes.len(), 0i64);
             for (r, &code) in codes.iter().enumerate() {
                 y[place[r] as usize] = i64::from(code);
             }
@@ -575,7 +667,8 @@ fn encode_target(
                 }
             }
             let Scale { mean, std } = Scale::from_moments(&moments);
-            let mut y = vec![0f32; values.len()];
+            let mut y = fallible_vec(values.len(), "target")?;
+            y.resize(values.len(), 0f32);
             for (r, &v) in values.iter().enumerate() {
                 y[place[r] as usize] = ((f64::from(v) - mean) / std) as f32;
             }

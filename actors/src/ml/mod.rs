@@ -3,5 +3,6 @@
 
 pub mod metrics;
 pub mod network;
+pub mod records;
 pub mod spec;
 pub mod table;

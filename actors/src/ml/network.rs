@@ -4,8 +4,6 @@ use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::JobError;
-use crate::ml::spec::ModelSpec;
-use crate::ml::table::Column;
 
 /// Builds `input → hidden… → output` with ReLU between layers. Variable names
 /// are fixed (`hidden0`, …, `output`) because saved weights are matched by name.
@@ -49,7 +47,18 @@ pub fn matrix<T>(
     width: usize,
     fill: impl FnOnce(&mut [f32]) -> Result<T, JobError>,
 ) -> Result<(Tensor, T), JobError> {
-    let x = Tensor::zeros([rows as i64, width as i64], (Kind::Float, Device::Cpu));
+    // Fallible: libtorch reports a failed allocation as an error, which
+    // becomes `data_too_large` rather than a crashed worker.
+    let x =
+        Tensor::f_zeros([rows as i64, width as i64], (Kind::Float, Device::Cpu)).map_err(|e| {
+            JobError::new(
+                crate::ErrorCode::DataTooLarge,
+                format!(
+                    "not enough memory for a {rows} × {width} matrix: {}",
+                    e.to_string().lines().next().unwrap_or("")
+                ),
+            )
+        })?;
     let len = rows * width;
     let mut empty = [];
     let out: &mut [f32] = if len == 0 {
@@ -62,20 +71,6 @@ pub fn matrix<T>(
     };
     let filled = fill(out)?;
     Ok((x, filled))
-}
-
-/// Encodes `columns` straight into a new `rows × input_width` f32 tensor,
-/// row `r` at row `place(r)`.
-pub fn encode(
-    spec: &ModelSpec,
-    columns: Vec<Column>,
-    rows: usize,
-    place: impl Fn(usize) -> usize,
-) -> Result<Tensor, JobError> {
-    matrix(rows, spec.input_width(), |out| {
-        spec.encode_into(columns, out, place)
-    })
-    .map(|(x, ())| x)
 }
 
 #[cfg(test)]

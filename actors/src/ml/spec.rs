@@ -5,7 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ErrorCode, JobError};
-use crate::ml::table::{Column, ColumnData, ColumnKind};
+use crate::ml::records::Record;
+use crate::ml::table::{is_missing, parse_number, ColumnKind};
 
 pub const FORMAT: &str = "mlq.mlp.v1";
 
@@ -57,25 +58,6 @@ impl Feature {
             Self::Categorical { levels, .. } => levels.len(),
         }
     }
-
-    /// Fits the encoding on the training rows only, so validation metrics
-    /// are honest.
-    pub fn fit(name: &str, data: &ColumnData, train_rows: &[usize]) -> Result<Self, JobError> {
-        Ok(match data {
-            ColumnData::Numeric(values) => {
-                let Scale { mean, std } = Scale::fit(name, values, train_rows)?;
-                Self::Numeric {
-                    name: name.to_owned(),
-                    mean,
-                    std,
-                }
-            }
-            ColumnData::Categorical { levels, .. } => Self::Categorical {
-                name: name.to_owned(),
-                levels: levels.clone(),
-            },
-        })
-    }
 }
 
 /// Scale of a regression target: the network predicts standardized values.
@@ -95,40 +77,6 @@ impl Scale {
             1.0
         };
         Self { mean: m.mean, std }
-    }
-
-    /// Mean and standard deviation of column `name`'s `values` over `rows`,
-    /// skipping missing (NaN) values. A constant column gets std 1, so
-    /// scaling never divides by zero. Values are divided by their largest
-    /// magnitude first, so sums of huge values cannot overflow.
-    pub fn fit(name: &str, values: &[f32], rows: &[usize]) -> Result<Self, JobError> {
-        let present: Vec<f64> = rows
-            .iter()
-            .map(|&r| f64::from(values[r]))
-            .filter(|v| !v.is_nan())
-            .collect();
-        let n = present.len().max(1) as f64;
-        let peak = present.iter().fold(0f64, |m, v| m.max(v.abs()));
-        let unit = if peak > 0.0 { peak } else { 1.0 };
-        let mean = present.iter().map(|v| v / unit).sum::<f64>() / n;
-        let var = present
-            .iter()
-            .map(|v| (v / unit - mean).powi(2))
-            .sum::<f64>()
-            / n;
-        let (mean, std) = (mean * unit, var.sqrt() * unit);
-        if !mean.is_finite() || !std.is_finite() {
-            return Err(JobError::new(
-                ErrorCode::NonFiniteValue,
-                format!("column \"{name}\" has values too large to scale"),
-            ));
-        }
-        let std = if std > 1e-12 * unit.max(1.0) {
-            std
-        } else {
-            1.0
-        };
-        Ok(Self { mean, std })
     }
 }
 
@@ -176,61 +124,36 @@ impl ModelSpec {
         Ok(spec)
     }
 
-    /// Encodes `columns` (each feature column with its kind; others are
-    /// ignored) into `out`, a row-major `rows × input_width` matrix, writing
-    /// row `r` at row `place(r)`. Columns are consumed one by one, so the
-    /// parsed table shrinks as the matrix fills.
-    pub fn encode_into(
+    /// Encodes one record's features into `out` (`input_width` values,
+    /// zeroed): numbers standardized (a missing one becomes the mean),
+    /// levels one-hot (a missing or unseen one becomes all zeros, however
+    /// many distinct values the file holds). `columns` gives each
+    /// feature's column in the record.
+    pub fn encode_row(
         &self,
-        columns: Vec<Column>,
+        row: usize,
+        record: &Record<'_>,
+        columns: &[usize],
         out: &mut [f32],
-        place: impl Fn(usize) -> usize,
     ) -> Result<(), JobError> {
-        let width = self.input_width();
-        let mut columns: Vec<Option<Column>> = columns.into_iter().map(Some).collect();
         let mut offset = 0;
-        for feature in &self.features {
-            let column = columns
-                .iter_mut()
-                .find(|c| c.as_ref().is_some_and(|c| c.name == feature.name()))
-                .and_then(Option::take)
-                .ok_or_else(|| {
-                    JobError::new(
-                        ErrorCode::UnknownColumn,
-                        format!("the model needs column \"{}\"", feature.name()),
-                    )
-                })?;
-            match (feature, column.data) {
-                (Feature::Numeric { mean, std, .. }, ColumnData::Numeric(values)) => {
-                    for (row, v) in values.iter().enumerate() {
-                        let v = if v.is_nan() { *mean } else { f64::from(*v) };
-                        out[place(row) * width + offset] = ((v - mean) / std) as f32;
-                    }
+        for (feature, &i) in self.features.iter().zip(columns) {
+            let cell = record.get(i).unwrap_or("").trim();
+            match feature {
+                Feature::Numeric { name, mean, std } => {
+                    let v = if is_missing(cell) {
+                        *mean
+                    } else {
+                        f64::from(parse_number(row, name, cell)?)
+                    };
+                    out[offset] = ((v - mean) / std) as f32;
                 }
-                (
-                    Feature::Categorical { levels, .. },
-                    ColumnData::Categorical {
-                        codes,
-                        levels: seen,
-                    },
-                ) => {
-                    // Map this file's levels onto the training levels by value.
-                    let lookup: Vec<Option<usize>> =
-                        seen.iter().map(|l| levels.binary_search(l).ok()).collect();
-                    for (row, &code) in codes.iter().enumerate() {
-                        if let Some(Some(slot)) = lookup.get(code as usize) {
-                            out[place(row) * width + offset + slot] = 1.0;
+                Feature::Categorical { levels, .. } => {
+                    if !is_missing(cell) {
+                        if let Ok(slot) = levels.binary_search_by(|l| l.as_str().cmp(cell)) {
+                            out[offset + slot] = 1.0;
                         }
                     }
-                }
-                _ => {
-                    return Err(JobError::new(
-                        ErrorCode::ModelIncompatible,
-                        format!(
-                            "column \"{}\" has the wrong type for this model",
-                            feature.name()
-                        ),
-                    ))
                 }
             }
             offset += feature.width();
@@ -243,14 +166,6 @@ impl ModelSpec {
 /// of f32. Training holds it once: it is parsed straight into the tensor,
 /// and the train and validation rows are views of it.
 pub const MAX_CELLS: usize = 300_000_000;
-
-impl ModelSpec {
-    /// Refuses data whose encoded matrix would not fit the memory budget,
-    /// before allocating it.
-    pub fn check_size(&self, rows: usize) -> Result<(), JobError> {
-        check_cells(rows, self.input_width())
-    }
-}
 
 /// Refuses a `rows × width` matrix over the memory budget.
 pub fn check_cells(rows: usize, width: usize) -> Result<(), JobError> {
@@ -269,57 +184,22 @@ pub fn check_cells(rows: usize, width: usize) -> Result<(), JobError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ml::table::Table;
-
-    #[test]
-    fn huge_values_scale_without_overflow() {
-        let s = Scale::fit("x", &[3e38, -3e38, 3e38], &[0, 1, 2]).unwrap();
-        assert!(s.mean.is_finite() && s.std.is_finite(), "{s:?}");
-        let s = Scale::fit("x", &[5.0, 5.0], &[0, 1]).unwrap();
-        assert_eq!(
-            s,
-            Scale {
-                mean: 5.0,
-                std: 1.0
-            }
-        );
-    }
+    use crate::task::CancelToken;
 
     #[test]
     fn encodes_standardized_numbers_and_one_hot_levels() {
-        let table = Table {
-            rows: 3,
-            headers: vec![],
-            columns: vec![
-                Column {
-                    name: "x".into(),
-                    data: ColumnData::Numeric(vec![1.0, 3.0, f32::NAN]),
-                },
-                Column {
-                    name: "c".into(),
-                    data: ColumnData::Categorical {
-                        codes: vec![0, 1, crate::ml::table::MISSING_CODE],
-                        levels: vec!["green".into(), "red".into()],
-                    },
-                },
-            ],
-        };
-        let x = Feature::fit("x", &table.columns[0].data, &[0, 1]).unwrap();
-        assert_eq!(
-            x,
-            Feature::Numeric {
-                name: "x".into(),
-                mean: 2.0,
-                std: 1.0
-            }
-        );
         let spec = ModelSpec {
             format: FORMAT.into(),
             kind: ProblemKind::Regression,
             target: "y".into(),
-            // Training saw "blue" and "red": "green" is unseen and encodes as zeros.
+            // Training saw "blue" and "red": "green" is unseen and encodes
+            // as zeros, as do the thousands of other unseen values.
             features: vec![
-                x,
+                Feature::Numeric {
+                    name: "x".into(),
+                    mean: 2.0,
+                    std: 1.0,
+                },
                 Feature::Categorical {
                     name: "c".into(),
                     levels: vec!["blue".into(), "red".into()],
@@ -330,14 +210,29 @@ mod tests {
             hidden: vec![],
         };
         assert_eq!(spec.input_width(), 3);
-        let mut encoded = vec![0.0; 9];
-        spec.encode_into(table.columns.clone(), &mut encoded, |r| r)
-            .unwrap();
-        assert_eq!(encoded, vec![-1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0]);
-        // Rows land where `place` puts them.
-        let mut reversed = vec![0.0; 9];
-        spec.encode_into(table.columns, &mut reversed, |r| 2 - r)
-            .unwrap();
-        assert_eq!(reversed, vec![0.0, 0.0, 0.0, 1.0, 0.0, 1.0, -1.0, 0.0, 0.0]);
+        let mut text = String::from("c,x\ngreen,1\nred,3\n,\n");
+        for i in 0..5000 {
+            text.push_str(&format!("unseen{i},2\n"));
+        }
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+        let headers = crate::ml::table::read_headers(f.path()).unwrap();
+        let mut rows = Vec::new();
+        crate::ml::table::for_each_record(
+            f.path(),
+            &headers,
+            &CancelToken::default(),
+            |row, record| {
+                let mut out = vec![0.0; 3];
+                spec.encode_row(row, record, &[1, 0], &mut out)?;
+                rows.push(out);
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(rows[0], [-1.0, 0.0, 0.0]);
+        assert_eq!(rows[1], [1.0, 0.0, 1.0]);
+        assert_eq!(rows[2], [0.0, 0.0, 0.0], "missing: the mean, no level");
+        assert!(rows[3..].iter().all(|r| *r == [0.0, 0.0, 0.0]));
     }
 }

@@ -3,18 +3,34 @@
 //! The file is read twice from local disk: the first pass decides each
 //! column's type (and finds bad input, naming the row and column), the second
 //! fills compact typed storage. Two passes keep memory at the size of the
-//! parsed data instead of a copy of every cell as a string.
+//! parsed data instead of a copy of every cell as a string. Records come
+//! through [`Records`], which bounds each one before reading it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
-use crate::error::{ErrorCode, JobError};
+use super::records::{Record, Records};
+use crate::error::{quote, ErrorCode, JobError};
+use crate::task::CancelToken;
 
 /// More distinct values than this make a text column unusable as a one-hot
 /// feature or a class label.
 pub const MAX_LEVELS: usize = 1000;
+/// Longest text that can be a category level or a class label, in bytes:
+/// levels live in the model spec and labels in every prediction.
+pub const MAX_LEVEL_BYTES: usize = 1024;
+/// Distinct numbers kept per feature column while scanning. A feature's
+/// numbers only matter as levels when the column turns out to be text (a
+/// text column with more distinct numbers than this is refused); the target
+/// keeps up to `MAX_LEVELS + 1`, as numbers can be class labels.
+pub const MAX_FEATURE_NUMBERS: usize = 20;
+/// Memory all columns' distinct-value sets may hold during a scan.
+pub const DISTINCT_BUDGET: usize = 256 << 20;
+/// What one kept distinct value costs beyond its bytes (the set's node and
+/// the string's header), for the budget.
+const DISTINCT_OVERHEAD: usize = 64;
 
 /// Cell values read as "missing". An empty cell is the common case; the rest
 /// are what spreadsheets and pandas commonly write.
@@ -70,29 +86,71 @@ pub struct ColumnStats {
     pub first_text: Option<(usize, String)>,
     pub first_missing: Option<usize>,
     pub all_integer: bool,
-    /// Distinct non-missing values, up to `MAX_LEVELS + 1`.
+    /// Distinct non-missing values, up to `MAX_LEVELS + 1` (numbers in a
+    /// feature column: up to `MAX_FEATURE_NUMBERS + 1`).
     pub distinct: BTreeSet<String>,
+    /// Distinct numbers seen, up to the column's cap.
+    pub numbers: usize,
+    /// More distinct numbers came than the column keeps.
+    pub numbers_overflow: bool,
+    /// The first value too long to be a level: its row and length.
+    pub too_long: Option<(usize, usize)>,
 }
 
-#[derive(Debug, Clone)]
-pub struct Table {
-    pub rows: usize,
-    pub headers: Vec<String>,
-    pub columns: Vec<Column>,
-}
+impl ColumnStats {
+    /// The levels of a column read as categories, or why it cannot be.
+    pub fn levels(&self, name: &str) -> Result<Vec<String>, JobError> {
+        self.check_level_lengths(name)?;
+        if self.distinct.len() > MAX_LEVELS {
+            return Err(JobError::new(
+                ErrorCode::TooManyCategories,
+                format!(
+                    "column {} has more than {MAX_LEVELS} distinct values; leave it out with the \
+                     `features` param",
+                    quote(name)
+                ),
+            ));
+        }
+        if self.numbers_overflow {
+            return Err(JobError::new(
+                ErrorCode::TooManyCategories,
+                format!(
+                    "column {} mixes text with more than {MAX_FEATURE_NUMBERS} distinct numbers; \
+                     fix the stray text, or leave the column out with the `features` param",
+                    quote(name)
+                ),
+            ));
+        }
+        Ok(self.distinct.iter().cloned().collect())
+    }
 
-impl Table {
-    pub fn column(&self, name: &str) -> Option<&Column> {
-        self.columns.iter().find(|c| c.name == name)
+    /// Refuses a column used as categories that holds a value too long to
+    /// be one.
+    pub fn check_level_lengths(&self, name: &str) -> Result<(), JobError> {
+        if let Some((row, bytes)) = self.too_long {
+            return Err(JobError::new(
+                ErrorCode::FieldTooLarge,
+                format!(
+                    "row {row}, column {}: a text value of {bytes} bytes cannot be a category \
+                     or a class label (at most {MAX_LEVEL_BYTES} bytes); leave the column out \
+                     with the `features` param",
+                    quote(name)
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
 /// Reads the header row and checks it, so callers can resolve column names.
 pub fn read_headers(path: &Path) -> Result<Vec<String>, JobError> {
     check_text(path)?;
-    let mut reader = reader(path)?;
-    let headers = reader.headers().map_err(|e| csv_error(e, &[]))?.clone();
-    let headers: Vec<String> = headers.iter().map(|h| h.trim().to_owned()).collect();
+    let cancel = CancelToken::default();
+    let mut records = Records::open(path, &cancel)?;
+    let headers: Vec<String> = match records.next_record()? {
+        Some(r) => r.iter().map(|h| h.trim().to_owned()).collect(),
+        None => return Err(JobError::new(ErrorCode::EmptyFile, "the file is empty")),
+    };
     if headers.len() == 1 && headers[0].is_empty() {
         return Err(JobError::new(ErrorCode::EmptyFile, "the file is empty"));
     }
@@ -116,21 +174,33 @@ pub fn read_headers(path: &Path) -> Result<Vec<String>, JobError> {
         if !seen.insert(h.as_str()) {
             return Err(JobError::new(
                 ErrorCode::DuplicateColumn,
-                format!("column \"{h}\" appears twice in the header row"),
+                format!("column {} appears twice in the header row", quote(h)),
             ));
         }
     }
     Ok(headers)
 }
 
-/// First pass: statistics for the wanted columns.
+/// First pass: statistics for the wanted columns. `target`, when given, is
+/// the column whose numbers may be class labels.
 pub fn scan(
     path: &Path,
     headers: &[String],
     names: &[String],
-    cancel: &crate::task::CancelToken,
+    target: Option<&str>,
+    cancel: &CancelToken,
 ) -> Result<(usize, Vec<ColumnStats>), JobError> {
     let indices = indices(headers, names)?;
+    let caps: Vec<usize> = names
+        .iter()
+        .map(|n| {
+            if Some(n.as_str()) == target {
+                MAX_LEVELS + 1
+            } else {
+                MAX_FEATURE_NUMBERS
+            }
+        })
+        .collect();
     let mut stats: Vec<ColumnStats> = names
         .iter()
         .map(|_| ColumnStats {
@@ -138,39 +208,67 @@ pub fn scan(
             ..ColumnStats::default()
         })
         .collect();
+    let mut held = 0usize;
     let mut rows = 0;
     for_each_record(path, headers, cancel, |row, record| {
         rows = row;
-        for (s, &i) in stats.iter_mut().zip(&indices) {
+        for ((s, &i), &cap) in stats.iter_mut().zip(&indices).zip(&caps) {
             let cell = record.get(i).unwrap_or("").trim();
             if is_missing(cell) {
                 s.missing += 1;
                 s.first_missing.get_or_insert(row);
                 continue;
             }
-            match cell.parse::<f64>() {
+            let number = match cell.parse::<f64>() {
                 Ok(v) if !(v as f32).is_finite() => {
                     return Err(JobError::new(
                         ErrorCode::NonFiniteValue,
                         format!(
-                            "row {row}, column \"{}\": {cell} is not a finite number \
-                             within ±3.4e38",
-                            headers[i]
+                            "row {row}, column {}: {} is not a finite number within ±3.4e38",
+                            quote(&headers[i]),
+                            quote(cell)
                         ),
                     ))
                 }
                 Ok(v) => {
                     s.numeric += 1;
                     s.all_integer &= v.fract() == 0.0;
+                    true
                 }
                 Err(_) => {
                     s.text += 1;
-                    s.first_text.get_or_insert_with(|| (row, cell.to_owned()));
+                    s.first_text
+                        .get_or_insert_with(|| (row, crate::error::quote(cell)));
+                    false
                 }
+            };
+            if s.distinct.len() > MAX_LEVELS || s.distinct.contains(cell) {
+                continue;
             }
-            if s.distinct.len() <= MAX_LEVELS {
-                s.distinct.insert(cell.to_owned());
+            if number {
+                if s.numbers >= cap {
+                    s.numbers_overflow = true;
+                    continue;
+                }
+                s.numbers += 1;
             }
+            if cell.len() > MAX_LEVEL_BYTES {
+                // Only a problem if the column is used as categories.
+                s.too_long.get_or_insert((row, cell.len()));
+                continue;
+            }
+            held += cell.len() + DISTINCT_OVERHEAD;
+            if held > DISTINCT_BUDGET {
+                return Err(JobError::new(
+                    ErrorCode::DataTooLarge,
+                    format!(
+                        "the distinct values of the file's columns need more than {} MiB to \
+                         scan; leave text columns out with the `features` param",
+                        DISTINCT_BUDGET >> 20
+                    ),
+                ));
+            }
+            s.distinct.insert(cell.to_owned());
         }
         Ok(())
     })?;
@@ -188,51 +286,11 @@ pub fn infer_kind(name: &str, stats: &ColumnStats) -> Result<ColumnKind, JobErro
             let (row, value) = stats.first_text.clone().unwrap_or_default();
             Err(JobError::new(
                 ErrorCode::InvalidNumber,
-                format!("row {row}, column \"{name}\": \"{value}\" is not a number"),
+                format!("row {row}, column {}: {value} is not a number", quote(name)),
             ))
         }
         _ => Ok(ColumnKind::Categorical),
     }
-}
-
-/// Second pass: typed columns, in the order of `kinds`.
-pub fn load(
-    path: &Path,
-    headers: &[String],
-    kinds: &[(String, ColumnKind)],
-    cancel: &crate::task::CancelToken,
-) -> Result<Table, JobError> {
-    let names: Vec<String> = kinds.iter().map(|(n, _)| n.clone()).collect();
-    let indices = indices(headers, &names)?;
-    let mut builders: Vec<Builder> = kinds
-        .iter()
-        .map(|(_, kind)| match kind {
-            ColumnKind::Numeric => Builder::Numeric(Vec::new()),
-            ColumnKind::Categorical => Builder::Categorical(Vec::new(), HashMap::new()),
-        })
-        .collect();
-    let mut rows = 0;
-    for_each_record(path, headers, cancel, |row, record| {
-        rows = row;
-        for ((builder, &i), name) in builders.iter_mut().zip(&indices).zip(&names) {
-            let cell = record.get(i).unwrap_or("").trim();
-            builder.push(row, name, cell)?;
-        }
-        Ok(())
-    })?;
-    let columns = builders
-        .into_iter()
-        .zip(names)
-        .map(|(b, name)| Column {
-            name,
-            data: b.finish(),
-        })
-        .collect();
-    Ok(Table {
-        rows,
-        headers: headers.to_vec(),
-        columns,
-    })
 }
 
 /// Where one feature column goes in the matrix `load_matrix` fills.
@@ -290,9 +348,26 @@ pub fn load_matrix(
     let names: Vec<String> = features.iter().map(|(n, _)| n.clone()).collect();
     let indices = indices(headers, &names)?;
     let target_index = indices_of(headers, target.0)?;
+    // One cell per row, reserved up front: a failed reservation is an
+    // error, not an abort.
+    let rows = out.len() / width.max(1);
+    let too_large = |_| {
+        JobError::new(
+            ErrorCode::DataTooLarge,
+            format!("not enough memory for the target column of {rows} rows"),
+        )
+    };
     let mut target_builder = match target.1 {
-        ColumnKind::Numeric => Builder::Numeric(Vec::new()),
-        ColumnKind::Categorical => Builder::Categorical(Vec::new(), HashMap::new()),
+        ColumnKind::Numeric => {
+            let mut v = Vec::new();
+            v.try_reserve_exact(rows).map_err(too_large)?;
+            Builder::Numeric(v)
+        }
+        ColumnKind::Categorical => {
+            let mut v = Vec::new();
+            v.try_reserve_exact(rows).map_err(too_large)?;
+            Builder::Categorical(v, HashMap::new())
+        }
     };
     let mut moments = vec![Moments::default(); features.len()];
     for_each_record(path, headers, cancel, |row, record| {
@@ -334,16 +409,24 @@ pub fn load_matrix(
 }
 
 /// A numeric cell, rejecting text and values beyond f32's range.
-fn parse_number(row: usize, name: &str, cell: &str) -> Result<f32, JobError> {
+pub fn parse_number(row: usize, name: &str, cell: &str) -> Result<f32, JobError> {
     match cell.parse::<f64>() {
         Ok(v) if (v as f32).is_finite() => Ok(v as f32),
         Ok(_) => Err(JobError::new(
             ErrorCode::NonFiniteValue,
-            format!("row {row}, column \"{name}\": {cell} is not a finite number within ±3.4e38"),
+            format!(
+                "row {row}, column {}: {} is not a finite number within ±3.4e38",
+                quote(name),
+                quote(cell)
+            ),
         )),
         Err(_) => Err(JobError::new(
             ErrorCode::InvalidNumber,
-            format!("row {row}, column \"{name}\": \"{cell}\" is not a number"),
+            format!(
+                "row {row}, column {}: {} is not a number",
+                quote(name),
+                quote(cell)
+            ),
         )),
     }
 }
@@ -370,8 +453,9 @@ impl Builder {
                     return Err(JobError::new(
                         ErrorCode::TooManyCategories,
                         format!(
-                            "column \"{name}\" has more than {MAX_LEVELS} distinct values; \
-                             leave it out with the `features` param"
+                            "column {} has more than {MAX_LEVELS} distinct values; \
+                             leave it out with the `features` param",
+                            quote(name)
                         ),
                     ));
                 }
@@ -420,7 +504,8 @@ fn indices(headers: &[String], names: &[String]) -> Result<Vec<usize>, JobError>
                 JobError::new(
                     ErrorCode::UnknownColumn,
                     format!(
-                        "column \"{n}\" is not in the file (its columns are: {})",
+                        "column {} is not in the file (its columns are: {})",
+                        quote(n),
                         preview(headers)
                     ),
                 )
@@ -429,68 +514,30 @@ fn indices(headers: &[String], names: &[String]) -> Result<Vec<usize>, JobError>
         .collect()
 }
 
-fn reader(path: &Path) -> Result<csv::Reader<File>, JobError> {
-    let file = File::open(path).map_err(|e| JobError::storage(format!("opening input: {e}")))?;
-    Ok(csv::ReaderBuilder::new()
-        .has_headers(true)
-        .flexible(false)
-        .from_reader(file))
-}
-
 /// Calls `f` with each data row (numbered from 1) until the end of the file.
-fn for_each_record(
+pub fn for_each_record(
     path: &Path,
     headers: &[String],
-    cancel: &crate::task::CancelToken,
-    mut f: impl FnMut(usize, &csv::StringRecord) -> Result<(), JobError>,
+    cancel: &CancelToken,
+    mut f: impl FnMut(usize, &Record<'_>) -> Result<(), JobError>,
 ) -> Result<(), JobError> {
-    let mut reader = reader(path)?;
-    let mut record = csv::StringRecord::new();
-    let mut row = 0;
-    loop {
-        match reader.read_record(&mut record) {
-            Ok(false) => return Ok(()),
-            Ok(true) => {
-                row += 1;
-                // Checking every row would cost more than the parse; every
-                // 64k rows keeps cancellation well under a second.
-                if row % 65_536 == 0 {
-                    cancel.check()?;
-                }
-                if record.as_slice().contains('\0') {
-                    return Err(JobError::new(
-                        ErrorCode::NotCsv,
-                        format!("row {row} contains a NUL byte: the file is not CSV text"),
-                    ));
-                }
-                f(row, &record)?;
-            }
-            Err(e) => return Err(csv_error(e, headers)),
+    let mut records = Records::open(path, cancel)?;
+    records.next_record()?;
+    while let Some(record) = records.next_record()? {
+        let row = record.row();
+        if record.len() != headers.len() {
+            return Err(JobError::new(
+                ErrorCode::RaggedRow,
+                format!(
+                    "row {row} has {} fields but the header has {}",
+                    record.len(),
+                    headers.len()
+                ),
+            ));
         }
+        f(row, &record)?;
     }
-}
-
-fn csv_error(e: csv::Error, headers: &[String]) -> JobError {
-    let row = |pos: Option<&csv::Position>| {
-        pos.map(|p| format!("row {}", p.line().saturating_sub(1)))
-            .unwrap_or_else(|| "a row".into())
-    };
-    match e.kind() {
-        csv::ErrorKind::UnequalLengths { pos, len, .. } => JobError::new(
-            ErrorCode::RaggedRow,
-            format!(
-                "{} has {len} fields but the header has {}",
-                row(pos.as_ref()),
-                headers.len()
-            ),
-        ),
-        csv::ErrorKind::Utf8 { pos, .. } => JobError::new(
-            ErrorCode::NotCsv,
-            format!("{} is not valid UTF-8 text", row(pos.as_ref())),
-        ),
-        csv::ErrorKind::Io(io) => JobError::storage(format!("reading input: {io}")),
-        _ => JobError::new(ErrorCode::NotCsv, format!("the file is not valid CSV: {e}")),
-    }
+    Ok(())
 }
 
 /// Rejects empty files and binary data up front, with a clearer message than
@@ -513,9 +560,9 @@ fn check_text(path: &Path) -> Result<(), JobError> {
 }
 
 fn preview(values: &[String]) -> String {
-    let mut shown: Vec<&str> = values.iter().take(8).map(String::as_str).collect();
+    let mut shown: Vec<String> = values.iter().take(8).map(|v| quote(v)).collect();
     if values.len() > 8 {
-        shown.push("…");
+        shown.push(format!("… ({} in all)", values.len()));
     }
     shown.join(", ")
 }
@@ -534,7 +581,7 @@ mod tests {
     fn scan_all(text: &[u8]) -> Result<(usize, Vec<ColumnStats>), JobError> {
         let f = file(text);
         let headers = read_headers(f.path())?;
-        scan(f.path(), &headers, &headers, &CancelToken::default())
+        scan(f.path(), &headers, &headers, None, &CancelToken::default())
     }
 
     fn code(r: Result<impl std::fmt::Debug, JobError>) -> ErrorCode {
@@ -588,34 +635,66 @@ mod tests {
     }
 
     #[test]
-    fn load_builds_sorted_levels_and_marks_missing() {
-        let f = file(b"x,color\n1,red\n,blue\n3,\n");
-        let headers = read_headers(f.path()).unwrap();
-        let kinds = vec![
-            ("color".to_owned(), ColumnKind::Categorical),
-            ("x".to_owned(), ColumnKind::Numeric),
-        ];
-        let table = load(f.path(), &headers, &kinds, &CancelToken::default()).unwrap();
-        assert_eq!(table.rows, 3);
-        assert_eq!(
-            table.columns[0].data,
-            ColumnData::Categorical {
-                codes: vec![1, 0, MISSING_CODE],
-                levels: vec!["blue".into(), "red".into()],
-            }
-        );
-        match &table.columns[1].data {
-            ColumnData::Numeric(v) => assert!(v[0] == 1.0 && v[1].is_nan() && v[2] == 3.0),
-            other => panic!("{other:?}"),
+    fn distinct_values_are_bounded_per_column() {
+        // A feature keeps few distinct numbers; the target keeps enough to
+        // be class labels.
+        let mut text = String::from("x,y\n");
+        for i in 0..500 {
+            text.push_str(&format!("{i},{i}\n"));
         }
+        let f = file(text.as_bytes());
+        let headers = read_headers(f.path()).unwrap();
+        let (_, stats) = scan(
+            f.path(),
+            &headers,
+            &headers,
+            Some("y"),
+            &CancelToken::default(),
+        )
+        .unwrap();
+        assert_eq!(stats[0].distinct.len(), MAX_FEATURE_NUMBERS);
+        assert!(stats[0].numbers_overflow);
+        assert_eq!(stats[1].distinct.len(), 500);
+        assert_eq!(
+            stats[0].levels("x").unwrap_err().code,
+            ErrorCode::TooManyCategories
+        );
+        assert_eq!(stats[1].levels("y").unwrap().len(), 500);
+    }
+
+    #[test]
+    fn long_text_cannot_be_a_level_and_messages_quote_it_short() {
+        let long = "w".repeat(MAX_LEVEL_BYTES + 1);
+        let (_, stats) = scan_all(format!("a,b\n1,{long}\n").as_bytes()).unwrap();
+        assert_eq!(
+            stats[1].levels("b").unwrap_err().code,
+            ErrorCode::FieldTooLarge
+        );
+        let err = scan_all(format!("a,b\n1,2\n{},2\n1,2\n2,3\n", "9".repeat(5000)).as_bytes());
+        assert_eq!(err.unwrap_err().code, ErrorCode::NonFiniteValue);
+        let err = infer_kind(
+            "a",
+            &scan_all(format!("a\n1\n2\n{}\n", "z".repeat(1000)).as_bytes())
+                .unwrap()
+                .1[0],
+        )
+        .unwrap_err();
+        assert!(err.message.len() < 300, "{}", err.message);
     }
 
     #[test]
     fn unknown_column_lists_the_real_ones() {
         let f = file(b"a,b\n1,2\n");
         let headers = read_headers(f.path()).unwrap();
-        let err = scan(f.path(), &headers, &["c".into()], &CancelToken::default()).unwrap_err();
+        let err = scan(
+            f.path(),
+            &headers,
+            &["c".into()],
+            None,
+            &CancelToken::default(),
+        )
+        .unwrap_err();
         assert_eq!(err.code, ErrorCode::UnknownColumn);
-        assert!(err.message.contains("a, b"), "{}", err.message);
+        assert!(err.message.contains("\"a\", \"b\""), "{}", err.message);
     }
 }

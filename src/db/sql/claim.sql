@@ -1,12 +1,15 @@
 -- Claims up to $2 due tasks for worker $4, with a lease of $3 ms.
 -- One statement: pick due rows in claim order, skipping rows another
--- process is claiming right now, and mark them running.
+-- process is claiming right now, and mark them running. $5 picks suspects
+-- (tasks a process died running, see `crashed_on`), which run alone, or
+-- the others.
 WITH due AS (
     SELECT id
     FROM tasks
     WHERE status = 'queued'
       AND run_at <= now()
       AND command = ANY ($1)
+      AND (cardinality(crashed_on) > 0) = $5
     ORDER BY priority DESC, run_at, id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
