@@ -10,7 +10,7 @@ export LIBTORCH := $(BUILD_CACHE)/libtorch-2.11.0
 export CARGO_TARGET_DIR ?= $(BUILD_CACHE)/target
 CARGO ?= cargo
 
-.PHONY: run test bench deps libtorch db web chromium s3s-fs lint web-test clean-test-dbs
+.PHONY: run test bench soak deps libtorch db web chromium s3s-fs lint web-test clean-test-dbs
 
 ## run: set up what is missing, build, and start mlq on http://127.0.0.1:8080
 run: deps web
@@ -24,6 +24,11 @@ test: deps web chromium s3s-fs lint web-test clean-test-dbs
 ## bench: benchmarks; tables on stdout, JSON under target/bench/
 bench: deps s3s-fs
 	$(CARGO) bench --benches
+
+## soak: the kill -9 soak, SOAK_CYCLES cycles (make test runs a short one)
+SOAK_CYCLES ?= 100
+soak: deps
+	MLQ_SOAK_CYCLES=$(SOAK_CYCLES) $(CARGO) test --test api soak:: -- --nocapture
 
 deps: libtorch db
 

@@ -96,6 +96,10 @@ pub struct Settings {
     /// `timeout` param overrides both.
     #[serde(with = "humantime_map")]
     pub task_timeouts: BTreeMap<String, Duration>,
+    /// `MLQ_MAX_TASK_TIMEOUT`: the longest time limit a task's `timeout`
+    /// param may set; longer ones are cut to it.
+    #[serde(with = "humantime_serde")]
+    pub max_task_timeout: Duration,
     /// `MLQ_STUCK_AFTER`: how long a job told to stop (cancelled, or over its
     /// time limit) may take to come back before its worker thread is taken
     /// to be stuck in native code, abandoned and replaced.
@@ -183,6 +187,7 @@ impl Default for Settings {
             orphan_grace: Duration::from_secs(3600),
             max_attempts: 3,
             task_timeouts: BTreeMap::new(),
+            max_task_timeout: Duration::from_secs(86_400),
             stuck_after: Duration::from_secs(30),
             max_stuck_workers: 2,
             max_request_bytes: 1 << 30,
@@ -279,6 +284,7 @@ const ENV_KEYS: &[&str] = &[
     "orphan_grace",
     "max_attempts",
     "task_timeouts",
+    "max_task_timeout",
     "stuck_after",
     "max_stuck_workers",
     "max_request_bytes",
@@ -344,6 +350,7 @@ impl Settings {
             ("statement_timeout", self.statement_timeout),
             ("upload_idle", self.upload_idle),
             ("stuck_after", self.stuck_after),
+            ("max_task_timeout", self.max_task_timeout),
         ];
         if let Some((command, _)) = self.task_timeouts.iter().find(|(_, d)| d.is_zero()) {
             return Err(format!("task_timeouts.{command} must be longer than zero"));
@@ -408,6 +415,7 @@ impl Settings {
             pool.torch_threads = threads.max(1);
         }
         pool.nice = self.worker_nice;
+        pool.max_stuck = self.max_stuck_workers;
         pool
     }
 

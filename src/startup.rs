@@ -111,6 +111,7 @@ impl Application {
                 max_log_bytes: settings.max_log_bytes,
                 scratch: settings.scratch_dir(),
                 timeouts: settings.task_timeouts.clone(),
+                max_timeout: settings.max_task_timeout,
                 stuck_after: settings.stuck_after,
             },
             // Its own connections, opened and driven on the dispatcher's

@@ -140,8 +140,7 @@ fn log_finish(report: &Reporter, finish: &Finish) {
 fn after_failure(env: &Env, task: &ClaimedTask, error: JobError) -> Finish {
     let attempt = task.lease.attempt;
     if error.is_transient() && attempt < task.max_attempts {
-        let factor = 2u32.saturating_pow((attempt - 1).clamp(0, 16) as u32);
-        let delay = env.config.retry_base.saturating_mul(factor);
+        let delay = crate::task::retry_delay(env.config.retry_base, attempt);
         tracing::warn!(task = %task.lease.task_id, attempt, ?delay, "transient failure, will retry: {error}");
         Finish::Retry { error, delay }
     } else {
@@ -265,6 +264,8 @@ async fn run(
             cancel.time_out();
             Err(JobError::cancelled())
         }
+        // A stalled download must not hold a cancel back.
+        () = cancel.stopped() => Err(JobError::cancelled()),
     };
     let ctx = match staged {
         Ok(ctx) => ctx,
@@ -345,7 +346,8 @@ fn time_limit(env: &Env, task: &ClaimedTask, command: &dyn AnyCommand) -> Durati
     let own = crate::commands::split_timeout(task.params.clone())
         .ok()
         .and_then(|(_, t)| t);
-    own.or_else(|| env.config.timeouts.get(&task.command).copied())
+    own.map(|t| t.min(env.config.max_timeout))
+        .or_else(|| env.config.timeouts.get(&task.command).copied())
         .unwrap_or_else(|| command.default_timeout())
 }
 

@@ -27,6 +27,10 @@ use crate::pool::Pool;
 use crate::ports::{ObjectStore, StoreError, TaskStore};
 use crate::task::{CancelToken, ClaimedTask, HeartbeatReport, Lease};
 
+/// How long a suspect may wait for an idle process before busy ones stop
+/// claiming other work, so that one drains and runs it.
+const SUSPECT_PATIENCE: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Clone)]
 pub struct DispatcherConfig {
     /// Names this process in claims, for operators reading the tasks table.
@@ -50,6 +54,8 @@ pub struct DispatcherConfig {
     /// Time limits per command, over the commands' own defaults (a task's
     /// `timeout` param overrides both).
     pub timeouts: std::collections::BTreeMap<String, Duration>,
+    /// The longest limit a task's own `timeout` param may set.
+    pub max_timeout: Duration,
     /// How long a job told to stop may take to come back before its worker
     /// is taken to be stuck, abandoned and replaced.
     pub stuck_after: Duration,
@@ -73,9 +79,9 @@ pub struct Dispatcher {
     /// Told when a claim that was in flight as draining began has handed
     /// its tasks back.
     claim_drained: Option<tokio::sync::oneshot::Sender<()>>,
-    /// A suspect (a task some process died running) is due: claim nothing
-    /// else until it can run alone.
+    /// A suspect (a task some process died running) is due, since when.
     suspects_waiting: bool,
+    suspects_since: Option<Instant>,
     /// The lease of a suspect running here: nothing else is claimed until
     /// its attempt has ended and been recorded, so if it kills this process
     /// too, no other task is blamed.
@@ -118,8 +124,16 @@ impl Dispatcher {
             store_ok_since: None,
             // Looked for once at start; rescues keep it current.
             suspects_waiting: true,
+            suspects_since: Some(Instant::now()),
             isolating: None,
         }
+    }
+
+    fn note_suspects(&mut self, waiting: bool) {
+        if waiting && !self.suspects_waiting {
+            self.suspects_since = Some(Instant::now());
+        }
+        self.suspects_waiting = waiting;
     }
 
     /// Notes whether a call to the store got through.
@@ -207,7 +221,7 @@ impl Dispatcher {
                     if rescued.tasks > 0 {
                         tracing::warn!("rescued {} task(s) whose lease expired", rescued.tasks);
                     }
-                    act.suspects_waiting = rescued.suspects_waiting;
+                    act.note_suspects(rescued.suspects_waiting);
                     if rescued.tasks > 0 || rescued.suspects_waiting {
                         ctx.notify(Wake);
                     }
@@ -247,15 +261,26 @@ impl Handler<Wake> for Dispatcher {
             self.again = true;
             return;
         }
-        let free = self.capacity.saturating_sub(self.busy);
+        // The pool may run smaller than configured (stuck threads past the
+        // limit are not replaced).
+        let free = self
+            .capacity
+            .min(self.env.pool.size())
+            .saturating_sub(self.busy);
         if free == 0 || self.isolating.is_some() {
             return;
         }
-        // A suspect runs alone: wait until every attempt here has ended and
-        // been recorded (a death while one is recording would blame it too),
-        // then claim the suspect before anything else.
-        let suspects = self.suspects_waiting;
-        if suspects && !self.running.is_empty() {
+        // A suspect runs alone, so an idle process (every attempt here ended
+        // and recorded: a death while one records would blame it too) claims
+        // it before anything else. A busy one goes on claiming other work,
+        // unless the suspect has waited too long: then it drains.
+        let suspects = self.suspects_waiting && self.running.is_empty();
+        if self.suspects_waiting
+            && !suspects
+            && self
+                .suspects_since
+                .is_some_and(|t| t.elapsed() > SUSPECT_PATIENCE)
+        {
             return;
         }
         self.claiming = true;
@@ -278,7 +303,7 @@ impl Handler<Wake> for Dispatcher {
             let claimed = claimed.map(|(tasks, suspect)| {
                 if !suspect && suspects {
                     // None was due after all.
-                    act.suspects_waiting = false;
+                    act.note_suspects(false);
                 }
                 if suspect && !act.draining {
                     tracing::warn!(task = %tasks[0].lease.task_id, "running a task a process died running, alone");

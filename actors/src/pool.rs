@@ -34,6 +34,12 @@ pub struct PoolConfig {
     pub torch_threads: usize,
     /// Added to each worker thread's nice value.
     pub nice: i32,
+    /// Stuck (abandoned) threads tolerated; `/readyz` reports not ready
+    /// past it. Stuck threads are replaced while there are at most
+    /// `max_stuck + workers` of them: past that the pool shrinks, rather
+    /// than let a stream of stuck jobs pile up threads that each hold
+    /// memory and a core.
+    pub max_stuck: usize,
 }
 
 impl PoolConfig {
@@ -49,6 +55,7 @@ impl PoolConfig {
             workers,
             torch_threads: (spare / workers).max(1),
             nice: 10,
+            max_stuck: 2,
         }
     }
 }
@@ -153,6 +160,8 @@ pub struct Pool {
 
 struct Slots {
     idle: Vec<(usize, Addr<MlWorker>)>,
+    /// Workers that can take jobs: idle or busy, not stuck.
+    size: usize,
     next_id: usize,
 }
 
@@ -172,10 +181,10 @@ impl Taken {
     /// worker takes its place in the pool.
     pub fn abandon(mut self, task: Uuid) {
         if let Some((id, _)) = self.worker.take() {
-            tracing::error!(worker = id, %task, "abandoning an ML thread stuck in a job; starting a replacement");
+            tracing::error!(worker = id, %task, "abandoning an ML thread stuck in a job");
             self.pool.board.update(id, |w| w.state = WorkerState::Stuck);
-            let replacement = self.pool.spawn();
-            self.pool.slots().idle.push(replacement);
+            self.pool.slots().size -= 1;
+            self.pool.top_up();
         }
     }
 }
@@ -194,20 +203,44 @@ impl Pool {
         let pool = Self {
             inner: Arc::new(Mutex::new(Slots {
                 idle: Vec::new(),
+                size: 0,
                 next_id: 0,
             })),
             config,
             board,
         };
-        for _ in 0..config.workers {
-            let worker = pool.spawn();
-            pool.slots().idle.push(worker);
-        }
+        pool.top_up();
         pool
+    }
+
+    /// Workers that can take jobs now: the configured number, less the
+    /// stuck threads past `max_stuck` that were not replaced.
+    pub fn size(&self) -> usize {
+        self.slots().size
+    }
+
+    /// Starts workers until the pool is at full size, unless too many
+    /// threads are stuck (a stuck thread that comes back leaves the board,
+    /// and the pool grows again).
+    fn top_up(&self) {
+        while self.slots().size < self.config.workers {
+            if self.board.stuck() > self.config.max_stuck + self.config.workers {
+                tracing::error!(
+                    stuck = self.board.stuck(),
+                    "too many stuck ML threads to replace: the pool runs smaller until they end"
+                );
+                return;
+            }
+            let worker = self.spawn();
+            let mut slots = self.slots();
+            slots.idle.push(worker);
+            slots.size += 1;
+        }
     }
 
     /// An idle worker, if there is one.
     pub fn take(&self) -> Option<Taken> {
+        self.top_up();
         let worker = self.slots().idle.pop()?;
         Some(Taken {
             pool: self.clone(),

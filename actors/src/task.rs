@@ -59,6 +59,13 @@ impl std::fmt::Display for TaskStatus {
     }
 }
 
+/// How long a task waits before attempt `attempt + 1` after attempt
+/// `attempt` failed transiently or its process died: `base`, doubled for
+/// each attempt so far (at most 2¹⁶ times).
+pub fn retry_delay(base: std::time::Duration, attempt: i32) -> std::time::Duration {
+    base.saturating_mul(2u32.saturating_pow((attempt - 1).clamp(0, 16) as u32))
+}
+
 /// The right to run one attempt of a task. Every write a worker makes about
 /// its task names the lease, so a worker whose lease was lost (and whose task
 /// was handed to someone else) writes nothing.
@@ -145,6 +152,14 @@ impl CancelToken {
     /// Stopped by its time limit rather than by a user or a lost lease.
     pub fn timed_out(&self) -> bool {
         self.0.load(Ordering::Relaxed) == TIMED_OUT
+    }
+
+    /// Resolves once the token is cancelled (or timed out), for async code
+    /// that waits on something else meanwhile.
+    pub async fn stopped(&self) {
+        while !self.is_cancelled() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     /// `Err(cancelled)` once cancelled, for `?` between batches.

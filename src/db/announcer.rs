@@ -86,7 +86,23 @@ async fn run(pool: Pool, mut pending: mpsc::UnboundedReceiver<Range>, hub: Arc<H
     // Announcements were lost: the next batch that goes out first tells
     // every process's feed clients to resync.
     let mut gap = false;
-    while pending.recv_many(&mut batch, BATCH).await > 0 {
+    loop {
+        let received = if gap {
+            // Say it again until it is heard, even if nothing else happens.
+            let wait = pending.recv_many(&mut batch, BATCH);
+            match tokio::time::timeout(Duration::from_secs(1), wait).await {
+                Ok(n) => n,
+                Err(_) => {
+                    gap = announce(&pool, &[], &[], &[], false, true).await.is_err();
+                    continue;
+                }
+            }
+        } else {
+            pending.recv_many(&mut batch, BATCH).await
+        };
+        if received == 0 {
+            return;
+        }
         let tasks: Vec<Uuid> = batch.iter().map(|r| r.task).collect();
         let firsts: Vec<i64> = batch.iter().map(|r| r.first).collect();
         let lasts: Vec<i64> = batch.iter().map(|r| r.last).collect();

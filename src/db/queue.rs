@@ -17,8 +17,10 @@ use uuid::Uuid;
 use mlq_actors::ports::{Rescued, StoreError, TaskStore};
 use mlq_actors::progress::{Progress, Report};
 use mlq_actors::task::{
-    ClaimedTask, Finish, HeartbeatReport, Lease, ModelDraft, ModelRecord, StoredArtifact,
+    retry_delay, ClaimedTask, Finish, HeartbeatReport, Lease, ModelDraft, ModelRecord,
+    StoredArtifact,
 };
+use mlq_actors::JobError;
 
 use super::announcer::Announcer;
 use super::tasks::json_column;
@@ -221,7 +223,10 @@ impl PgTaskStore {
                 (error, delay) = (jsonb(&e.to_json()), millis(*d));
                 (RETRY, vec![&error, &delay])
             }
-            Finish::Cancelled => (CANCELLED, vec![]),
+            Finish::Cancelled => {
+                error = cancelled_error();
+                (CANCELLED, vec![&error])
+            }
         };
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&lease.task_id, &lease.token, &progress];
         params.extend(extra);
@@ -305,6 +310,11 @@ fn jsonb(value: &Value) -> Value {
         ),
         other => other.clone(),
     }
+}
+
+/// The error every cancelled task ends with.
+pub(crate) fn cancelled_error() -> Value {
+    JobError::cancelled().to_json()
 }
 
 fn millis(d: Duration) -> f64 {
@@ -439,10 +449,14 @@ impl TaskStore for PgTaskStore {
         live: &[Uuid],
     ) -> Result<Rescued, StoreError> {
         let client = self.fast_client().await?;
+        // The backoff after each attempt number, from the one formula.
+        let delays: Vec<f64> = (1..=32)
+            .map(|attempt| millis(retry_delay(backoff_base, attempt)))
+            .collect();
         let rows = client
             .query(
                 include_str!("sql/rescue.sql"),
-                &[&millis(backoff_base), &live],
+                &[&delays, &live, &cancelled_error()],
             )
             .await
             .map_err(query)?;

@@ -166,12 +166,11 @@ pub async fn cancel(client: &mut deadpool_postgres::Client, id: Uuid) -> Result<
         None => Cancel::NotFound,
         Some(TaskStatus::Queued) => {
             tx.execute(
-                r#"UPDATE tasks
-                   SET status = 'cancelled', cancel_requested = true, finished_at = now(),
-                       updated_at = now(),
-                       error = '{"code": "cancelled", "message": "the task was cancelled"}'
-                   WHERE id = $1"#,
-                &[&id],
+                "UPDATE tasks
+                 SET status = 'cancelled', cancel_requested = true, finished_at = now(),
+                     updated_at = now(), error = $2
+                 WHERE id = $1",
+                &[&id, &super::queue::cancelled_error()],
             )
             .await?;
             Cancel::Cancelled

@@ -75,7 +75,7 @@ async fn accept(
                 state.limits.max_upload_time,
             )));
         }
-        register(state, id, &submission).await
+        register(state, id, &submission, &mut stored).await
     }
     .await;
     match result {
@@ -132,6 +132,7 @@ async fn register(
     state: &AppState,
     id: Uuid,
     submission: &Submission,
+    stored: &mut StoredInputs,
 ) -> Result<TaskRecord, Registered> {
     let checked = super::command(state, &submission.command)?
         .check(submission.params.clone(), submission.inputs.len())
@@ -149,6 +150,7 @@ async fn register(
             message: format!("no model with id {missing}"),
         }));
     }
+    stored.committing = true;
     let task = db::tasks::insert(
         &client,
         db::tasks::NewTask {
@@ -178,6 +180,9 @@ struct StoredInputs {
     objects: Arc<dyn ObjectStore>,
     janitor: Janitor,
     inputs: Vec<InputFile>,
+    /// The insert that references them was sent: if the request is dropped
+    /// now, its row may still commit, so they are left to the collector.
+    committing: bool,
 }
 
 impl StoredInputs {
@@ -186,6 +191,7 @@ impl StoredInputs {
             objects: state.objects.clone(),
             janitor: state.janitor.clone(),
             inputs: Vec::new(),
+            committing: false,
         }
     }
 
@@ -205,6 +211,9 @@ impl StoredInputs {
 
 impl Drop for StoredInputs {
     fn drop(&mut self) {
+        if self.committing {
+            return;
+        }
         for input in std::mem::take(&mut self.inputs) {
             self.janitor.delete(input.key);
         }
@@ -597,7 +606,18 @@ fn sanitize_name(name: &str) -> String {
     base.chars().filter(|c| !c.is_control()).take(255).collect()
 }
 
+/// Largest params object, serialized: params live in the task row and in
+/// every view of the task.
+const MAX_PARAMS_BYTES: usize = 64 << 10;
+
 fn params_object(value: Value) -> Result<Value, ApiError> {
+    let size = value.to_string().len();
+    if size > MAX_PARAMS_BYTES {
+        return Err(ApiError::InvalidParams {
+            field: "params".into(),
+            message: format!("{size} bytes is over the limit of {MAX_PARAMS_BYTES}"),
+        });
+    }
     match value {
         Value::Null => Ok(Value::Object(Default::default())),
         Value::Object(_) => Ok(value),

@@ -206,6 +206,13 @@ impl S3Store {
             .map_err(|e| ObjectError::Backend(format!("GET {key}: {}", without_url(&e))))?;
         let status = response.status().as_u16();
         match status {
+            // A server that ignored the range would send the whole object
+            // under the range's length.
+            200 if range.is_some() => {
+                return Err(ObjectError::Backend(format!(
+                    "GET {key} ignored the requested range"
+                )))
+            }
             200..=299 => {}
             404 => return Err(ObjectError::NotFound(key.to_owned())),
             _ => return Err(ObjectError::Backend(format!("GET {key} answered {status}"))),

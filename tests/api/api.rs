@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use awc::http::StatusCode;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::helpers::{multipart, spawn_app};
 
@@ -281,4 +281,87 @@ async fn deleting_a_running_task_stops_it() {
         app.finished(next, Duration::from_secs(10)).await["status"],
         "succeeded"
     );
+}
+
+#[actix_web::test]
+async fn server_errors_name_a_request_id_and_keep_their_details_to_the_log() {
+    let app = spawn_app().await;
+    let id = app
+        .submit_accepted(
+            "train",
+            json!({"target": "label", "epochs": 1}),
+            &[("blobs.csv", &crate::helpers::blobs_csv(100, 1))],
+        )
+        .await;
+    let task = app.finished(id, Duration::from_secs(60)).await;
+    assert_eq!(task["status"], "succeeded", "{task:#}");
+    // The stored weights vanish behind mlq's back: a server-side fault.
+    let artifacts = app
+        .settings
+        .objects_dir()
+        .join("artifacts")
+        .join(id.to_string());
+    std::fs::remove_dir_all(&artifacts).unwrap();
+    let mut res = app
+        .client
+        .get(app.url(&format!("/api/v1/tasks/{id}/artifacts/model.safetensors")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let header = res
+        .headers()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = res.json().await.unwrap();
+    let error = &body["error"];
+    assert_eq!(error["code"], "storage_error", "{body}");
+    assert_eq!(error["request_id"], header.as_str(), "{body}");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("request id"), "{message}");
+    assert!(
+        !message.contains("artifacts/") && !message.contains(&id.to_string()),
+        "{message}"
+    );
+    // Every response names its request, errors or not.
+    let res = app
+        .client
+        .get(app.url("/api/v1/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert!(res.headers().contains_key("x-request-id"));
+    let res = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert!(res.headers().contains_key("x-request-id"));
+}
+
+#[actix_web::test]
+async fn database_errors_are_told_apart_by_sqlstate_class() {
+    use mlq::db::{is_statement_error, DbError};
+    let app = spawn_app().await;
+    let client = app.db.get().await.unwrap();
+    // The statement is at fault: retrying cannot help.
+    for bad in [
+        "SELECT 1 / 0",                   // 22: data exception
+        "SELECT nonsense FROM nowhere",   // 42: undefined table
+        "SELECT repeat('x', 1100000000)", // 54: program limit
+    ] {
+        let e = client.simple_query(bad).await.unwrap_err();
+        assert!(is_statement_error(&e), "{bad}: {e}");
+        assert!(!DbError::Query(e).is_unavailable(), "{bad}");
+    }
+    // The server was busy or going away: worth another try, and a 503.
+    client
+        .batch_execute("SET statement_timeout = 50")
+        .await
+        .unwrap();
+    let e = client.simple_query("SELECT pg_sleep(2)").await.unwrap_err();
+    assert!(!is_statement_error(&e), "{e}");
+    let e = DbError::Query(e);
+    assert!(e.is_unavailable());
+    assert_eq!(e.code(), "database_unavailable");
 }

@@ -87,9 +87,10 @@ async fn requests_answer_503_while_postgres_is_unreachable_and_recover() {
     ] {
         let started = Instant::now();
         let (status, body) = app.get(path).await;
-        // Well under the client's 30 s: the request did not hang.
+        // Within a second or two (the pool's wait timeout), with room for
+        // a loaded machine: the request did not hang.
         assert!(
-            started.elapsed() < Duration::from_secs(10),
+            started.elapsed() < Duration::from_secs(5),
             "{path} took {:?}",
             started.elapsed()
         );
@@ -455,6 +456,8 @@ async fn a_postgres_restart_under_load_loses_and_duplicates_nothing() {
         let task = all.iter().find(|t| t["id"] == id.to_string());
         let task = task.unwrap_or_else(|| panic!("accepted task {id} was lost"));
         assert_eq!(task["status"], "succeeded", "{task:#}");
+        // Ran once: no lease was taken from the live process.
+        assert_eq!(task["attempts"], 1, "{task:#}");
     }
     assert!(all.iter().any(|t| t["id"] == id.as_str()));
     // Exactly one outcome each: one `succeeded` event per task.

@@ -14,5 +14,6 @@ mod process;
 mod proxy;
 mod queue;
 mod s3;
+mod soak;
 mod stalls;
 mod storage;

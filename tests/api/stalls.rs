@@ -322,6 +322,8 @@ async fn a_cancel_lands_while_a_large_file_is_scanned() {
     assert_eq!(status, StatusCode::OK);
     let task = app.finished(id, WITHIN).await;
     assert_eq!(task["status"], "cancelled", "{task:#}");
+    // It stopped the scan itself, not a later stage.
+    assert_eq!(task["progress"]["stage"], "scanning data", "{task:#}");
     eprintln!("cancel landed {:?} after it was asked", asked.elapsed());
 }
 

@@ -302,6 +302,35 @@ async fn the_collector_deletes_only_old_unreferenced_objects() {
     );
 }
 
+#[actix_web::test]
+async fn the_collector_removes_writes_a_dead_process_left_unfinished() {
+    let app = crate::helpers::spawn_app_with(|s| s.collect_every = Duration::from_secs(3600)).await;
+    let store = FsStore::new(app.settings.objects_dir()).unwrap();
+    // A write begun and never finished or aborted, as when a process dies
+    // mid-upload.
+    let mut writer = store
+        .writer(&format!("inputs/{}/0", uuid::Uuid::new_v4()), "text/csv")
+        .await
+        .unwrap();
+    writer
+        .write(Bytes::from_static(b"half an upload"))
+        .await
+        .unwrap();
+    std::mem::forget(writer);
+    let tmp = app.settings.objects_dir().join(".tmp");
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 1);
+    // Within the grace period it may still finish: kept.
+    mlq::storage::collector::collect(&app.db, &store, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 1);
+    let removed = mlq::storage::collector::collect(&app.db, &store, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+}
+
 /// Sends the start of a multipart upload over a raw socket, `bytes` of file
 /// content, then hangs up.
 async fn upload_and_disconnect(app: &crate::helpers::TestApp, bytes: usize) {

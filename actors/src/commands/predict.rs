@@ -27,7 +27,7 @@ use crate::task::{ArtifactFile, JobContext, Outcome};
 pub const INLINE_PREDICTIONS: usize = 100;
 /// Classes shown per inline prediction (the likeliest), so a model with a
 /// thousand classes does not put a thousand numbers in each.
-pub const INLINE_CLASSES: usize = 10;
+pub const INLINE_CLASSES: usize = 5;
 /// Rows per forward pass, at most: bounds memory and lets a cancel land
 /// quickly.
 const CHUNK_ROWS: usize = 8192;
@@ -177,10 +177,12 @@ fn fallible_zeros(n: usize) -> Result<Vec<f32>, JobError> {
     Ok(v)
 }
 
-/// The target value of a row, when the file has the target column.
+/// The target value of a row, when the file has the target column: a
+/// class as its index among the model's classes (`None`: a label the
+/// model does not know, never predicted), or a number.
 enum Truth {
     Missing,
-    Label(String),
+    Class(Option<usize>),
     Value(f64),
 }
 
@@ -218,7 +220,12 @@ impl<M: Module> Run<'_, M> {
                 Ok(Truth::Missing)
             } else {
                 match self.spec.kind {
-                    ProblemKind::Classification => Ok(Truth::Label(cell.to_owned())),
+                    ProblemKind::Classification => Ok(Truth::Class(
+                        self.spec
+                            .classes
+                            .binary_search_by(|c| c.as_str().cmp(cell))
+                            .ok(),
+                    )),
                     ProblemKind::Regression => table::parse_number(row, &self.spec.target, cell)
                         .map(|v| Truth::Value(f64::from(v))),
                 }
@@ -261,10 +268,10 @@ impl<M: Module> Run<'_, M> {
                         .enumerate()
                         .max_by(|a, b| a.1.total_cmp(b.1))
                         .map_or(0, |(i, _)| i);
-                    if let (Some(score), Some(Truth::Label(actual))) =
+                    if let (Some(score), Some(Truth::Class(actual))) =
                         (&mut self.score, self.truth.get(i))
                     {
-                        score.count(f64::from(u8::from(self.spec.classes[label] == *actual)));
+                        score.count(f64::from(u8::from(*actual == Some(label))));
                     }
                     if self.inline.len() < INLINE_PREDICTIONS {
                         self.inline.push(inline_class(self.spec, row, label, p));

@@ -25,6 +25,8 @@ pub const MAX_BATCH: u32 = 65_536;
 /// Keeps one task from eating a worker's memory: about 200 MB of f32 weights
 /// plus Adam's two moments.
 pub const MAX_PARAMETERS: i64 = 16_000_000;
+/// Most bytes of category levels and class labels a model's spec keeps.
+pub const MAX_SPEC_LEVEL_BYTES: usize = 1 << 20;
 /// Validation rows per forward pass when computing epoch metrics.
 const EVAL_CHUNK: i64 = 65_536;
 /// A numeric target with at most this many distinct whole numbers is taken
@@ -237,6 +239,29 @@ fn prepare(p: &TrainParams, ctx: &JobContext) -> Result<Prepared, JobError> {
             table::Slot::Categorical { levels, .. } => levels.len(),
         };
         slots.push((name.clone(), slot));
+    }
+    // Levels and class labels are stored in the model's spec, which every
+    // view of the model carries.
+    let level_bytes: usize = slots
+        .iter()
+        .filter_map(|(_, slot)| match slot {
+            table::Slot::Categorical { levels, .. } => {
+                Some(levels.iter().map(String::len).sum::<usize>())
+            }
+            table::Slot::Numeric { .. } => None,
+        })
+        .sum::<usize>()
+        + target_stats.distinct.iter().map(String::len).sum::<usize>();
+    if level_bytes > MAX_SPEC_LEVEL_BYTES {
+        return Err(JobError::new(
+            ErrorCode::DataTooLarge,
+            format!(
+                "the text columns' categories come to {} KiB, over the limit of {} KiB a model \
+                 may keep; leave wide text columns out with the `features` param",
+                level_bytes >> 10,
+                MAX_SPEC_LEVEL_BYTES >> 10
+            ),
+        ));
     }
     let output = match kind {
         ProblemKind::Classification => target_stats.distinct.len(),

@@ -1,8 +1,8 @@
--- Ends an attempt, and the task, as cancelled.
+-- Ends an attempt, and the task, as cancelled with error $4.
 UPDATE tasks
 SET status        = 'cancelled',
     progress      = coalesce($3, progress),
-    error         = '{"code": "cancelled", "message": "the task was cancelled"}',
+    error         = $4,
     finished_at   = now(),
     updated_at    = now(),
     outcome_lease = lease_token,

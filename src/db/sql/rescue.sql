@@ -1,9 +1,10 @@
 -- Tasks whose lease expired belong to a process that died or hung. Re-queue
--- each with exponential backoff ($1 ms doubled per attempt so far), or end
--- it: when it was cancelled, when it has used all its attempts, or when
+-- each after a backoff ($1: the delay in ms after each attempt number, from
+-- `retry_delay`), or end it: when it was cancelled, when it has used all its attempts, or when
 -- this is the second process that died running it (its input is then taken
 -- to have killed them; see `crashed_on`). Leases in $2 are the rescuer's
 -- own live ones: never taken from under it, whatever their expiry says.
+-- $3 is the error a cancelled task ends with.
 WITH expired AS (
     SELECT id
     FROM tasks
@@ -31,11 +32,11 @@ SET status           = CASE j.verdict
                            WHEN 'retry' THEN 'queued'
                            ELSE 'failed'
                        END,
-    run_at           = now() + $1 * interval '1 millisecond' * power(2, least(greatest(t.attempts - 1, 0), 16)),
+    run_at           = now() + ($1::float8[])[least(greatest(t.attempts, 1), cardinality($1::float8[]))]
+                               * interval '1 millisecond',
     crashed_on       = j.crashed_on,
     error            = CASE j.verdict
-                           WHEN 'cancelled' THEN
-                               '{"code": "cancelled", "message": "the task was cancelled"}'::jsonb
+                           WHEN 'cancelled' THEN $3::jsonb
                            WHEN 'crashed' THEN jsonb_build_object(
                                'code', 'worker_crashed',
                                'message', format('the processes running this task died twice '
