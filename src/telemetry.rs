@@ -39,8 +39,10 @@ pub fn redact(text: &str) -> String {
                 "$1:[redacted]@",
             ),
             (r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+", "$1 [redacted]"),
+            // `key=value` and `"key": "value"` secrets, `s3_secret_key` too
+            // (but not `lease_token`: leases are not secrets).
             (
-                r#"(?i)\b(password|passwd|secret|secret_key|access_key|api_key|token|authorization)(\x22?\s*[=:]\s*\x22?)[^\s\x22&,;}]+"#,
+                r#"(?i)\b((?:\w*_)?(?:password|passwd|secret|secret_key|access_key|api_key)|token|authorization)(\x22?\s*[=:]\s*\x22?)[^\s\x22&,;}]+"#,
                 "$1$2[redacted]",
             ),
         ]
@@ -128,6 +130,8 @@ mod tests {
         assert!(!out.contains("eyJ"), "{out}");
         let out = redact(r#"config {"secret_key": "wJalrXUt", "password=pw1"}"#);
         assert!(!out.contains("wJalrXUt") && !out.contains("pw1"), "{out}");
+        let out = redact("s3_secret_key = \"wJal\" MLQ_S3_SECRET_KEY=abc");
+        assert!(!out.contains("wJal") && !out.contains("abc"), "{out}");
         let out = redact("task 1 lease_token=5f0c ok");
         assert!(out.contains("5f0c"), "lease tokens are not secrets: {out}");
     }

@@ -13,6 +13,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
 use mlq_actors::commands::SubmitError;
+use mlq_actors::error::{truncate, MAX_MESSAGE_BYTES};
 use mlq_actors::ports::ObjectError;
 
 use crate::db::DbError;
@@ -168,9 +169,11 @@ impl ResponseError for ApiError {
                 "request_id": request_id,
             })
         } else {
-            let mut body = json!({ "code": self.code(), "message": self.to_string() });
+            // Messages may quote what the client sent: keep them small.
+            let message = truncate(self.to_string(), MAX_MESSAGE_BYTES);
+            let mut body = json!({ "code": self.code(), "message": message });
             if let Self::InvalidParams { field, .. } = self {
-                body["field"] = json!(field);
+                body["field"] = json!(truncate(field.clone(), 256));
             }
             body
         };

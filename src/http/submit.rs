@@ -90,6 +90,7 @@ async fn accept(
         Err(Registered::Unknown(e)) => match committed(state, id).await {
             Some(Some(task)) => {
                 stored.keep();
+                state.announcer.queued(id, task.seq);
                 tracing::info!(task = %id, "the task was queued although its insert's answer was lost");
                 Ok(task)
             }

@@ -58,7 +58,7 @@ impl<'c> Records<'c> {
             end: 0,
             eof: false,
             out: vec![0; MAX_RECORD_BYTES],
-            ends: vec![0; MAX_COLUMNS + 1],
+            ends: vec![0; MAX_COLUMNS],
             fields: 0,
             text: String::new(),
             bounds: Vec::new(),

@@ -87,7 +87,7 @@ pub struct ColumnStats {
     pub first_missing: Option<usize>,
     pub all_integer: bool,
     /// Distinct non-missing values, up to `MAX_LEVELS + 1` (numbers in a
-    /// feature column: up to `MAX_FEATURE_NUMBERS + 1`).
+    /// feature column: up to `MAX_FEATURE_NUMBERS`).
     pub distinct: BTreeSet<String>,
     /// Distinct numbers seen, up to the column's cap.
     pub numbers: usize,
