@@ -144,7 +144,27 @@ async fn run(pool: Pool, mut pending: mpsc::UnboundedReceiver<Range>, hub: Arc<H
     }
 }
 
+/// Longest one announcement may take: a connection that stopped answering
+/// must not hold every later announcement back.
+const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(5);
+
 async fn announce(
+    pool: &Pool,
+    tasks: &[Uuid],
+    firsts: &[i64],
+    lasts: &[i64],
+    wake: bool,
+    gap: bool,
+) -> Result<(), String> {
+    tokio::time::timeout(
+        ANNOUNCE_TIMEOUT,
+        announce_now(pool, tasks, firsts, lasts, wake, gap),
+    )
+    .await
+    .map_err(|_| format!("no answer within {ANNOUNCE_TIMEOUT:?}"))?
+}
+
+async fn announce_now(
     pool: &Pool,
     tasks: &[Uuid],
     firsts: &[i64],

@@ -36,7 +36,7 @@ pub enum DbError {
     Unreachable { target: String, reason: String },
     #[error("invalid database URL: {0}")]
     Config(String),
-    #[error("database query failed: {0}")]
+    #[error("database query failed: {}", describe(.0))]
     Query(#[from] tokio_postgres::Error),
     #[error("no database connection available: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
@@ -66,6 +66,15 @@ impl DbError {
             Self::Query(e) => !is_statement_error(e),
             _ => false,
         }
+    }
+}
+
+/// A query error with the server's own message: tokio-postgres shows it as
+/// just "db error".
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
     }
 }
 

@@ -288,10 +288,11 @@ fn unavailable(e: DbError) -> StoreError {
 /// write fails the same way. Anything else (a dropped connection, a
 /// restarting or overloaded server) is worth another try.
 fn query(e: tokio_postgres::Error) -> StoreError {
+    let described = super::describe(&e);
     if super::is_statement_error(&e) {
-        StoreError::Rejected(e.to_string())
+        StoreError::Rejected(described)
     } else if e.code().is_some() {
-        StoreError::Busy(e.to_string())
+        StoreError::Busy(described)
     } else {
         unavailable(DbError::Query(e))
     }

@@ -74,6 +74,26 @@ async fn an_outcome_whose_commit_answer_was_lost_is_recorded_once_and_its_model_
 }
 
 #[actix_web::test]
+async fn an_outcome_too_big_to_store_in_time_is_recorded_as_a_small_failure() {
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.statement_timeout = Duration::from_millis(250);
+    })
+    .await;
+    // 200 MB of result: Postgres cannot take it within the statement
+    // timeout, however often it is asked.
+    let id = app
+        .submit("sleep", json!({"result_bytes": 200 << 20}))
+        .await;
+    let task = app.finished(id, WITHIN).await;
+    assert_eq!(task["status"], "failed", "{}", task["error"]);
+    assert_eq!(task["error"]["code"], "internal", "{}", task["error"]);
+    let message = task["error"]["message"].as_str().unwrap();
+    assert!(message.contains("could not be stored"), "{message}");
+    assert_eq!(task["attempts"], 1, "not run again");
+    assert!(task.to_string().len() < 16 << 10);
+}
+
+#[actix_web::test]
 async fn requests_answer_503_while_postgres_is_unreachable_and_recover() {
     let proxy = proxy().await;
     let app = app_behind(&proxy, |_| {}).await;
@@ -161,6 +181,32 @@ async fn a_dead_listen_connection_closes_feed_clients_who_then_resync() {
             }
         }
     }
+}
+
+#[actix_web::test]
+async fn feed_clients_that_would_miss_unannounced_events_are_told_to_resync() {
+    let proxy = proxy().await;
+    let app = app_behind(&proxy, |_| {}).await;
+    let id = app
+        .submit("sleep", json!({"ms": 60_000, "steps": 600}))
+        .await;
+    app.wait_for(id, WITHIN, |t| t["status"] == "running").await;
+    let mut feed = Feed::connect(&app, &format!("/api/v1/tasks/{id}/events")).await;
+    feed.next(WITHIN).await.unwrap();
+    // The announcer's connection stops answering: the task's claim and
+    // everything after it are stored but cannot be announced.
+    proxy.black_hole_announcers(true);
+    let (status, _) = app
+        .post_json(&format!("/api/v1/tasks/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    while feed.next(Duration::from_secs(90)).await.is_some() {}
+    let closed = feed.closed.clone().expect("closed with a reason");
+    assert_eq!(closed.code, awc::ws::CloseCode::Again, "{closed:?}");
+    proxy.black_hole_announcers(false);
+    // What was stored is there for the resync.
+    let task = app.finished(id, WITHIN).await;
+    assert_eq!(task["status"], "cancelled");
 }
 
 #[actix_web::test]

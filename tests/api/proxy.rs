@@ -15,6 +15,8 @@ struct Rules {
     black_hole_all: AtomicBool,
     /// Nothing passes on connections that issued LISTEN.
     black_hole_listeners: AtomicBool,
+    /// Nothing passes on connections that announced feed events.
+    black_hole_announcers: AtomicBool,
     /// Cut the first connection that sends this marker and then a COMMIT:
     /// the COMMIT reaches Postgres, its answer never comes back.
     cut_after_commit: Mutex<Option<Vec<u8>>>,
@@ -59,6 +61,10 @@ impl PgProxy {
         self.rules.black_hole_listeners.store(on, Ordering::SeqCst);
     }
 
+    pub fn black_hole_announcers(&self, on: bool) {
+        self.rules.black_hole_announcers.store(on, Ordering::SeqCst);
+    }
+
     /// Arms a cut: the next connection to send `marker`, then COMMIT.
     pub fn cut_after_commit(&self, marker: &[u8]) {
         *self.rules.cut_after_commit.lock().unwrap() = Some(marker.to_vec());
@@ -74,6 +80,7 @@ impl PgProxy {
 #[derive(Default)]
 struct Conn {
     listens: AtomicBool,
+    announces: AtomicBool,
     marked: AtomicBool,
     dead: AtomicBool,
 }
@@ -83,6 +90,8 @@ impl Conn {
         rules.black_hole_all.load(Ordering::SeqCst)
             || (rules.black_hole_listeners.load(Ordering::SeqCst)
                 && self.listens.load(Ordering::SeqCst))
+            || (rules.black_hole_announcers.load(Ordering::SeqCst)
+                && self.announces.load(Ordering::SeqCst))
     }
 }
 
@@ -112,6 +121,9 @@ async fn relay(client: TcpStream, server: TcpStream, rules: Arc<Rules>) {
                 let chunk = &buf[..n];
                 if contains(chunk, b"LISTEN ") {
                     conn.listens.store(true, Ordering::SeqCst);
+                }
+                if contains(chunk, b"announce(") {
+                    conn.announces.store(true, Ordering::SeqCst);
                 }
                 let mut cut = false;
                 {

@@ -43,6 +43,10 @@ pub struct SleepParams {
     /// Log lines to write, one per step (the rest with the last step).
     #[serde(default)]
     pub log_lines: u32,
+    /// Bytes of filler in the result, for outcomes too big to store in
+    /// time.
+    #[serde(default)]
+    pub result_bytes: u64,
 }
 
 fn one() -> u32 {
@@ -59,6 +63,9 @@ impl Params for SleepParams {
         }
         if self.log_lines > 100_000 {
             return Err(SubmitError::param("log_lines", "at most 100000"));
+        }
+        if self.result_bytes > 256 << 20 {
+            return Err(SubmitError::param("result_bytes", "at most 256 MiB"));
         }
         Ok(())
     }
@@ -105,7 +112,17 @@ impl Command for Sleep {
         }
         match p.fail {
             None | Some(Failure::Abort) | Some(Failure::Hang) => Ok(Outcome {
-                result: json!({ "slept_ms": p.ms, "steps": p.steps, "inputs": ctx.inputs.len() }),
+                result: {
+                    let mut result = json!({
+                        "slept_ms": p.ms,
+                        "steps": p.steps,
+                        "inputs": ctx.inputs.len(),
+                    });
+                    if p.result_bytes > 0 {
+                        result["filler"] = json!("x".repeat(p.result_bytes as usize));
+                    }
+                    result
+                },
                 ..Outcome::default()
             }),
             Some(Failure::Transient) => {
