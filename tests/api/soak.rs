@@ -181,6 +181,13 @@ async fn soak(cycles: usize) -> Report {
             }
         }));
         processes[victim] = MlqProcess::start(&url, data.path(), &settings()).await;
+        if (cycle + 1) % 100 == 0 {
+            eprintln!(
+                "soak: {} cycles, {} tasks accepted",
+                cycle + 1,
+                accepted.len()
+            );
+        }
     }
     for watcher in watchers {
         watcher.await.unwrap();

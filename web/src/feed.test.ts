@@ -37,4 +37,15 @@ describe('openFeed', () => {
     vi.advanceTimersByTime(60_000);
     expect(FakeSocket.all).toHaveLength(2);
   });
+
+  it('asks for the whole history when told to start after 0', () => {
+    const feed = openFeed({
+      path: '/api/v1/tasks/t/events',
+      after: 0,
+      onMessage: () => undefined,
+      socket: (url) => new FakeSocket(url) as unknown as WebSocket,
+    });
+    expect(FakeSocket.latest().url).toMatch(/\/api\/v1\/tasks\/t\/events\?after=0$/);
+    feed.close();
+  });
 });

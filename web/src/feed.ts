@@ -37,7 +37,9 @@ export function openFeed(options: FeedOptions): Feed {
 
   const url = () => {
     const params = new URLSearchParams(options.query ?? {});
-    if (after > 0) params.set('after', String(after));
+    // `after: 0` asks for the whole history: the server replays only when
+    // `after` is given.
+    if (after > 0 || options.after !== undefined) params.set('after', String(after));
     const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
     const qs = params.toString();
     return `${proto}//${location.host}${options.path}${qs ? `?${qs}` : ''}`;
