@@ -156,42 +156,30 @@ async fn announce(
     wake: bool,
     gap: bool,
 ) -> Result<(), String> {
-    tokio::time::timeout(
-        ANNOUNCE_TIMEOUT,
-        announce_now(pool, tasks, firsts, lasts, wake, gap),
-    )
+    tokio::time::timeout(ANNOUNCE_TIMEOUT, async {
+        let client = pool.get().await.map_err(|e| e.to_string())?;
+        if gap {
+            client
+                .execute("SELECT pg_notify($1, $2)", &[&EVENTS_CHANNEL, &GAP])
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let statement = client
+            .prepare_cached(ANNOUNCE)
+            .await
+            .map_err(|e| e.to_string())?;
+        client
+            .execute(&statement, &[&tasks, &firsts, &lasts])
+            .await
+            .map_err(|e| e.to_string())?;
+        if wake {
+            client
+                .execute("SELECT pg_notify($1, '')", &[&TASKS_CHANNEL])
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })
     .await
     .map_err(|_| format!("no answer within {ANNOUNCE_TIMEOUT:?}"))?
-}
-
-async fn announce_now(
-    pool: &Pool,
-    tasks: &[Uuid],
-    firsts: &[i64],
-    lasts: &[i64],
-    wake: bool,
-    gap: bool,
-) -> Result<(), String> {
-    let client = pool.get().await.map_err(|e| e.to_string())?;
-    if gap {
-        client
-            .execute("SELECT pg_notify($1, $2)", &[&EVENTS_CHANNEL, &GAP])
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    let statement = client
-        .prepare_cached(ANNOUNCE)
-        .await
-        .map_err(|e| e.to_string())?;
-    client
-        .execute(&statement, &[&tasks, &firsts, &lasts])
-        .await
-        .map_err(|e| e.to_string())?;
-    if wake {
-        client
-            .execute("SELECT pg_notify($1, '')", &[&TASKS_CHANNEL])
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    Ok(())
 }

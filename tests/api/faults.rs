@@ -129,8 +129,9 @@ async fn requests_answer_503_while_postgres_is_unreachable_and_recover() {
     assert_eq!(app.finished(id, WITHIN).await["status"], "succeeded");
 }
 
-#[actix_web::test]
-async fn a_dead_listen_connection_closes_feed_clients_who_then_resync() {
+/// An app behind a proxy, running a long task, and a feed client that has
+/// its snapshot (and the snapshot's number).
+async fn following_a_running_task() -> (PgProxy, TestApp, Uuid, Feed, i64) {
     let proxy = proxy().await;
     let app = app_behind(&proxy, |_| {}).await;
     let id = app
@@ -138,7 +139,13 @@ async fn a_dead_listen_connection_closes_feed_clients_who_then_resync() {
         .await;
     app.wait_for(id, WITHIN, |t| t["status"] == "running").await;
     let mut feed = Feed::connect(&app, &format!("/api/v1/tasks/{id}/events")).await;
-    let mut last_seq = feed.next(WITHIN).await.unwrap()["seq"].as_i64().unwrap();
+    let seq = feed.next(WITHIN).await.unwrap()["seq"].as_i64().unwrap();
+    (proxy, app, id, feed, seq)
+}
+
+#[actix_web::test]
+async fn a_dead_listen_connection_closes_feed_clients_who_then_resync() {
+    let (proxy, app, id, mut feed, mut last_seq) = following_a_running_task().await;
 
     // The LISTEN connection stops answering, without a word.
     proxy.black_hole_listeners(true);
@@ -185,14 +192,7 @@ async fn a_dead_listen_connection_closes_feed_clients_who_then_resync() {
 
 #[actix_web::test]
 async fn feed_clients_that_would_miss_unannounced_events_are_told_to_resync() {
-    let proxy = proxy().await;
-    let app = app_behind(&proxy, |_| {}).await;
-    let id = app
-        .submit("sleep", json!({"ms": 60_000, "steps": 600}))
-        .await;
-    app.wait_for(id, WITHIN, |t| t["status"] == "running").await;
-    let mut feed = Feed::connect(&app, &format!("/api/v1/tasks/{id}/events")).await;
-    feed.next(WITHIN).await.unwrap();
+    let (proxy, app, id, mut feed, _) = following_a_running_task().await;
     // The announcer's connection stops answering: the task's claim and
     // everything after it are stored but cannot be announced.
     proxy.black_hole_announcers(true);
