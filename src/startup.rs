@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 use tracing_actix_web::TracingLogger;
 
 use mlq_actors::commands::Commands;
-use mlq_actors::dispatcher::{Dispatcher, DispatcherConfig, Drain};
+use mlq_actors::dispatcher::{Dispatcher, DispatcherConfig, Drain, Recording};
 use mlq_actors::pool::{Pool, WorkerBoard};
 use mlq_actors::ports::ObjectStore;
 
@@ -186,6 +186,7 @@ impl Application {
                 web_dir.display()
             );
         }
+        let stalled_peer = settings.ws_timeout;
         let mut server = HttpServer::new(move || {
             App::new()
                 .wrap(actix_web::middleware::from_fn(http::request_id::tag))
@@ -196,9 +197,15 @@ impl Application {
         // Live-feed frames are small and bursty: without this, Nagle's
         // algorithm holds a frame back until the client acknowledges the
         // one before it (tens of milliseconds with delayed ACKs).
-        .on_connect(|connection, _| {
+        //
+        // A peer that stops reading (its window stays shut) is dropped by
+        // the kernel once sent data has waited `ws_timeout` unacknowledged:
+        // actix has no write timeout, and a stalled reader would otherwise
+        // hold its connection, and the frames queued for it, for good.
+        .on_connect(move |connection, _| {
             if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
                 let _ = tcp.set_nodelay(true);
+                set_user_timeout(tcp, stalled_peer);
             }
         })
         // Signals are handled in `run_until_stopped`: readiness goes first,
@@ -258,16 +265,25 @@ impl Application {
                     tracing::warn!("could not drain the dispatcher: {e}");
                 }
                 let all = self.max_uploads as u32;
-                let drained = tokio::time::timeout(
-                    self.drain_timeout,
-                    self.uploads.acquire_many(all),
-                )
-                .await;
+                let deadline = tokio::time::Instant::now() + self.drain_timeout;
+                let drained =
+                    tokio::time::timeout_at(deadline, self.uploads.acquire_many(all)).await;
                 if drained.is_err() {
                     tracing::warn!(
                         "uploads still running after {:?}; stopping them",
                         self.drain_timeout
                     );
+                }
+                // Finished jobs still recording their outcome get the rest
+                // of the drain: their work is done and should not be lost.
+                let recorded = tokio::time::timeout_at(deadline, async {
+                    while self.dispatcher.send(Recording).await.unwrap_or(0) > 0 {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                })
+                .await;
+                if recorded.is_err() {
+                    tracing::warn!("outcomes still being recorded after the drain; their tasks will be rescued");
                 }
                 // The server future carries out the stop: keep polling it.
                 let ((), result) = tokio::join!(handle.stop(true), &mut server);
@@ -279,6 +295,28 @@ impl Application {
         }
         self.janitor.settle(Duration::from_secs(10)).await;
         result
+    }
+}
+
+/// Sets `TCP_USER_TIMEOUT`: how long sent data may stay unacknowledged
+/// (zero-window probes included) before the kernel drops the connection.
+/// Idle connections are unaffected.
+fn set_user_timeout(tcp: &actix_web::rt::net::TcpStream, timeout: Duration) {
+    use std::os::fd::AsRawFd;
+    let millis = timeout.as_millis().clamp(1000, u32::MAX as u128) as libc::c_uint;
+    // SAFETY: a plain setsockopt on a live socket this connection owns,
+    // with a pointer to a local of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            tcp.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            &millis as *const libc::c_uint as *const libc::c_void,
+            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!("TCP_USER_TIMEOUT: {}", std::io::Error::last_os_error());
     }
 }
 

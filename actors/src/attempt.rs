@@ -28,6 +28,26 @@ pub(crate) struct Env {
     pub pool: Pool,
 }
 
+/// Largest result a task keeps, serialised. The result is in the task's
+/// JSON, the task list and every status event of the live feed: a job
+/// whose output would bloat them fails instead (its bulk belongs in an
+/// artifact).
+pub const MAX_RESULT_BYTES: usize = 256 << 10;
+
+fn result_fits(outcome: Outcome) -> Result<Outcome, JobError> {
+    let size = serde_json::to_vec(&outcome.result).map_or(usize::MAX, |v| v.len());
+    if size > MAX_RESULT_BYTES {
+        return Err(JobError::new(
+            ErrorCode::DataTooLarge,
+            format!(
+                "the job's result has {size} bytes, over the {MAX_RESULT_BYTES}-byte limit on \
+                 what a task shows inline"
+            ),
+        ));
+    }
+    Ok(outcome)
+}
+
 /// Hands a task back to the queue; says whether it worked.
 pub(crate) async fn release(env: &Env, lease: &Lease) -> bool {
     match env.store.release(lease).await {
@@ -65,17 +85,19 @@ pub(crate) async fn execute(
         ));
     }
     let ran = run(&env, &task, &workdir, cancel, report.clone()).await;
-    me.do_send(WorkerFreed);
+    me.do_send(WorkerFreed(lease.token));
     let outcome = match ran {
         Some(outcome) => outcome,
-        // The pool is gone (shutting down): leave the lease to expire so the
-        // task is rescued, by this process after a restart or by another.
+        // No worker could take it (the pool is gone: shutting down). Handed
+        // back now rather than left to expire, which would count as a
+        // crash; if that fails, the lease expires and it is rescued.
         None => {
+            release(&env, &lease).await;
             remove_dir(&workdir).await;
             return;
         }
     };
-    let finish = match outcome {
+    let finish = match outcome.and_then(result_fits) {
         Ok(outcome) => match store_artifacts(&env, &lease, &outcome).await {
             Ok(artifacts) => Finish::Succeeded {
                 result: outcome.result,

@@ -95,6 +95,10 @@ pub struct Dispatcher {
 struct Running {
     lease: Lease,
     cancel: CancelToken,
+    /// Its job has returned: the attempt is storing artifacts or recording
+    /// the outcome, and a shutdown lets it finish rather than throw the
+    /// work away.
+    job_done: bool,
 }
 
 impl Dispatcher {
@@ -154,6 +158,7 @@ impl Dispatcher {
             Running {
                 lease: task.lease,
                 cancel: cancel.clone(),
+                job_done: false,
             },
         );
         self.busy += 1;
@@ -213,7 +218,12 @@ impl Dispatcher {
         }
         let live: Vec<Uuid> = self.running.keys().copied().collect();
         let env = self.env.clone();
-        let fut = async move { env.store.rescue_expired(env.config.retry_base, &live).await };
+        let fut = async move {
+            let commands: Vec<&str> = env.commands.names().collect();
+            env.store
+                .rescue_expired(env.config.retry_base, &live, &commands)
+                .await
+        };
         ctx.spawn(fut.into_actor(self).map(|rescued, act, ctx| {
             act.store_answered(rescued.is_ok());
             match rescued {
@@ -346,14 +356,31 @@ impl Handler<Wake> for Dispatcher {
 /// A job has left its worker: the slot can take the next task.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct WorkerFreed;
+pub(crate) struct WorkerFreed(pub Uuid);
 
 impl Handler<WorkerFreed> for Dispatcher {
     type Result = ();
 
-    fn handle(&mut self, _: WorkerFreed, ctx: &mut Context<Self>) {
+    fn handle(&mut self, WorkerFreed(token): WorkerFreed, ctx: &mut Context<Self>) {
         self.busy = self.busy.saturating_sub(1);
+        if let Some(r) = self.running.get_mut(&token) {
+            r.job_done = true;
+        }
         ctx.notify(Wake);
+    }
+}
+
+/// How many attempts here are past their job and still storing artifacts
+/// or recording an outcome: a shutdown waits for them (up to its drain).
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct Recording;
+
+impl Handler<Recording> for Dispatcher {
+    type Result = usize;
+
+    fn handle(&mut self, _: Recording, _: &mut Context<Self>) -> usize {
+        self.running.values().filter(|r| r.job_done).count()
     }
 }
 
@@ -389,9 +416,12 @@ impl Handler<Drain> for Dispatcher {
             self.claim_drained = Some(tx);
             rx
         });
+        // Attempts whose job already returned record their outcome within
+        // the drain; only jobs still running are handed back.
         let running: Vec<(Lease, CancelToken)> = self
             .running
             .values()
+            .filter(|r| !r.job_done)
             .map(|r| (r.lease, r.cancel.clone()))
             .collect();
         let env = self.env.clone();

@@ -131,6 +131,15 @@ pub fn quote(value: &str) -> String {
     }
 }
 
+/// `value` cut to [`MAX_QUOTE_CHARS`] characters, marked with an ellipsis
+/// when cut: for user text shown inline (labels in results), unquoted.
+pub fn shorten(value: &str) -> String {
+    match value.char_indices().nth(MAX_QUOTE_CHARS) {
+        None => value.to_owned(),
+        Some((end, _)) => format!("{}…", &value[..end]),
+    }
+}
+
 /// `text` cut to at most `max` bytes on a character boundary, marked with
 /// an ellipsis when cut.
 pub fn truncate(mut text: String, max: usize) -> String {

@@ -77,6 +77,8 @@ pub struct WorkerInfo {
     pub current_task: Option<Uuid>,
     pub tasks_done: u64,
     pub panics: u64,
+    /// The code of the last job's error (its message quotes user data, and
+    /// stays with the task).
     pub last_error: Option<String>,
 }
 
@@ -214,8 +216,11 @@ impl Pool {
     }
 
     /// Workers that can take jobs now: the configured number, less the
-    /// stuck threads past `max_stuck` that were not replaced.
+    /// stuck threads past `max_stuck` that were not replaced. Asking tops
+    /// the pool up first: a stuck thread that ended since makes room for a
+    /// replacement, so a pool that shrank grows back.
     pub fn size(&self) -> usize {
+        self.top_up();
         self.slots().size
     }
 
@@ -316,7 +321,7 @@ impl Handler<RunJob> for MlWorker {
                 w.current_task = None;
             }
             w.tasks_done += 1;
-            w.last_error = result.as_ref().err().map(ToString::to_string);
+            w.last_error = result.as_ref().err().map(|e| e.code.to_string());
         });
         result
     }

@@ -93,6 +93,7 @@ pub trait TaskStore: Send + Sync + 'static {
         &self,
         backoff_base: Duration,
         live: &[Uuid],
+        commands: &[&str],
     ) -> Result<Rescued, StoreError>;
 
     /// Hands a running task back to the queue at once, without using up an
@@ -119,6 +120,10 @@ pub enum ObjectKey {
 }
 
 impl ObjectKey {
+    /// The prefixes of every key mlq writes: whatever else shares the
+    /// bucket is never touched by its clean-ups.
+    pub const PREFIXES: [&'static str; 2] = ["inputs/", "artifacts/"];
+
     pub fn as_string(&self) -> String {
         match self {
             Self::Input { task, position } => format!("inputs/{task}/{position}"),

@@ -185,8 +185,15 @@ fn build_pool(
     size: usize,
     recycling_method: RecyclingMethod,
 ) -> Result<Pool, DbError> {
+    // The server's side of the same care: a session that went quiet inside
+    // a transaction (its client stalled or vanished after an UPDATE) would
+    // hold its row locks for as long as the server keeps it, blocking the
+    // heartbeat that extends every lease of this process; it is ended
+    // after 10 s, and the server probes idle peers as the client does.
     config.options(format!(
-        "-c statement_timeout={} {options}",
+        "-c statement_timeout={} -c idle_in_transaction_session_timeout=10000 \
+         -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3 \
+         {options}",
         pg.statement_timeout.as_millis().max(1)
     ));
     config.connect_timeout(pg.wait_timeout);

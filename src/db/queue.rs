@@ -209,7 +209,7 @@ impl PgTaskStore {
     ) -> Result<(), StoreError> {
         let progress = report.progress.as_ref().map(progress_json);
         let mut client = self.client().await?;
-        let (result, error, delay);
+        let (result, error, delay, cancelled);
         let (sql, extra): (&str, Vec<&(dyn ToSql + Sync)>) = match finish {
             Finish::Succeeded { result: r, .. } => {
                 result = jsonb(r);
@@ -220,8 +220,8 @@ impl PgTaskStore {
                 (FAILED, vec![&error])
             }
             Finish::Retry { error: e, delay: d } => {
-                (error, delay) = (jsonb(&e.to_json()), millis(*d));
-                (RETRY, vec![&error, &delay])
+                (error, delay, cancelled) = (jsonb(&e.to_json()), millis(*d), cancelled_error());
+                (RETRY, vec![&error, &delay, &cancelled])
             }
             Finish::Cancelled => {
                 error = cancelled_error();
@@ -289,8 +289,17 @@ fn unavailable(e: DbError) -> StoreError {
 /// restarting or overloaded server) is worth another try.
 fn query(e: tokio_postgres::Error) -> StoreError {
     let described = super::describe(&e);
+    let server_going = e.code().is_some_and(|c| {
+        let c = c.code();
+        // Connection exceptions, a server shutting down or starting, a
+        // standby that took over read-only, no connection slots: the
+        // server is away for a while, not refusing this write.
+        c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03" | "25006" | "53300")
+    });
     if super::is_statement_error(&e) {
         StoreError::Rejected(described)
+    } else if server_going {
+        StoreError::Unavailable(described)
     } else if e.code().is_some() {
         StoreError::Busy(described)
     } else {
@@ -448,6 +457,7 @@ impl TaskStore for PgTaskStore {
         &self,
         backoff_base: Duration,
         live: &[Uuid],
+        commands: &[&str],
     ) -> Result<Rescued, StoreError> {
         let client = self.fast_client().await?;
         // The backoff after each attempt number, from the one formula.
@@ -467,7 +477,7 @@ impl TaskStore for PgTaskStore {
             tracing::warn!(task = %id, %status, %verdict, "lease expired");
         }
         let suspects_waiting = client
-            .query_one(include_str!("sql/suspects_waiting.sql"), &[])
+            .query_one(include_str!("sql/suspects_waiting.sql"), &[&commands])
             .await
             .map_err(query)?
             .get(0);

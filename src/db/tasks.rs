@@ -204,7 +204,9 @@ pub enum Retry {
 }
 
 /// Queues a failed or cancelled task again, as new: its attempts start
-/// over, and its log says a user asked for it.
+/// over, and its log says a user asked for it. The processes it crashed
+/// are kept: a retried task that killed processes runs alone, and one more
+/// crash fails it, so a retry cannot take down process after process.
 pub async fn retry(client: &mut deadpool_postgres::Client, id: Uuid) -> Result<Retry, DbError> {
     let tx = client.transaction().await?;
     let status = locked_status(&tx, id).await?;
@@ -220,7 +222,6 @@ pub async fn retry(client: &mut deadpool_postgres::Client, id: Uuid) -> Result<R
             tx.execute(
                 r#"UPDATE tasks
                    SET status = 'queued', attempts = 0, run_at = now(), cancel_requested = false,
-                       crashed_on = '{}',
                        error = NULL, result = NULL, started_at = NULL, finished_at = NULL,
                        progress = '{"fraction": 0, "stage": "queued", "message": "", "metrics": {}}',
                        updated_at = now()

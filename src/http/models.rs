@@ -27,7 +27,10 @@ pub struct ModelView {
     pub kind: String,
     pub target: String,
     pub metrics: Value,
-    pub spec: Value,
+    /// The whole spec, on a single model's view only: with one entry per
+    /// feature column it can be megabytes, too much for each row of a list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<Value>,
     pub weights_url: String,
     pub created_at: DateTime<Utc>,
 }
@@ -41,7 +44,7 @@ impl From<ModelRow> for ModelView {
             kind: m.kind,
             target: m.target,
             metrics: m.metrics,
-            spec: m.spec,
+            spec: Some(m.spec),
             created_at: m.created_at,
         }
     }
@@ -71,7 +74,13 @@ async fn list(
         .then(|| models.last().map(|m| m.id))
         .flatten();
     Ok(HttpResponse::Ok().json(ModelPage {
-        models: models.into_iter().map(ModelView::from).collect(),
+        models: models
+            .into_iter()
+            .map(|m| ModelView {
+                spec: None,
+                ..ModelView::from(m)
+            })
+            .collect(),
         next_before,
     }))
 }

@@ -287,7 +287,14 @@ async fn read(
                 })?;
             read_multipart(req, payload, state, task, stored).await
         }
-        "application/json" => read_json(payload, limit, state.limits.idle).await,
+        // Small, but still a slot and a buffer: a body that trickles in is
+        // held to the same deadline as an upload.
+        "application/json" => tokio::time::timeout(
+            state.limits.max_upload_time,
+            read_json(payload, limit, state.limits.idle),
+        )
+        .await
+        .map_err(|_| ApiError::UploadTimeout(state.limits.max_upload_time))?,
         _ => Err(ApiError::UnsupportedMediaType(mime)),
     }
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use deadpool_postgres::Pool;
 use uuid::Uuid;
 
-use mlq_actors::ports::ObjectStore;
+use mlq_actors::ports::{ObjectKey, ObjectStore};
 
 /// Starts collecting every `every`, on the current arbiter.
 pub fn spawn(db: Pool, objects: Arc<dyn ObjectStore>, every: Duration, grace: Duration) {
@@ -30,6 +30,9 @@ pub fn spawn(db: Pool, objects: Arc<dyn ObjectStore>, every: Duration, grace: Du
         }
     });
 }
+
+/// Keys checked against the database per statement.
+const CHECK_BATCH: usize = 10_000;
 
 /// One pass; returns how many objects (and unfinished writes) it deleted.
 pub async fn collect(
@@ -49,7 +52,7 @@ pub async fn collect(
         }
     };
     let mut candidates: Vec<(Uuid, String)> = Vec::new();
-    for prefix in ["inputs/", "artifacts/"] {
+    for prefix in ObjectKey::PREFIXES {
         for object in objects.list(prefix).await.map_err(|e| e.to_string())? {
             // Keys not in mlq's layout are not ours to delete.
             let task = object.key.split('/').nth(1).and_then(|t| t.parse().ok());
@@ -61,23 +64,26 @@ pub async fn collect(
     if candidates.is_empty() {
         return Ok(aborted);
     }
-    let (tasks, keys): (Vec<Uuid>, Vec<String>) = candidates.into_iter().unzip();
+    // Checked in batches: one statement for a million keys would outlast
+    // the statement timeout on every pass, and nothing would be collected.
     let client = db.get().await.map_err(|e| e.to_string())?;
-    let orphans: Vec<String> = client
-        .query(
-            "SELECT c.key
-             FROM unnest($1::uuid[], $2::text[]) AS c (task, key)
-             WHERE NOT EXISTS (SELECT 1 FROM task_inputs AS i
-                               WHERE i.task_id = c.task AND i.object_key = c.key)
-               AND NOT EXISTS (SELECT 1 FROM artifacts AS a
-                               WHERE a.task_id = c.task AND a.object_key = c.key)",
-            &[&tasks, &keys],
-        )
-        .await
-        .map_err(|e| e.to_string())?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let mut orphans: Vec<String> = Vec::new();
+    for batch in candidates.chunks(CHECK_BATCH) {
+        let (tasks, keys): (Vec<Uuid>, Vec<String>) = batch.iter().cloned().unzip();
+        let rows = client
+            .query(
+                "SELECT c.key
+                 FROM unnest($1::uuid[], $2::text[]) AS c (task, key)
+                 WHERE NOT EXISTS (SELECT 1 FROM task_inputs AS i
+                                   WHERE i.task_id = c.task AND i.object_key = c.key)
+                   AND NOT EXISTS (SELECT 1 FROM artifacts AS a
+                                   WHERE a.task_id = c.task AND a.object_key = c.key)",
+                &[&tasks, &keys],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        orphans.extend(rows.iter().map(|r| r.get::<_, String>(0)));
+    }
     drop(client);
     let mut deleted = aborted;
     for key in &orphans {

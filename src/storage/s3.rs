@@ -21,7 +21,9 @@ use s3::serde_types::Part;
 use s3::{Bucket, BucketConfiguration, Region};
 use tokio::task::JoinHandle;
 
-use mlq_actors::ports::{ObjectBody, ObjectError, ObjectInfo, ObjectStore, ObjectWriter};
+use mlq_actors::ports::{
+    ObjectBody, ObjectError, ObjectInfo, ObjectKey, ObjectStore, ObjectWriter,
+};
 
 /// How to reach the bucket.
 #[derive(Debug, Clone)]
@@ -519,10 +521,19 @@ impl ObjectStore for S3Store {
             .map_err(|e| object_error("multipart uploads", e))?;
         let mut aborted = 0;
         for upload in pages.into_iter().flat_map(|page| page.uploads) {
-            let started = chrono::DateTime::parse_from_rfc3339(&upload.initiated)
-                .map(std::time::SystemTime::from)
-                .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
-            if started >= before {
+            // Only mlq's own keys; and an upload whose start cannot be read
+            // is left alone rather than taken for ancient.
+            if !ObjectKey::PREFIXES
+                .iter()
+                .any(|p| upload.key.starts_with(p))
+            {
+                continue;
+            }
+            let Ok(started) = chrono::DateTime::parse_from_rfc3339(&upload.initiated) else {
+                tracing::warn!(key = %upload.key, initiated = %upload.initiated, "a multipart upload with an unreadable start time is left alone");
+                continue;
+            };
+            if std::time::SystemTime::from(started) >= before {
                 continue;
             }
             match self.bucket.abort_upload(&upload.key, &upload.id).await {

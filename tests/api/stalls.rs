@@ -234,13 +234,33 @@ async fn a_feed_client_that_stops_reading_is_dropped() {
         (ready["feed"]["connections"] == 1).then_some(())
     })
     .await;
-    // The server gives up on it, though its socket is still open.
+    // The server gives up on it...
     eventually(Duration::from_secs(30), || async {
         let (_, ready) = app.get("/readyz").await;
         (ready["feed"]["connections"] == 0).then_some(())
     })
     .await;
+    // ...and the kernel drops its end of the connection (TCP_USER_TIMEOUT),
+    // with whatever was queued for it: a client that never reads holds no
+    // memory for long.
+    let client_port = stream.local_addr().unwrap().port();
+    let server_port: u16 = host.rsplit(':').next().unwrap().parse().unwrap();
+    eventually(Duration::from_secs(30), || async {
+        (!established(server_port, client_port)).then_some(())
+    })
+    .await;
     drop(stream);
+}
+
+/// Whether the server's end of the connection from `client_port` is open,
+/// per /proc/net/tcp (ports in hex; state 01 is ESTABLISHED).
+fn established(server_port: u16, client_port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table.lines().skip(1).any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next().unwrap(), 16).unwrap();
+        f.len() > 3 && port(f[1]) == server_port && port(f[2]) == client_port && f[3] == "01"
+    })
 }
 
 #[actix_web::test]

@@ -63,6 +63,7 @@ export const api = {
       `/api/v1/tasks/${id}/logs?after=${after}&limit=10000`,
     ),
   models: () => request<{ models: Model[]; next_before: string | null }>('/api/v1/models?limit=200'),
+  model: (id: string) => request<Model>(`/api/v1/models/${encodeURIComponent(id)}`),
   /** The first `bytes` of a stored file, for previews. */
   head: async (url: string, bytes = 64 * 1024): Promise<string> => {
     const res = await fetch(url, { headers: { range: `bytes=0-${bytes - 1}` } });

@@ -64,7 +64,8 @@ export interface Model {
   kind: string;
   target: string;
   metrics: Record<string, number>;
-  spec: Record<string, unknown>;
+  /** Only on a single model's view: the list leaves it out. */
+  spec?: Record<string, unknown>;
   weights_url: string;
   created_at: string;
 }

@@ -14,7 +14,7 @@ use tch::{Device, Kind, Tensor};
 use uuid::Uuid;
 
 use super::{Command, Params};
-use crate::error::{quote, ErrorCode, JobError};
+use crate::error::{quote, shorten, ErrorCode, JobError};
 use crate::ml::network;
 use crate::ml::records::Record;
 use crate::ml::spec::{ModelSpec, ProblemKind};
@@ -62,11 +62,12 @@ impl Command for Predict {
         ctx.report.progress(Progress::new(0.0, "reading data"));
 
         let headers = table::read_headers(path)?;
+        let index = table::column_index(&headers);
         let columns = spec
             .features
             .iter()
             .map(|f| {
-                headers.iter().position(|h| h == f.name()).ok_or_else(|| {
+                index.get(f.name()).copied().ok_or_else(|| {
                     JobError::new(
                         ErrorCode::UnknownColumn,
                         format!(
@@ -77,7 +78,7 @@ impl Command for Predict {
                 })
             })
             .collect::<Result<Vec<usize>, JobError>>()?;
-        let target = headers.iter().position(|h| *h == spec.target);
+        let target = index.get(spec.target.as_str()).copied();
 
         let width = spec.input_width();
         let mut vs = nn::VarStore::new(Device::Cpu);
@@ -332,9 +333,9 @@ fn inline_class(spec: &ModelSpec, row: usize, label: usize, p: &[f32]) -> Value 
     let probs: serde_json::Map<String, Value> = order
         .into_iter()
         .take(INLINE_CLASSES)
-        .map(|c| (spec.classes[c].clone(), json!(p[c])))
+        .map(|c| (shorten(&spec.classes[c]), json!(p[c])))
         .collect();
-    json!({"row": row, "prediction": spec.classes[label], "probabilities": probs})
+    json!({"row": row, "prediction": shorten(&spec.classes[label]), "probabilities": probs})
 }
 
 /// Accuracy (a sum of hits) or squared error, over rows with a target.
@@ -363,8 +364,15 @@ impl Score {
     }
 }
 
+/// Largest `predictions.csv` a job writes: a file of tiny rows against a
+/// model with many classes would otherwise fill the scratch disk.
+pub const MAX_OUTPUT_BYTES: u64 = 8 << 30;
+
 /// `predictions.csv`, written as chunks are predicted.
-struct PredictionWriter(csv::Writer<std::io::BufWriter<std::fs::File>>);
+struct PredictionWriter {
+    out: csv::Writer<std::io::BufWriter<std::fs::File>>,
+    bytes: u64,
+}
 
 impl PredictionWriter {
     fn create(path: &std::path::Path, spec: &ModelSpec) -> std::io::Result<Self> {
@@ -378,23 +386,35 @@ impl PredictionWriter {
             }
             ProblemKind::Regression => w.write_record(["row", "prediction"])?,
         }
-        Ok(Self(w))
+        Ok(Self { out: w, bytes: 0 })
     }
 
     fn class(&mut self, row: usize, label: &str, probs: &[f32]) -> Result<(), JobError> {
         let mut record = vec![row.to_string(), label.to_owned()];
         record.extend(probs.iter().map(|p| format!("{p:.6}")));
-        self.0.write_record(&record).map_err(write_error)
+        self.write(&record)
     }
 
     fn value(&mut self, row: usize, value: f64) -> Result<(), JobError> {
-        self.0
-            .write_record([row.to_string(), value.to_string()])
-            .map_err(write_error)
+        self.write(&[row.to_string(), value.to_string()])
+    }
+
+    fn write(&mut self, record: &[String]) -> Result<(), JobError> {
+        self.bytes += record.iter().map(|f| f.len() as u64 + 1).sum::<u64>();
+        if self.bytes > MAX_OUTPUT_BYTES {
+            return Err(JobError::new(
+                ErrorCode::DataTooLarge,
+                format!(
+                    "predictions.csv would pass {MAX_OUTPUT_BYTES} bytes; predict on fewer rows \
+                     at a time"
+                ),
+            ));
+        }
+        self.out.write_record(record).map_err(write_error)
     }
 
     fn finish(self) -> std::io::Result<()> {
-        let mut inner = self.0.into_inner().map_err(|e| e.into_error())?;
+        let mut inner = self.out.into_inner().map_err(|e| e.into_error())?;
         inner.flush()
     }
 }

@@ -25,6 +25,19 @@ pub const MAX_BATCH: u32 = 65_536;
 /// Keeps one task from eating a worker's memory: about 200 MB of f32 weights
 /// plus Adam's two moments.
 pub const MAX_PARAMETERS: i64 = 16_000_000;
+/// Most memory one training batch may take: its copy of the inputs, and
+/// each layer's activations, kept for the backward pass with their
+/// gradients.
+pub const MAX_BATCH_BYTES: u64 = 2 << 30;
+
+/// About the bytes a batch of `batch` rows takes in training: the batch's
+/// inputs, then per layer its output, the ReLU's and their gradients.
+fn batch_memory(batch: usize, width: usize, hidden: &[i64], output: i64) -> u64 {
+    let values: u64 =
+        width as u64 + hidden.iter().map(|&h| 4 * h as u64).sum::<u64>() + 2 * output as u64;
+    (batch as u64).saturating_mul(values).saturating_mul(4)
+}
+
 /// Most bytes of category levels and class labels a model's spec keeps.
 pub const MAX_SPEC_LEVEL_BYTES: usize = 1 << 20;
 /// Validation rows per forward pass when computing epoch metrics.
@@ -279,6 +292,19 @@ fn prepare(p: &TrainParams, ctx: &JobContext) -> Result<Prepared, JobError> {
         ));
     }
     spec::check_cells(rows, width)?;
+    let batch_bytes = batch_memory(rows.min(p.batch_size as usize), width, &hidden, output);
+    if batch_bytes > MAX_BATCH_BYTES {
+        return Err(JobError::new(
+            ErrorCode::InvalidParams,
+            format!(
+                "a batch of {} rows through these layers needs about {} MiB (limit {} MiB); \
+                 use a smaller `batch_size` or smaller `hidden` layers",
+                p.batch_size,
+                batch_bytes >> 20,
+                MAX_BATCH_BYTES >> 20
+            ),
+        ));
+    }
 
     // Split once, with the seed, so a re-run sees the same rows. The
     // shuffled order decides where each row goes in the matrix: training

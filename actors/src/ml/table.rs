@@ -496,11 +496,22 @@ impl Builder {
     }
 }
 
+/// Each column's position by name (the first, where a name repeats): a
+/// lookup per name, not a scan of a header that may have 50,000 columns.
+pub fn column_index(headers: &[String]) -> std::collections::HashMap<&str, usize> {
+    let mut index = std::collections::HashMap::with_capacity(headers.len());
+    for (i, h) in headers.iter().enumerate() {
+        index.entry(h.as_str()).or_insert(i);
+    }
+    index
+}
+
 fn indices(headers: &[String], names: &[String]) -> Result<Vec<usize>, JobError> {
+    let index = column_index(headers);
     names
         .iter()
         .map(|n| {
-            headers.iter().position(|h| h == n).ok_or_else(|| {
+            index.get(n.as_str()).copied().ok_or_else(|| {
                 JobError::new(
                     ErrorCode::UnknownColumn,
                     format!(

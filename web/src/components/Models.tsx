@@ -65,10 +65,7 @@ export function Models() {
                     <a {...link({ page: 'task', id: m.task_id })}>{shortId(m.task_id)}</a>
                   </td>
                   <td>
-                    <details>
-                      <summary>spec</summary>
-                      <pre>{JSON.stringify(m.spec, null, 2)}</pre>
-                    </details>
+                    <SpecDetails id={m.id} />
                   </td>
                   <td>
                     <button type="button" onClick={() => navigate(`/new?model=${m.id}`)}>
@@ -82,5 +79,25 @@ export function Models() {
         </div>
       )}
     </section>
+  );
+}
+
+// A model's spec can be megabytes (one entry per feature column), so the
+// list leaves it out and it is fetched when opened.
+function SpecDetails({ id }: { id: string }) {
+  const [spec, setSpec] = useState<unknown>(undefined);
+  const [error, setError] = useState<unknown>(null);
+  return (
+    <details
+      onToggle={(e) => {
+        if ((e.target as HTMLDetailsElement).open && spec === undefined) {
+          api.model(id).then((m) => setSpec(m.spec), setError);
+        }
+      }}
+    >
+      <summary>spec</summary>
+      <ErrorMessage error={error} />
+      {spec === undefined ? <p className="muted">Loading…</p> : <pre>{JSON.stringify(spec, null, 2)}</pre>}
+    </details>
   );
 }
