@@ -64,6 +64,11 @@ pub struct Settings {
     pub torch_threads: Option<usize>,
     /// `MLQ_WORKER_NICE`: how much lower ML threads' OS priority is.
     pub worker_nice: i32,
+    /// `MLQ_DEVICE`: where workers run libtorch: `auto` (a GPU if a
+    /// CUDA-enabled libtorch finds one, else the CPU), `cpu` or `cuda`.
+    pub device: DeviceChoice,
+    /// `MLQ_MODEL_CACHE_BYTES`: loaded models each worker keeps, in bytes.
+    pub model_cache_bytes: u64,
     /// `MLQ_LEASE`: how long a claim holds without a heartbeat.
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
@@ -125,8 +130,9 @@ pub struct Settings {
     /// `MLQ_MAX_UPLOADS`: uploads one process takes at once; more get 503
     /// with `Retry-After` (each S3 upload buffers a few parts in memory).
     pub max_uploads: usize,
-    /// `MLQ_CONTENT_TYPES`: the file content types each command accepts,
-    /// e.g. `{train = ["text/csv"]}`; a command not listed accepts any.
+    /// `MLQ_CONTENT_TYPES`: replaces the file content types a command
+    /// accepts, e.g. `{train = ["text/csv"]}` (`["*/*"]`: any). Commands
+    /// not listed keep their own (`GET /api/v1/commands` shows them).
     pub content_types: BTreeMap<String, Vec<String>>,
     /// `MLQ_MAX_LOG_BYTES`: most log text kept per task; later lines are
     /// counted and dropped, with a note in the log.
@@ -177,6 +183,8 @@ impl Default for Settings {
             workers: None,
             torch_threads: None,
             worker_nice: 10,
+            device: DeviceChoice::Auto,
+            model_cache_bytes: 512 << 20,
             lease: Duration::from_secs(30),
             heartbeat: Duration::from_secs(5),
             poll: Duration::from_secs(1),
@@ -196,7 +204,7 @@ impl Default for Settings {
             upload_idle: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
             max_uploads: 64,
-            content_types: default_content_types(),
+            content_types: BTreeMap::new(),
             max_log_bytes: 1 << 20,
             ws_ping_every: Duration::from_secs(5),
             ws_timeout: Duration::from_secs(15),
@@ -232,24 +240,17 @@ mod humantime_map {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum StorageKind {
     Fs,
     S3,
-}
-
-/// CSV as browsers, curl and spreadsheets label it (curl sends
-/// `application/octet-stream` for a `.csv` file).
-fn default_content_types() -> BTreeMap<String, Vec<String>> {
-    let csv: Vec<String> = [
-        "text/csv",
-        "application/csv",
-        "text/plain",
-        "application/vnd.ms-excel",
-        "application/octet-stream",
-    ]
-    .map(String::from)
-    .to_vec();
-    BTreeMap::from([("train".into(), csv.clone()), ("predict".into(), csv)])
 }
 
 /// Every setting, as read from `MLQ_<KEY>` environment variables.
@@ -294,6 +295,8 @@ const ENV_KEYS: &[&str] = &[
     "drain_timeout",
     "max_uploads",
     "content_types",
+    "device",
+    "model_cache_bytes",
     "max_log_bytes",
     "ws_ping_every",
     "ws_timeout",
@@ -416,6 +419,7 @@ impl Settings {
         }
         pool.nice = self.worker_nice;
         pool.max_stuck = self.max_stuck_workers;
+        pool.cache_bytes = self.model_cache_bytes;
         pool
     }
 

@@ -14,10 +14,11 @@ use tracing_actix_web::TracingLogger;
 
 use mlq_actors::commands::Commands;
 use mlq_actors::dispatcher::{Dispatcher, DispatcherConfig, Drain, Recording};
+use mlq_actors::pool::WorkerDevice;
 use mlq_actors::pool::{Pool, WorkerBoard};
 use mlq_actors::ports::ObjectStore;
 
-use crate::config::{Settings, StorageKind};
+use crate::config::{DeviceChoice, Settings, StorageKind};
 use crate::db::{self, announcer::Announcer, queue::PgTaskStore, DbError, PgConfig, QueueConn};
 use crate::events::Hub;
 use crate::http::{self, AppState, FeedSettings, UploadLimits};
@@ -36,6 +37,8 @@ pub enum StartupError {
         path: String,
         source: std::io::Error,
     },
+    #[error("device = cuda, but no GPU is usable: {0}")]
+    NoGpu(String),
     #[error("cannot listen on {bind}: {source}")]
     Bind {
         bind: String,
@@ -80,17 +83,24 @@ impl Application {
             }
         })?;
         sweep_scratch(&pool, &settings.scratch_dir()).await;
-        let commands = Commands::standard(settings.diagnostics);
+        let commands =
+            Commands::standard(settings.diagnostics).with_content_types(&settings.content_types);
         let hub = Hub::new(settings.ws_buffer);
         let announcer = Announcer::start(db::queue_pool(&pg, 1, QueueConn::Announce)?, hub.clone());
         let submissions = db::queue_pool(&pg, settings.database_pool_size, QueueConn::Submissions)?;
-        let pool_config = settings.pool();
+        let mut pool_config = settings.pool();
+        pool_config.device = worker_device(settings.device)?;
+        if let (WorkerDevice::Cuda { count }, None) = (pool_config.device, settings.workers) {
+            // One worker per GPU: libtorch spreads each job over its GPU.
+            pool_config.workers = count;
+        }
         let board = WorkerBoard::default();
         let ml = Pool::start(pool_config, board.clone());
         tracing::info!(
             workers = pool_config.workers,
             torch_threads = pool_config.torch_threads,
             nice = pool_config.nice,
+            device = ?pool_config.device,
             "ML pool started"
         );
 

@@ -11,6 +11,7 @@ use actix::Addr;
 use crate::commands::{AnyCommand, Commands};
 use crate::dispatcher::{Dispatcher, DispatcherConfig, WorkerFreed};
 use crate::error::{ErrorCode, JobError};
+use crate::ml::registry::ModelRef;
 use crate::pool::{Pool, RunJob};
 use crate::ports::{self, ObjectError, ObjectKey, ObjectStore, StoreError, TaskStore};
 use crate::progress::{Level, Reporter};
@@ -422,7 +423,14 @@ async fn stage(
         });
     }
     let mut models = Vec::with_capacity(checked.models.len());
-    for (_, id) in checked.models {
+    for (_, model) in checked.models {
+        let ModelRef::Id(id) = model else {
+            // Submission pins every model by id.
+            return Err(JobError::new(
+                ErrorCode::InvalidParams,
+                format!("model {model} was not pinned to an id when the task was submitted"),
+            ));
+        };
         let record = env
             .store
             .model(id)
@@ -434,7 +442,7 @@ async fn stage(
                     format!("model {id} does not exist"),
                 )
             })?;
-        let weights = workdir.join("models").join(format!("{id}.safetensors"));
+        let weights = workdir.join("models").join(id.to_string());
         fetch(env, &record.weights_key, &weights, &cancel).await?;
         models.push(LocalModel { record, weights });
     }
@@ -445,6 +453,9 @@ async fn stage(
         workdir: workdir.to_owned(),
         cancel,
         report,
+        // The worker that takes the job lends its own.
+        device: tch::Device::Cpu,
+        cache: Default::default(),
     })
 }
 

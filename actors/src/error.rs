@@ -38,6 +38,17 @@ pub enum ErrorCode {
     TooFewRows,
     ModelNotFound,
     ModelIncompatible,
+    /// An uploaded model failed its check: not TorchScript, the wrong
+    /// output shape, or it threw on a dummy input.
+    ModelInvalid,
+    /// The inputs are not what the model reads (a CSV for an image model).
+    WrongInput,
+    /// A zip archive that cannot be read.
+    InvalidArchive,
+    /// A zip archive over the entry or inflated-size caps.
+    ArchiveTooLarge,
+    /// No input image could be used; each file's error is in the message.
+    NoImages,
     /// The job panicked; the pool caught it and stayed at full size.
     WorkerPanic,
     /// libtorch reported an error.
@@ -79,6 +90,11 @@ impl ErrorCode {
             Self::TooFewRows => "too_few_rows",
             Self::ModelNotFound => "model_not_found",
             Self::ModelIncompatible => "model_incompatible",
+            Self::ModelInvalid => "model_invalid",
+            Self::WrongInput => "wrong_input",
+            Self::InvalidArchive => "invalid_archive",
+            Self::ArchiveTooLarge => "archive_too_large",
+            Self::NoImages => "no_images",
             Self::WorkerPanic => "worker_panic",
             Self::Torch => "torch_error",
             Self::Storage => "storage_error",

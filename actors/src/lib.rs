@@ -20,6 +20,7 @@ pub mod attempt;
 pub mod commands;
 pub mod dispatcher;
 pub mod error;
+pub mod gpu;
 pub mod ml;
 pub mod pool;
 pub mod ports;

@@ -25,7 +25,25 @@ use uuid::Uuid;
 
 use crate::commands::AnyCommand;
 use crate::error::{ErrorCode, JobError};
+use crate::ml::loaded::{CacheStats, ModelCache};
 use crate::task::{JobContext, Outcome};
+
+/// Where workers run libtorch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerDevice {
+    Cpu,
+    /// `count` GPUs: worker `i` runs on GPU `i % count`.
+    Cuda { count: usize },
+}
+
+impl WorkerDevice {
+    fn for_worker(self, id: usize) -> tch::Device {
+        match self {
+            Self::Cpu => tch::Device::Cpu,
+            Self::Cuda { count } => tch::Device::Cuda(id % count.max(1)),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct PoolConfig {
@@ -40,6 +58,9 @@ pub struct PoolConfig {
     /// than let a stream of stuck jobs pile up threads that each hold
     /// memory and a core.
     pub max_stuck: usize,
+    pub device: WorkerDevice,
+    /// Bytes of loaded models each worker keeps (`model_cache_bytes`).
+    pub cache_bytes: u64,
 }
 
 impl PoolConfig {
@@ -56,6 +77,8 @@ impl PoolConfig {
             torch_threads: (spare / workers).max(1),
             nice: 10,
             max_stuck: 2,
+            device: WorkerDevice::Cpu,
+            cache_bytes: 512 << 20,
         }
     }
 }
@@ -80,6 +103,9 @@ pub struct WorkerInfo {
     /// The code of the last job's error (its message quotes user data, and
     /// stays with the task).
     pub last_error: Option<String>,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    pub cache: CacheStats,
 }
 
 /// The live workers' statuses. A worker is on the board from the moment its
@@ -113,7 +139,7 @@ impl WorkerBoard {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn register(&self, id: usize) {
+    fn register(&self, id: usize, device: tch::Device, cache_bytes: u64) {
         self.lock().insert(
             id,
             WorkerInfo {
@@ -123,6 +149,11 @@ impl WorkerBoard {
                 tasks_done: 0,
                 panics: 0,
                 last_error: None,
+                device: match device {
+                    tch::Device::Cuda(i) => format!("cuda:{i}"),
+                    _ => "cpu".into(),
+                },
+                cache: ModelCache::new(cache_bytes).stats(),
             },
         );
     }
@@ -149,6 +180,10 @@ pub struct MlWorker {
     id: usize,
     config: PoolConfig,
     board: WorkerBoard,
+    device: tch::Device,
+    /// Models this worker loaded, lent to each job; never shared with
+    /// another thread (tensors are not `Sync`).
+    cache: Option<ModelCache>,
 }
 
 /// The pool: one single-thread `SyncArbiter` per worker, handed out one
@@ -266,11 +301,14 @@ impl Pool {
         let (config, board) = (self.config, self.board.clone());
         // Registered here, not when the thread starts, so the board counts
         // the worker from the moment it exists.
-        board.register(id);
+        let device = config.device.for_worker(id);
+        board.register(id, device, config.cache_bytes);
         let addr = SyncArbiter::start(1, move || MlWorker {
             id,
             config,
             board: board.clone(),
+            device,
+            cache: Some(ModelCache::new(config.cache_bytes)),
         });
         (id, addr)
     }
@@ -297,8 +335,10 @@ impl Drop for MlWorker {
 impl Handler<RunJob> for MlWorker {
     type Result = Result<Outcome, JobError>;
 
-    fn handle(&mut self, job: RunJob, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, mut job: RunJob, _: &mut Self::Context) -> Self::Result {
         let task = job.ctx.task_id;
+        job.ctx.device = self.device;
+        job.ctx.cache = std::cell::RefCell::new(self.cache.take().unwrap_or_default());
         self.board.update(self.id, |w| {
             w.state = WorkerState::Busy;
             w.current_task = Some(task);
@@ -315,11 +355,15 @@ impl Handler<RunJob> for MlWorker {
                     format!("the job crashed: {message}"),
                 ))
             });
+        let cache = std::mem::take(&mut *job.ctx.cache.borrow_mut());
+        let stats = cache.stats();
+        self.cache = Some(cache);
         self.board.update(self.id, |w| {
             if w.state != WorkerState::Stuck {
                 w.state = WorkerState::Idle;
                 w.current_task = None;
             }
+            w.cache = stats;
             w.tasks_done += 1;
             w.last_error = result.as_ref().err().map(|e| e.code.to_string());
         });

@@ -10,6 +10,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::error::JobError;
+use crate::ml::loaded::ModelCache;
+use crate::ml::registry::ModelRef;
 use crate::progress::Reporter;
 
 /// Where a task is in its life.
@@ -103,7 +105,11 @@ pub struct ClaimedTask {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelRecord {
     pub id: Uuid,
+    /// How its weights file is read: `mlq.mlp.v1`, `torchscript`, …
+    pub format: String,
     pub spec: Value,
+    /// What training or validation found (`outputs`, `kind`, …).
+    pub metrics: Value,
     pub weights_key: String,
 }
 
@@ -173,7 +179,8 @@ impl CancelToken {
 }
 
 /// Everything a job may touch: its inputs and models on local disk, a
-/// scratch folder for artifacts, progress reporting and cancellation.
+/// scratch folder for artifacts, progress reporting and cancellation; and,
+/// once a worker takes it, that worker's device and model cache.
 pub struct JobContext {
     pub task_id: Uuid,
     pub inputs: Vec<LocalInput>,
@@ -182,17 +189,23 @@ pub struct JobContext {
     pub cancel: CancelToken,
     /// Progress and log lines for the task's watchers.
     pub report: Reporter,
+    /// Where the worker runs libtorch.
+    pub device: tch::Device,
+    /// The worker's loaded models, lent for the job.
+    pub cache: std::cell::RefCell<ModelCache>,
 }
 
 impl JobContext {
-    pub fn model(&self, id: Uuid) -> Result<&LocalModel, JobError> {
+    /// A model the task was submitted with (its params name it by id once
+    /// submitted).
+    pub fn model(&self, model: &ModelRef) -> Result<&LocalModel, JobError> {
         self.models
             .iter()
-            .find(|m| m.record.id == id)
+            .find(|m| matches!(model, ModelRef::Id(id) if *id == m.record.id))
             .ok_or_else(|| {
                 JobError::new(
                     crate::ErrorCode::ModelNotFound,
-                    format!("model {id} does not exist"),
+                    format!("model {model} does not exist"),
                 )
             })
     }
@@ -221,8 +234,13 @@ pub struct ArtifactFile {
 #[derive(Debug, Clone)]
 pub struct ModelDraft {
     pub id: Uuid,
+    /// Registered as the next version of this name.
+    pub name: String,
+    /// `tabular` or `image`.
+    pub input: String,
+    pub format: String,
     pub kind: String,
-    pub target: String,
+    pub target: Option<String>,
     pub spec: Value,
     pub metrics: Value,
     /// Names of the artifacts holding the weights and the spec.

@@ -1,4 +1,4 @@
-//! Queries on registered models.
+//! Queries on the model registry.
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
@@ -6,17 +6,34 @@ use serde_json::Value;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+use mlq_actors::ml::registry::ModelRef;
+use mlq_actors::ml::upload::UploadSpec;
+use mlq_actors::task::InputFile;
+
+use super::tasks::Deleted;
 use super::DbError;
 
 #[derive(Debug, Clone)]
 pub struct ModelRow {
     pub id: Uuid,
+    pub name: String,
+    pub version: i32,
+    /// `validating`, `ready` or `invalid`.
+    pub status: String,
+    /// `trained` or `uploaded`.
+    pub source: String,
+    /// `tabular` or `image`.
+    pub input: String,
+    pub format: String,
+    /// The task that made it (`train`) or checked it (`validate_model`).
     pub task_id: Uuid,
     pub kind: String,
-    pub target: String,
+    pub target: Option<String>,
     pub spec: Value,
     pub metrics: Value,
+    pub error: Option<Value>,
     pub weights_key: String,
+    pub size: Option<i64>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -26,12 +43,20 @@ impl TryFrom<Row> for ModelRow {
     fn try_from(row: Row) -> Result<Self, DbError> {
         Ok(Self {
             id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            version: row.try_get("version")?,
+            status: row.try_get("status")?,
+            source: row.try_get("source")?,
+            input: row.try_get("input")?,
+            format: row.try_get("format")?,
             task_id: row.try_get("task_id")?,
             kind: row.try_get("kind")?,
             target: row.try_get("target")?,
             spec: row.try_get("spec")?,
             metrics: row.try_get("metrics")?,
+            error: row.try_get("error")?,
             weights_key: row.try_get("weights_key")?,
+            size: row.try_get("size")?,
             created_at: row.try_get("created_at")?,
         })
     }
@@ -45,39 +70,152 @@ pub async fn get(client: &impl GenericClient, id: Uuid) -> Result<Option<ModelRo
         .transpose()
 }
 
-/// One page of models, newest first, created before the model `before`.
+/// One page of models, newest first, created before the model `before`;
+/// only versions of `name` when given.
 pub async fn list(
     client: &impl GenericClient,
+    name: Option<&str>,
     before: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<ModelRow>, DbError> {
     client
-        .query(
-            "SELECT m.*
-             FROM models AS m
-             WHERE $1::uuid IS NULL
-                OR (m.created_at, m.id) < (SELECT c.created_at, c.id FROM models AS c WHERE c.id = $1)
-             ORDER BY m.created_at DESC, m.id DESC
-             LIMIT $2",
-            &[&before, &limit],
-        )
+        .query(include_str!("sql/list_models.sql"), &[&name, &before, &limit])
         .await?
         .into_iter()
         .map(ModelRow::try_from)
         .collect()
 }
 
-/// The ids among `ids` that name no model.
-pub async fn missing(client: &impl GenericClient, ids: &[Uuid]) -> Result<Vec<Uuid>, DbError> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
+/// The model a reference names: by id, a name's latest ready version, or
+/// `name@version`.
+pub async fn resolve(
+    client: &impl GenericClient,
+    model: &ModelRef,
+) -> Result<Option<ModelRow>, DbError> {
+    let row = match model {
+        ModelRef::Id(id) => {
+            client
+                .query_opt("SELECT * FROM models WHERE id = $1", &[id])
+                .await?
+        }
+        ModelRef::Version(name, version) => {
+            client
+                .query_opt(
+                    "SELECT * FROM models WHERE name = $1 AND version = $2",
+                    &[name, version],
+                )
+                .await?
+        }
+        ModelRef::Latest(name) => {
+            client
+                .query_opt(
+                    "SELECT * FROM models
+                     WHERE name = $1 AND status = 'ready'
+                     ORDER BY version DESC
+                     LIMIT 1",
+                    &[name],
+                )
+                .await?
+        }
+    };
+    row.map(ModelRow::try_from).transpose()
+}
+
+/// The next version number of `name` (1 for a new name). Versions are
+/// handed out once, so a deleted version's number is never reused.
+pub async fn next_version(client: &impl GenericClient, name: &str) -> Result<i32, DbError> {
+    let row = client
+        .query_one(
+            "INSERT INTO model_names (name, last_version) VALUES ($1, 1)
+             ON CONFLICT (name) DO UPDATE SET last_version = model_names.last_version + 1
+             RETURNING last_version",
+            &[&name],
+        )
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
+/// Registers an uploaded TorchScript model as the next version of its
+/// name, `validating` until its task `task` has run it.
+pub async fn insert_uploaded(
+    client: &impl GenericClient,
+    id: Uuid,
+    task: Uuid,
+    spec: &UploadSpec,
+    file: &InputFile,
+) -> Result<ModelRow, DbError> {
+    let spec_json = serde_json::to_value(spec).unwrap_or_default();
+    let row = client
+        .query_one(
+            include_str!("sql/insert_uploaded_model.sql"),
+            &[
+                &id,
+                &task,
+                &spec_json,
+                &file.key,
+                &spec.name,
+                &spec.input.as_str(),
+                &file.size,
+            ],
+        )
+        .await?;
+    ModelRow::try_from(row)
+}
+
+/// The model a task made or validates, if any.
+pub async fn by_task(client: &impl GenericClient, task: Uuid) -> Result<Option<ModelRow>, DbError> {
+    client
+        .query_opt("SELECT * FROM models WHERE task_id = $1", &[&task])
+        .await?
+        .map(ModelRow::try_from)
+        .transpose()
+}
+
+/// Queued or running tasks that read the model `id` (at most 10).
+pub async fn users(client: &impl GenericClient, id: Uuid) -> Result<Vec<Uuid>, DbError> {
     let rows = client
         .query(
-            "SELECT id FROM unnest($1::uuid[]) AS wanted (id)
-             WHERE NOT EXISTS (SELECT 1 FROM models AS m WHERE m.id = wanted.id)",
-            &[&ids],
+            "SELECT id FROM tasks
+             WHERE models @> ARRAY[$1::uuid] AND status IN ('queued', 'running')
+             ORDER BY created_at
+             LIMIT 10",
+            &[&id],
         )
         .await?;
     Ok(rows.into_iter().map(|r| r.get(0)).collect())
+}
+
+/// Deletes a model, unless queued or running tasks read it. An uploaded
+/// model goes with its validation task (and so its file); a trained model's
+/// row alone goes, its weights staying with its `train` task.
+pub async fn delete(client: &mut deadpool_postgres::Client, id: Uuid) -> Result<Deleted, DbError> {
+    let tx = client.transaction().await?;
+    // Locked first: a submission pinning it holds a key-share lock until it
+    // commits, so the check below sees every task that reads it.
+    let Some(row) = tx
+        .query_opt(
+            "SELECT source, task_id FROM models WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await?
+    else {
+        return Ok(Deleted::Gone);
+    };
+    let users = users(&tx, id).await?;
+    if !users.is_empty() {
+        return Ok(Deleted::InUse(users));
+    }
+    let (source, task): (String, Uuid) = (row.try_get(0)?, row.try_get(1)?);
+    let deleted = if source == "uploaded" {
+        super::tasks::delete_in(&tx, task).await?
+    } else {
+        tx.execute("DELETE FROM models WHERE id = $1", &[&id]).await?;
+        Deleted::Done {
+            objects: Vec::new(),
+        }
+    };
+    if matches!(deleted, Deleted::Done { .. }) {
+        tx.commit().await?;
+    }
+    Ok(deleted)
 }

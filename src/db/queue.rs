@@ -144,6 +144,10 @@ async fn record_outputs(
                     StoreError::Rejected(format!("model artifact {name} was not stored"))
                 })
         };
+        let size = artifacts
+            .iter()
+            .find(|a| a.name == m.weights_artifact)
+            .map(|a| a.size);
         tx.execute(
             include_str!("sql/insert_model.sql"),
             &[
@@ -155,6 +159,10 @@ async fn record_outputs(
                 &jsonb(&m.metrics),
                 &key_of(&m.weights_artifact)?,
                 &key_of(&m.spec_artifact)?,
+                &m.name,
+                &m.input,
+                &m.format,
+                &size,
             ],
         )
         .await
@@ -504,7 +512,9 @@ impl TaskStore for PgTaskStore {
         let row = super::models::get(&client, id).await.map_err(unavailable)?;
         Ok(row.map(|m| ModelRecord {
             id: m.id,
+            format: m.format,
             spec: m.spec,
+            metrics: m.metrics,
             weights_key: m.weights_key,
         }))
     }

@@ -78,17 +78,23 @@ pub struct NewTask<'a> {
     pub params: &'a Value,
     pub max_attempts: i32,
     pub inputs: &'a [InputFile],
+    /// The models it reads, by id.
+    pub models: &'a [Uuid],
 }
 
 /// Inserts a task and its inputs. Returns the task as it was accepted (a
-/// dispatcher may claim it the moment this commits).
-pub async fn insert(client: &impl GenericClient, task: NewTask<'_>) -> Result<TaskRecord, DbError> {
+/// dispatcher may claim it the moment this commits), or `None` when one of
+/// its models is gone or no longer ready.
+pub async fn insert(
+    client: &impl GenericClient,
+    task: NewTask<'_>,
+) -> Result<Option<TaskRecord>, DbError> {
     let inputs = serde_json::to_value(task.inputs).unwrap_or(Value::Null);
     let statement = client
         .prepare_cached(include_str!("sql/insert_task.sql"))
         .await?;
     let row = client
-        .query_one(
+        .query_opt(
             &statement,
             &[
                 &task.id,
@@ -96,10 +102,11 @@ pub async fn insert(client: &impl GenericClient, task: NewTask<'_>) -> Result<Ta
                 task.params,
                 &task.max_attempts,
                 &inputs,
+                &task.models,
             ],
         )
         .await?;
-    TaskRecord::try_from(row)
+    row.map(TaskRecord::try_from).transpose()
 }
 
 pub async fn get(client: &impl GenericClient, id: Uuid) -> Result<Option<TaskRecord>, DbError> {
@@ -239,19 +246,48 @@ pub async fn retry(client: &mut deadpool_postgres::Client, id: Uuid) -> Result<R
     Ok(outcome)
 }
 
-/// Deletes a task with its inputs, artifacts and model rows, and returns
-/// the keys of the objects they referenced (`None` if there is no such
-/// task). A running task is told to stop first; whatever its worker writes
-/// afterwards is fenced out, as its row is gone.
-pub async fn delete(
-    client: &mut deadpool_postgres::Client,
-    id: Uuid,
-) -> Result<Option<Vec<String>>, DbError> {
+/// What deleting a task or a model did.
+#[derive(Debug)]
+pub enum Deleted {
+    /// There is no such thing.
+    Gone,
+    /// Queued or running tasks read its model (these, at most 10): nothing
+    /// was deleted.
+    InUse(Vec<Uuid>),
+    /// Deleted; these stored objects are no longer referenced.
+    Done { objects: Vec<String> },
+}
+
+/// Deletes a task with its inputs, artifacts and model, unless that model
+/// is in use. A running task is told to stop first; whatever its worker
+/// writes afterwards is fenced out, as its row is gone.
+pub async fn delete(client: &mut deadpool_postgres::Client, id: Uuid) -> Result<Deleted, DbError> {
     let tx = client.transaction().await?;
-    let status = locked_status(&tx, id).await?;
-    let Some(status) = status else {
-        return Ok(None);
+    let deleted = delete_in(&tx, id).await?;
+    if matches!(deleted, Deleted::Done { .. }) {
+        tx.commit().await?;
+    }
+    Ok(deleted)
+}
+
+/// [`delete`], inside a transaction the caller commits.
+pub async fn delete_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    id: Uuid,
+) -> Result<Deleted, DbError> {
+    let Some(status) = locked_status(tx, id).await? else {
+        return Ok(Deleted::Gone);
     };
+    // The model it made goes with it: not while a task reads that model.
+    let made = tx
+        .query_opt("SELECT id FROM models WHERE task_id = $1 FOR UPDATE", &[&id])
+        .await?;
+    if let Some(model) = made {
+        let users = super::models::users(tx, model.get(0)).await?;
+        if !users.is_empty() {
+            return Ok(Deleted::InUse(users));
+        }
+    }
     if status == TaskStatus::Running {
         tx.execute(
             "SELECT pg_notify($1, $2)",
@@ -259,7 +295,7 @@ pub async fn delete(
         )
         .await?;
     }
-    let keys = tx
+    let objects = tx
         .query(
             "SELECT object_key FROM task_inputs WHERE task_id = $1
              UNION ALL
@@ -272,8 +308,7 @@ pub async fn delete(
         .collect();
     tx.execute("DELETE FROM tasks WHERE id = $1", &[&id])
         .await?;
-    tx.commit().await?;
-    Ok(Some(keys))
+    Ok(Deleted::Done { objects })
 }
 
 /// An input file of a task, in the shape of an artifact (for download).

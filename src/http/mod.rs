@@ -2,6 +2,7 @@
 //! module composes them and turns actix's own extractor errors into mlq's
 //! JSON error shape.
 
+mod commands;
 mod dashboard;
 mod download;
 pub mod error;
@@ -68,8 +69,6 @@ pub struct UploadLimits {
     pub max_upload_time: std::time::Duration,
     /// Longest a submission may send nothing.
     pub idle: std::time::Duration,
-    /// Accepted file content types per command; unlisted commands take any.
-    pub content_types: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl From<&crate::config::Settings> for UploadLimits {
@@ -80,20 +79,7 @@ impl From<&crate::config::Settings> for UploadLimits {
             max_files: s.max_files,
             max_upload_time: s.orphan_grace / 2,
             idle: s.upload_idle,
-            content_types: s.content_types.clone(),
         }
-    }
-}
-
-impl UploadLimits {
-    /// The content types `command` accepts, if it restricts them and
-    /// `content_type` is not among them.
-    pub fn refuses(&self, command: &str, content_type: &str) -> Option<&[String]> {
-        let allowed = self.content_types.get(command)?;
-        let ok = allowed
-            .iter()
-            .any(|a| a == "*/*" || a.eq_ignore_ascii_case(content_type));
-        (!ok).then_some(allowed.as_slice())
     }
 }
 
@@ -111,6 +97,7 @@ pub fn config(cfg: &mut web::ServiceConfig, web_dir: &std::path::Path) {
             .configure(submit::config)
             .configure(tasks::config)
             .configure(models::config)
+            .configure(commands::config)
             .configure(events::config)
             .default_service(web::to(not_found)),
     );
@@ -119,15 +106,31 @@ pub fn config(cfg: &mut web::ServiceConfig, web_dir: &std::path::Path) {
     }
 }
 
-/// The registered command called `name`.
+/// The command called `name`, if users may submit it.
 fn command<'a>(state: &'a AppState, name: &str) -> Result<&'a Arc<dyn AnyCommand>, ApiError> {
     state
         .commands
-        .get(name)
+        .submittable(name)
         .ok_or_else(|| ApiError::UnknownCommand {
             command: name.to_owned(),
-            known: state.commands.names().collect::<Vec<_>>().join(", "),
+            known: state.commands.submittable_names().collect::<Vec<_>>().join(", "),
         })
+}
+
+/// The command a form submits: one users may submit, or for a model upload
+/// the internal `validate_model`.
+fn command_or_internal<'a>(
+    state: &'a AppState,
+    name: &str,
+    form: submit::Form,
+) -> Result<&'a Arc<dyn AnyCommand>, ApiError> {
+    match form {
+        submit::Form::Task => command(state, name),
+        submit::Form::Model => state
+            .commands
+            .get(name)
+            .ok_or_else(|| ApiError::NotFound(format!("no command {name}"))),
+    }
 }
 
 /// A page size: 50 unless given, at most 200.

@@ -1,49 +1,84 @@
-//! `/api/v1/models`: models registered by `train`.
+//! `/api/v1/models`: the model registry. Models come from `train`, or are
+//! uploaded (TorchScript with a spec) and become usable once a worker has
+//! run them. Wherever a model is named, an id, a name (its latest ready
+//! version) or `name@version` will do.
 
-use actix_web::{web, HttpResponse};
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+use mlq_actors::ml::registry::{self, ModelRef};
+
 use super::error::ApiError;
-use super::page_limit;
-use super::AppState;
-use crate::db::{self, models::ModelRow};
+use super::submit::{self, Form};
+use super::{download, page_limit, AppState};
+use crate::db::{self, models::ModelRow, tasks::Deleted};
 
 pub fn config(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/models")
             .route("", web::get().to(list))
-            .route("/{id}", web::get().to(get)),
+            .route("", web::post().to(upload))
+            .route("/{model}", web::get().to(get))
+            .route("/{model}", web::delete().to(delete))
+            .route("/{model}/download", web::get().to(download)),
     );
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ModelView {
     pub id: Uuid,
-    /// The `train` task that produced it.
+    pub name: String,
+    pub version: i32,
+    /// `name@version`: how to name exactly this model.
+    pub reference: String,
+    /// `validating`, `ready` or `invalid`.
+    pub status: String,
+    /// `trained` or `uploaded`.
+    pub source: String,
+    /// `tabular` or `image`.
+    pub input: String,
+    /// `mlq.mlp.v1` or `torchscript`.
+    pub format: String,
+    /// The task that trained it, or that validates it.
     pub task_id: Uuid,
     pub kind: String,
-    pub target: String,
+    pub target: Option<String>,
     pub metrics: Value,
+    /// Why it is invalid: `{code, message}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Value>,
+    /// Bytes of its weights file.
+    pub size: Option<i64>,
     /// The whole spec, on a single model's view only: with one entry per
     /// feature column it can be megabytes, too much for each row of a list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<Value>,
-    pub weights_url: String,
+    pub download_url: String,
     pub created_at: DateTime<Utc>,
 }
 
 impl From<ModelRow> for ModelView {
     fn from(m: ModelRow) -> Self {
         Self {
-            weights_url: format!("/api/v1/tasks/{}/artifacts/model.safetensors", m.task_id),
+            download_url: format!("/api/v1/models/{}/download", m.id),
+            reference: format!("{}@{}", m.name, m.version),
             id: m.id,
+            name: m.name,
+            version: m.version,
+            status: m.status,
+            source: m.source,
+            input: m.input,
+            format: m.format,
             task_id: m.task_id,
             kind: m.kind,
             target: m.target,
             metrics: m.metrics,
+            error: m.error,
+            size: m.size,
             spec: Some(m.spec),
             created_at: m.created_at,
         }
@@ -55,6 +90,8 @@ impl From<ModelRow> for ModelView {
 struct ListQuery {
     limit: Option<i64>,
     before: Option<Uuid>,
+    /// Only the versions of this name.
+    name: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -68,8 +105,11 @@ async fn list(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = page_limit(query.limit)?;
+    if let Some(name) = &query.name {
+        registry::check_name(name).map_err(|m| ApiError::bad_request("invalid_query", m))?;
+    }
     let client = state.db.get().await?;
-    let models = db::models::list(&client, query.before, limit).await?;
+    let models = db::models::list(&client, query.name.as_deref(), query.before, limit).await?;
     let next_before = (models.len() as i64 == limit)
         .then(|| models.last().map(|m| m.id))
         .flatten();
@@ -85,11 +125,98 @@ async fn list(
     }))
 }
 
-async fn get(id: web::Path<Uuid>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let id = id.into_inner();
+/// The model a path segment names, or 404.
+async fn find(state: &AppState, segment: &str) -> Result<ModelRow, ApiError> {
+    let model: ModelRef = segment
+        .parse()
+        .map_err(|m: String| ApiError::bad_request("invalid_model", m))?;
     let client = state.db.get().await?;
-    let model = db::models::get(&client, id)
+    db::models::resolve(&client, &model)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no model with id {id}")))?;
+        .ok_or_else(|| match &model {
+            ModelRef::Latest(name) => ApiError::NotFound(format!("no ready model named {name}")),
+            other => ApiError::NotFound(format!("no model {other}")),
+        })
+}
+
+async fn get(path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let model = find(&state, &path).await?;
     Ok(HttpResponse::Ok().json(ModelView::from(model)))
+}
+
+/// `POST /api/v1/models`: a TorchScript file (`file`) and its JSON `spec`.
+/// Answers 202 with the model, `validating`; its task runs it once.
+async fn upload(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    submit::refuse_when_stopping(&state)?;
+    let task = Uuid::new_v4();
+    let accepted = submit::accept(&req, payload, &state, task, Form::Model).await?;
+    let model = accepted.model.ok_or_else(|| {
+        ApiError::bad_request("missing_file", "the form has no \"file\" part: the TorchScript model")
+    })?;
+    Ok(HttpResponse::Accepted()
+        .insert_header((header::LOCATION, format!("/api/v1/models/{}", model.id)))
+        .json(ModelView::from(model)))
+}
+
+/// Streams the model's weights: the TorchScript file as uploaded, or a
+/// trained model's safetensors.
+async fn download(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let model = find(&state, &path).await?;
+    let client = state.db.get().await?;
+    // The weights are the upload's input file, or the train task's artifact.
+    let stored = if model.source == "uploaded" {
+        db::tasks::input(&client, model.task_id, 0).await?
+    } else {
+        db::tasks::artifact(&client, model.task_id, "model.safetensors").await?
+    };
+    drop(client);
+    let mut object = stored
+        .filter(|o| o.key == model.weights_key)
+        .ok_or_else(|| ApiError::NotFound(format!("model {} has no stored weights", model.id)))?;
+    let extension = if model.format == "torchscript" {
+        "pt"
+    } else {
+        "safetensors"
+    };
+    object.name = format!("{}-v{}.{extension}", model.name, model.version);
+    object.content_type = "application/octet-stream".into();
+    download::serve(&req, state.objects.as_ref(), &object).await
+}
+
+/// `DELETE /api/v1/models/{model}`: 409 while a queued or running task
+/// reads it. An uploaded model goes with its validation task and file; a
+/// trained model's weights stay with its `train` task, as its artifacts.
+async fn delete(
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let model = find(&state, &path).await?;
+    let mut client = state.db.get().await?;
+    let deleted = db::models::delete(&mut client, model.id).await?;
+    drop(client);
+    match deleted {
+        Deleted::Gone => Err(ApiError::NotFound(format!("no model {}", model.id))),
+        Deleted::InUse(tasks) => Err(super::tasks::model_in_use(
+            &format!("model {}@{}", model.name, model.version),
+            &tasks,
+        )),
+        Deleted::Done { objects } => {
+            for key in objects {
+                if let Err(e) = state.objects.delete(&key).await {
+                    // The orphan collector finds it later.
+                    tracing::warn!(%key, "could not delete a deleted model's file: {e}");
+                }
+            }
+            tracing::info!(model = %model.id, name = %model.name, version = model.version, "model deleted");
+            Ok(HttpResponse::NoContent().finish())
+        }
+    }
 }

@@ -22,12 +22,16 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use mlq_actors::ports::{ObjectKey, ObjectStore, Upload};
+use mlq_actors::commands::validate_model::ValidateModel;
+use mlq_actors::commands::Command;
+use mlq_actors::ml::registry::ModelRef;
+use mlq_actors::ml::upload::UploadSpec;
 use mlq_actors::task::InputFile;
 
 use super::error::ApiError;
 use super::tasks::TaskView;
 use super::AppState;
-use crate::db::{self, tasks::TaskRecord, DbError};
+use crate::db::{self, models::ModelRow, tasks::TaskRecord, DbError};
 use crate::storage::Janitor;
 
 pub fn config(cfg: &mut web::ServiceConfig) {
@@ -40,34 +44,56 @@ async fn create(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    refuse_when_stopping(&state)?;
+    let id = Uuid::new_v4();
+    let accepted = accept(&req, payload, &state, id, Form::Task).await?;
+    Ok(HttpResponse::Accepted()
+        .insert_header((header::LOCATION, format!("/api/v1/tasks/{id}")))
+        .json(TaskView::from(accepted.task)))
+}
+
+pub(super) fn refuse_when_stopping(state: &AppState) -> Result<(), ApiError> {
     if state.stopping.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(ApiError::Busy {
             code: "shutting_down",
-            message: "this process is shutting down; send the task to another one, or retry \
-                      shortly"
+            message: "this process is shutting down; send the request to another one, or \
+                      retry shortly"
                 .into(),
             retry_after: 1,
         });
     }
-    let id = Uuid::new_v4();
-    let task = accept(&req, payload, &state, id).await?;
-    Ok(HttpResponse::Accepted()
-        .insert_header((header::LOCATION, format!("/api/v1/tasks/{id}")))
-        .json(TaskView::from(task)))
+    Ok(())
+}
+
+/// What a request submits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Form {
+    /// `POST /api/v1/tasks`: `command`, `params` and `file` parts, or JSON.
+    Task,
+    /// `POST /api/v1/models`: `spec` and one `file` part; queued as its
+    /// `validate_model` task, with the model registered as `validating`.
+    Model,
+}
+
+/// A queued task, and the model it validates for [`Form::Model`].
+pub(super) struct Accepted {
+    pub task: TaskRecord,
+    pub model: Option<ModelRow>,
 }
 
 /// Reads a submission and queues its task: the one place that owns stored
 /// inputs until their row commits.
-async fn accept(
+pub(super) async fn accept(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
     id: Uuid,
-) -> Result<TaskRecord, ApiError> {
+    form: Form,
+) -> Result<Accepted, ApiError> {
     let started = Instant::now();
     let mut stored = StoredInputs::new(state);
     let result = async {
-        let submission = read(req, payload, state, id, &mut stored).await?;
+        let submission = read(req, payload, state, id, form, &mut stored).await?;
         // Checked again at the last moment: a file stored early in an upload
         // that took longer could already have been collected as an orphan.
         if started.elapsed() > state.limits.max_upload_time {
@@ -75,7 +101,7 @@ async fn accept(
                 state.limits.max_upload_time,
             )));
         }
-        register(state, id, &submission, &mut stored).await
+        register(state, id, &submission, form, &mut stored).await
     }
     .await;
     match result {
@@ -88,11 +114,11 @@ async fn accept(
             Err(e)
         }
         Err(Registered::Unknown(e)) => match committed(state, id).await {
-            Some(Some(task)) => {
+            Some(Some(accepted)) => {
                 stored.keep();
-                state.announcer.queued(id, task.seq);
+                state.announcer.queued(id, accepted.task.seq);
                 tracing::info!(task = %id, "the task was queued although its insert's answer was lost");
-                Ok(task)
+                Ok(accepted)
             }
             Some(None) => {
                 // Not there now; an insert still in flight could yet land,
@@ -124,54 +150,127 @@ impl<E: Into<ApiError>> From<E> for Registered {
 
 /// The task as committed, if it was: `Some(None)` when it certainly is not
 /// there now, `None` when that cannot be told either.
-async fn committed(state: &AppState, id: Uuid) -> Option<Option<TaskRecord>> {
+async fn committed(state: &AppState, id: Uuid) -> Option<Option<Accepted>> {
     let client = state.db.get().await.ok()?;
-    db::tasks::get(&client, id).await.ok()
+    let Some(task) = db::tasks::get(&client, id).await.ok()? else {
+        return Some(None);
+    };
+    let model = db::models::by_task(&client, id).await.ok()?;
+    Some(Some(Accepted { task, model }))
 }
 
 async fn register(
     state: &AppState,
     id: Uuid,
     submission: &Submission,
+    form: Form,
     stored: &mut StoredInputs,
-) -> Result<TaskRecord, Registered> {
-    let checked = super::command(state, &submission.command)?
+) -> Result<Accepted, Registered> {
+    let checked = super::command_or_internal(state, &submission.command, form)?
         .check(submission.params.clone(), submission.inputs.len())
         .map_err(ApiError::from)?;
-    let client = state.submissions.get().await.map_err(ApiError::from)?;
-    let ids: Vec<Uuid> = checked.models.iter().map(|(_, id)| *id).collect();
-    if let Some(missing) = db::models::missing(&client, &ids).await?.first() {
-        let field = checked
-            .models
-            .iter()
-            .find(|(_, id)| id == missing)
-            .map_or("model", |(f, _)| f);
-        return Err(Registered::Refused(ApiError::InvalidParams {
-            field: field.into(),
-            message: format!("no model with id {missing}"),
-        }));
-    }
+    let mut client = state.submissions.get().await.map_err(ApiError::from)?;
+    let mut params = checked.params;
+    let models = pin_models(&client, &checked.models, &mut params).await?;
+    // The model an upload registers, with its spec's defaults filled in.
+    let upload = match form {
+        Form::Task => None,
+        Form::Model => {
+            let spec: UploadSpec = serde_json::from_value(params["spec"].take())
+                .map_err(|e| ApiError::InvalidParams {
+                    field: "spec".into(),
+                    message: e.to_string(),
+                })?;
+            let spec = spec.normalized().map_err(ApiError::from)?;
+            params["spec"] = serde_json::to_value(&spec).unwrap_or_default();
+            Some(spec)
+        }
+    };
     stored.committing = true;
-    let task = db::tasks::insert(
-        &client,
-        db::tasks::NewTask {
-            id,
-            command: &submission.command,
-            params: &checked.params,
-            max_attempts: state.max_attempts,
-            inputs: &submission.inputs,
-        },
-    )
-    .await
-    .map_err(|e| match e {
+    let unknown = |e: DbError| match e {
         // The server answered: the statement failed, nothing committed.
         DbError::Query(ref q) if q.as_db_error().is_some() => Registered::Refused(e.into()),
         DbError::Query(_) => Registered::Unknown(e.into()),
         e => Registered::Refused(e.into()),
+    };
+    let tx = client.transaction().await.map_err(|e| unknown(e.into()))?;
+    let task = db::tasks::insert(
+        &tx,
+        db::tasks::NewTask {
+            id,
+            command: &submission.command,
+            params: &params,
+            max_attempts: state.max_attempts,
+            inputs: &submission.inputs,
+            models: &models,
+        },
+    )
+    .await
+    .map_err(unknown)?
+    .ok_or_else(|| {
+        Registered::Refused(ApiError::Conflict {
+            code: "model_not_ready",
+            message: "a model the task reads was deleted or is no longer ready".into(),
+        })
     })?;
+    let model = match (&upload, submission.inputs.first()) {
+        (Some(spec), Some(file)) => Some(
+            db::models::insert_uploaded(&tx, Uuid::new_v4(), id, spec, file)
+                .await
+                .map_err(unknown)?,
+        ),
+        _ => None,
+    };
+    tx.commit().await.map_err(|e| unknown(e.into()))?;
     state.announcer.queued(id, task.seq);
-    tracing::info!(task = %id, command = %submission.command, inputs = submission.inputs.len(), "task queued");
-    Ok(task)
+    match &model {
+        Some(m) => tracing::info!(task = %id, model = %m.id, name = %m.name, version = m.version, "model uploaded; validating"),
+        None => tracing::info!(task = %id, command = %submission.command, inputs = submission.inputs.len(), "task queued"),
+    }
+    Ok(Accepted { task, model })
+}
+
+/// Looks up the models a task names, which must be ready, and pins them:
+/// the stored params name each by id, so the task runs the version it was
+/// submitted with whatever is registered meanwhile.
+async fn pin_models(
+    client: &deadpool_postgres::Client,
+    models: &[(&'static str, ModelRef)],
+    params: &mut Value,
+) -> Result<Vec<Uuid>, ApiError> {
+    let mut ids = Vec::with_capacity(models.len());
+    for (field, model) in models {
+        let row = db::models::resolve(client, model)
+            .await?
+            .ok_or_else(|| ApiError::InvalidParams {
+                field: (*field).into(),
+                message: match model {
+                    ModelRef::Latest(name) => format!("no ready model named {name}"),
+                    other => format!("no model {other}"),
+                },
+            })?;
+        if row.status != "ready" {
+            return Err(ApiError::Conflict {
+                code: "model_not_ready",
+                message: format!(
+                    "model {}@{} is {}{}",
+                    row.name,
+                    row.version,
+                    row.status,
+                    if row.status == "validating" {
+                        "; submit again once it is ready"
+                    } else {
+                        ""
+                    }
+                ),
+            });
+        }
+        if let Some(slot) = params.get_mut(*field) {
+            *slot = Value::String(row.id.to_string());
+        }
+        ids.push(row.id);
+    }
+    Ok(ids)
 }
 
 /// The inputs a request has stored. Dropped without `keep` or `discard`
@@ -246,6 +345,7 @@ async fn read(
     payload: web::Payload,
     state: &AppState,
     task: Uuid,
+    form: Form,
     stored: &mut StoredInputs,
 ) -> Result<Submission, ApiError> {
     let limit = state.limits.max_request_bytes;
@@ -285,7 +385,7 @@ async fn read(
                     ),
                     retry_after: 1,
                 })?;
-            read_multipart(req, payload, state, task, stored).await
+            read_multipart(req, payload, state, task, form, stored).await
         }
         // Small, but still a slot and a buffer: a body that trickles in is
         // held to the same deadline as an upload.
@@ -340,20 +440,37 @@ async fn read_multipart(
     payload: web::Payload,
     state: &AppState,
     task: Uuid,
+    form: Form,
     stored: &mut StoredInputs,
 ) -> Result<Submission, ApiError> {
     let limits = &state.limits;
     let mut multipart = Multipart::new(req.headers(), payload);
     let mut budget = Budget::new();
-    let mut command: Option<String> = None;
+    let mut command: Option<String> =
+        (form == Form::Model).then(|| ValidateModel::NAME.to_owned());
     let mut params = Value::Null;
     while let Some(field) = next_or_idle(limits.idle, multipart.try_next())
         .await?
         .map_err(multipart_error)?
     {
         let name = field.name().unwrap_or("").to_owned();
-        match name.as_str() {
-            "command" => {
+        match (form, name.as_str()) {
+            (Form::Model, "spec") => {
+                let text = read_text(field, &mut budget, limits).await?;
+                let value: Value =
+                    serde_json::from_str(&text).map_err(|e| ApiError::InvalidParams {
+                        field: "spec".into(),
+                        message: format!("not valid JSON: {e}"),
+                    })?;
+                if !value.is_object() {
+                    return Err(ApiError::InvalidParams {
+                        field: "spec".into(),
+                        message: "must be a JSON object".into(),
+                    });
+                }
+                params = params_object(serde_json::json!({ "spec": value }))?;
+            }
+            (Form::Task, "command") => {
                 let text = read_text(field, &mut budget, limits).await?;
                 let text = text.trim().to_owned();
                 // Reject an unknown command before any file is uploaded.
@@ -363,7 +480,7 @@ async fn read_multipart(
                 }
                 command = Some(text);
             }
-            "params" => {
+            (Form::Task, "params") => {
                 let text = read_text(field, &mut budget, limits).await?;
                 let value: Value =
                     serde_json::from_str(&text).map_err(|e| ApiError::InvalidParams {
@@ -372,7 +489,7 @@ async fn read_multipart(
                     })?;
                 params = params_object(value)?;
             }
-            "file" => {
+            (_, "file") => {
                 if stored.inputs.len() >= limits.max_files {
                     return Err(ApiError::TooManyParts {
                         limit: limits.max_files,
@@ -390,10 +507,16 @@ async fn read_multipart(
                 .await?;
                 stored.inputs.push(input);
             }
-            other => {
+            (_, other) => {
                 return Err(ApiError::bad_request(
                     "unexpected_field",
-                    format!("unexpected form field {other:?}: expected command, params and file"),
+                    format!(
+                        "unexpected form field {other:?}: expected {}",
+                        match form {
+                            Form::Task => "command, params and file",
+                            Form::Model => "spec and file",
+                        }
+                    ),
                 ))
             }
         }
@@ -401,6 +524,12 @@ async fn read_multipart(
     let command = command.ok_or_else(|| {
         ApiError::bad_request("missing_command", "the form has no \"command\" field")
     })?;
+    if form == Form::Model && params.is_null() {
+        return Err(ApiError::InvalidParams {
+            field: "spec".into(),
+            message: "the form has no \"spec\" field: the model's name and input, as JSON".into(),
+        });
+    }
     Ok(Submission {
         command,
         params,
@@ -409,14 +538,14 @@ async fn read_multipart(
 }
 
 fn check_type(state: &AppState, command: &str, content_type: &str) -> Result<(), ApiError> {
-    match state.limits.refuses(command, content_type) {
-        None => Ok(()),
-        Some(allowed) => Err(ApiError::UnsupportedFileType {
+    state
+        .commands
+        .check_type(command, content_type)
+        .map_err(|allowed| ApiError::UnsupportedFileType {
             command: command.to_owned(),
             content_type: content_type.to_owned(),
             allowed: allowed.to_vec(),
-        }),
-    }
+        })
 }
 
 /// Checksums a client sent with a file part, verified before the object

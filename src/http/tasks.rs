@@ -221,9 +221,11 @@ async fn retry(id: web::Path<Uuid>, state: web::Data<AppState>) -> Result<HttpRe
 async fn delete(id: web::Path<Uuid>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     let mut client = state.db.get().await?;
-    let keys = db::tasks::delete(&mut client, id)
-        .await?
-        .ok_or_else(|| no_task(id))?;
+    let keys = match db::tasks::delete(&mut client, id).await? {
+        db::tasks::Deleted::Gone => return Err(no_task(id)),
+        db::tasks::Deleted::InUse(tasks) => return Err(model_in_use("the model this task made", &tasks)),
+        db::tasks::Deleted::Done { objects } => objects,
+    };
     drop(client);
     // The rows are gone, so these objects are unreferenced: if a delete
     // fails here, the orphan collector removes the object later.
@@ -234,6 +236,17 @@ async fn delete(id: web::Path<Uuid>, state: web::Data<AppState>) -> Result<HttpR
     }
     tracing::info!(task = %id, "task deleted");
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// 409 for deleting a model (or the task that made it) that tasks read.
+pub(super) fn model_in_use(what: &str, tasks: &[Uuid]) -> ApiError {
+    ApiError::Conflict {
+        code: "model_in_use",
+        message: format!(
+            "{what} is read by queued or running tasks ({}); cancel them or wait for them to end",
+            tasks.iter().map(Uuid::to_string).collect::<Vec<_>>().join(", ")
+        ),
+    }
 }
 
 /// `GET /api/v1/tasks/{id}/artifacts/{name}`: streams a result file, or

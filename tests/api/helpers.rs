@@ -202,6 +202,15 @@ impl Api {
         )
     }
 
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        let mut res = self.client.delete(self.url(path)).send().await.expect("DELETE");
+        let body = res.body().limit(1 << 20).await.expect("body");
+        (
+            res.status(),
+            serde_json::from_slice(&body).unwrap_or(Value::Null),
+        )
+    }
+
     /// Submits a JSON task and expects it accepted.
     pub async fn submit(&self, command: &str, params: Value) -> Uuid {
         let (status, body) = self

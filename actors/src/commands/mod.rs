@@ -1,14 +1,18 @@
 //! The ML commands a task can run.
 //!
-//! Each command is a type implementing [`Command`]: its name, how many input
-//! files it takes, its typed params (parsed with serde, then range-checked,
-//! so a bad value is rejected at submit time with the field named), and a
-//! synchronous `run` that executes on an ML worker thread. [`Commands`] is
-//! the one list that registers them all.
+//! Each command is a type implementing [`Command`], and owns all of its
+//! facts: its name, how many input files it takes and of which content
+//! types, its time limit, and its typed params, whose JSON Schema (ranges
+//! and defaults included) is derived from the type ([`schema`]). Params are
+//! parsed with serde, then checked against that schema, so a bad value is
+//! rejected at submit time with the field named. `run` executes on an ML
+//! worker thread. [`Commands`] is the one list that registers them all.
 
 pub mod predict;
+pub mod schema;
 pub mod sleep;
 pub mod train;
+pub mod validate_model;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,7 +21,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
-use uuid::Uuid;
+use crate::ml::registry::ModelRef;
 
 use crate::error::{ErrorCode, JobError};
 use crate::task::{JobContext, Outcome};
@@ -43,18 +47,29 @@ impl SubmitError {
 }
 
 /// Typed params of a command.
-pub trait Params: DeserializeOwned + Serialize {
-    /// Range checks serde cannot express.
+pub trait Params: DeserializeOwned + Serialize + schemars::JsonSchema {
+    /// Checks across fields, which the schema cannot express.
     fn validate(&self) -> Result<(), SubmitError> {
         Ok(())
     }
 
-    /// Models the task reads, with the param naming each; they must exist
-    /// when it is submitted.
-    fn models(&self) -> Vec<(&'static str, Uuid)> {
+    /// Models the task reads, with the param naming each. They are looked
+    /// up when it is submitted, must be ready, and are pinned: the stored
+    /// params name each by id.
+    fn models(&self) -> Vec<(&'static str, ModelRef)> {
         Vec::new()
     }
 }
+
+/// CSV as browsers, curl and spreadsheets label it (curl sends
+/// `application/octet-stream` for a `.csv` file).
+pub const CSV_TYPES: &[&str] = &[
+    "text/csv",
+    "application/csv",
+    "text/plain",
+    "application/vnd.ms-excel",
+    "application/octet-stream",
+];
 
 /// The param every command takes besides its own: the task's time limit,
 /// in seconds or as text such as `"90s"` or `"2h"`.
@@ -65,8 +80,15 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 86_400);
 /// A command, as its implementor writes it.
 pub trait Command: Send + Sync + 'static {
     const NAME: &'static str;
+    /// One line for users: what it does.
+    const SUMMARY: &'static str;
     /// How many `file` parts it takes.
     const FILES: std::ops::RangeInclusive<usize>;
+    /// The content types its files may have; a deployment's config can
+    /// replace the list (`content_types`). Empty: any.
+    const CONTENT_TYPES: &'static [&'static str];
+    /// Run by mlq itself, never submitted by users (`validate_model`).
+    const INTERNAL: bool = false;
     /// Its time limit when neither the task nor the deployment sets one.
     const TIMEOUT: Duration = Duration::from_secs(3600);
     type Params: Params;
@@ -78,15 +100,38 @@ pub trait Command: Send + Sync + 'static {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checked {
     pub params: Value,
-    pub models: Vec<(&'static str, Uuid)>,
+    pub models: Vec<(&'static str, ModelRef)>,
     /// The task's own time limit, if it set one.
     pub timeout: Option<Duration>,
+}
+
+/// What `GET /api/v1/commands` says of a command.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct CommandInfo {
+    pub name: String,
+    pub summary: String,
+    pub files: FileCount,
+    pub content_types: Vec<String>,
+    /// Its time limit in seconds, unless a task or the deployment sets one.
+    pub timeout_seconds: u64,
+    /// JSON Schema (2020-12) of its params, with ranges and defaults.
+    pub params: Value,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct FileCount {
+    pub min: usize,
+    pub max: usize,
 }
 
 /// A command with its params type erased, as the registry holds it.
 pub trait AnyCommand: Send + Sync {
     fn name(&self) -> &'static str;
     fn default_timeout(&self) -> Duration;
+    fn is_internal(&self) -> bool;
+    fn content_types(&self) -> &'static [&'static str];
+    /// Its facts, for users and the dashboard.
+    fn describe(&self) -> CommandInfo;
     fn check(&self, params: Value, files: usize) -> Result<Checked, SubmitError>;
     fn run(&self, params: Value, ctx: &JobContext) -> Result<Outcome, JobError>;
 }
@@ -100,9 +145,45 @@ impl<C: Command> AnyCommand for C {
         C::TIMEOUT
     }
 
+    fn is_internal(&self) -> bool {
+        C::INTERNAL
+    }
+
+    fn content_types(&self) -> &'static [&'static str] {
+        C::CONTENT_TYPES
+    }
+
+    fn describe(&self) -> CommandInfo {
+        let mut params = params_schema::<C::Params>();
+        // Every command takes `timeout` besides its own params.
+        if let Some(props) = params.get_mut("properties").and_then(Value::as_object_mut) {
+            props.insert(
+                TIMEOUT_PARAM.into(),
+                serde_json::json!({
+                    "description": "The task's time limit: seconds, or a duration such as \"90s\" or \"2h\".",
+                    "type": ["number", "string", "null"],
+                    "minimum": 1,
+                    "maximum": MAX_TIMEOUT.as_secs(),
+                }),
+            );
+        }
+        CommandInfo {
+            name: C::NAME.into(),
+            summary: C::SUMMARY.into(),
+            files: FileCount {
+                min: *C::FILES.start(),
+                max: *C::FILES.end(),
+            },
+            content_types: C::CONTENT_TYPES.iter().map(|t| (*t).to_owned()).collect(),
+            timeout_seconds: C::TIMEOUT.as_secs(),
+            params,
+        }
+    }
+
     fn check(&self, params: Value, files: usize) -> Result<Checked, SubmitError> {
         let (params, timeout) = split_timeout(params)?;
-        let parsed: C::Params = parse_params(params)?;
+        let parsed: C::Params = parse_params(params.clone())?;
+        schema::check(&params_schema::<C::Params>(), &params)?;
         parsed.validate()?;
         let range = C::FILES;
         if files < *range.start() {
@@ -138,6 +219,21 @@ impl<C: Command> AnyCommand for C {
             .map_err(|e| JobError::new(ErrorCode::InvalidParams, e.to_string()))?;
         Command::run(self, parsed, ctx)
     }
+}
+
+/// The schema of a params type, made once per type: submissions check
+/// against it on the hot path.
+fn params_schema<P: Params + 'static>() -> Value {
+    use std::any::TypeId;
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<TypeId, Value>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+    cache
+        .entry(TypeId::of::<P>())
+        .or_insert_with(schema::of::<P>)
+        .clone()
 }
 
 /// Takes the `timeout` param out of `params`, checked.
@@ -247,27 +343,102 @@ fn field_in_message(message: &str) -> Option<String> {
     Some(message[start..end].to_owned())
 }
 
-/// The registered commands.
+/// The registered commands, with the content types each accepts.
 #[derive(Clone)]
-pub struct Commands(BTreeMap<&'static str, Arc<dyn AnyCommand>>);
+pub struct Commands(BTreeMap<&'static str, Registered>);
+
+#[derive(Clone)]
+struct Registered {
+    command: Arc<dyn AnyCommand>,
+    /// The command's own list, or the deployment's replacement. Empty: any.
+    content_types: Vec<String>,
+}
 
 impl Commands {
     /// The standard commands, plus `sleep` when `diagnostics` is on.
     pub fn standard(diagnostics: bool) -> Self {
-        let mut all: Vec<Arc<dyn AnyCommand>> =
-            vec![Arc::new(train::Train), Arc::new(predict::Predict)];
+        let mut all: Vec<Arc<dyn AnyCommand>> = vec![
+            Arc::new(train::Train),
+            Arc::new(predict::Predict),
+            Arc::new(validate_model::ValidateModel),
+        ];
         if diagnostics {
             all.push(Arc::new(sleep::Sleep));
         }
-        Self(all.into_iter().map(|c| (c.name(), c)).collect())
+        Self(
+            all.into_iter()
+                .map(|c| {
+                    let content_types = c.content_types().iter().map(|t| (*t).to_owned()).collect();
+                    (c.name(), Registered { command: c, content_types })
+                })
+                .collect(),
+        )
     }
 
+    /// Replaces commands' accepted content types (the `content_types`
+    /// setting); `*/*` accepts any.
+    pub fn with_content_types(mut self, overrides: &BTreeMap<String, Vec<String>>) -> Self {
+        for (name, types) in overrides {
+            if let Some(r) = self.0.get_mut(name.as_str()) {
+                r.content_types = if types.iter().any(|t| t == "*/*") {
+                    Vec::new()
+                } else {
+                    types.clone()
+                };
+            }
+        }
+        self
+    }
+
+    /// Any registered command, internal ones included (the dispatcher runs
+    /// them all).
     pub fn get(&self, name: &str) -> Option<&Arc<dyn AnyCommand>> {
-        self.0.get(name)
+        self.0.get(name).map(|r| &r.command)
+    }
+
+    /// A command users may submit.
+    pub fn submittable(&self, name: &str) -> Option<&Arc<dyn AnyCommand>> {
+        self.get(name).filter(|c| !c.is_internal())
     }
 
     pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.0.keys().copied()
+    }
+
+    /// The names of the commands users may submit.
+    pub fn submittable_names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.0
+            .iter()
+            .filter(|(_, r)| !r.command.is_internal())
+            .map(|(n, _)| *n)
+    }
+
+    /// `Err(accepted)` when `command` does not take files of `content_type`.
+    pub fn check_type(&self, command: &str, content_type: &str) -> Result<(), &[String]> {
+        match self.0.get(command) {
+            Some(r)
+                if !r.content_types.is_empty()
+                    && !r
+                        .content_types
+                        .iter()
+                        .any(|t| t.eq_ignore_ascii_case(content_type)) =>
+            {
+                Err(&r.content_types)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The commands users may submit, described.
+    pub fn describe(&self) -> Vec<CommandInfo> {
+        self.0
+            .values()
+            .filter(|r| !r.command.is_internal())
+            .map(|r| CommandInfo {
+                content_types: r.content_types.clone(),
+                ..r.command.describe()
+            })
+            .collect()
     }
 }
 

@@ -8,14 +8,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{Command, Params, SubmitError};
+use super::{Command, Params};
 use crate::error::{ErrorCode, JobError};
 use crate::progress::Progress;
 use crate::task::{JobContext, Outcome};
 
 pub const MAX_MS: u64 = 600_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Failure {
     /// Fails with a transient error, which is retried.
@@ -31,21 +31,25 @@ pub enum Failure {
     Hang,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SleepParams {
+    /// How long to sleep, in milliseconds.
     #[serde(default)]
+    #[schemars(range(max = MAX_MS))]
     pub ms: u64,
     #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 10_000))]
     pub steps: u32,
     #[serde(default)]
     pub fail: Option<Failure>,
     /// Log lines to write, one per step (the rest with the last step).
     #[serde(default)]
+    #[schemars(range(max = 100_000))]
     pub log_lines: u32,
-    /// Bytes of filler in the result, for outcomes too big to store in
-    /// time.
+    /// Bytes of filler in the result, for outcomes too big to keep.
     #[serde(default)]
+    #[schemars(range(max = 268_435_456))]
     pub result_bytes: u64,
 }
 
@@ -53,28 +57,15 @@ fn one() -> u32 {
     1
 }
 
-impl Params for SleepParams {
-    fn validate(&self) -> Result<(), SubmitError> {
-        if self.ms > MAX_MS {
-            return Err(SubmitError::param("ms", format!("at most {MAX_MS}")));
-        }
-        if !(1..=10_000).contains(&self.steps) {
-            return Err(SubmitError::param("steps", "must be between 1 and 10000"));
-        }
-        if self.log_lines > 100_000 {
-            return Err(SubmitError::param("log_lines", "at most 100000"));
-        }
-        if self.result_bytes > 256 << 20 {
-            return Err(SubmitError::param("result_bytes", "at most 256 MiB"));
-        }
-        Ok(())
-    }
-}
+impl Params for SleepParams {}
 
 pub struct Sleep;
 
 impl Command for Sleep {
     const NAME: &'static str = "sleep";
+    const SUMMARY: &'static str =
+        "Diagnostics: sleeps, reporting progress, and can fail or crash on request.";
+    const CONTENT_TYPES: &'static [&'static str] = &[];
     const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(900);
     const FILES: std::ops::RangeInclusive<usize> = 0..=16;
     type Params = SleepParams;

@@ -46,28 +46,42 @@ const EVAL_CHUNK: i64 = 65_536;
 /// as class labels when `kind` is not given.
 const MAX_INFERRED_CLASSES: usize = 20;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrainParams {
     /// The column to predict.
+    #[schemars(length(min = 1))]
     pub target: String,
+    /// The registered model's name; versions count up per name. The input
+    /// file's name (without extension) when absent.
+    #[serde(default)]
+    #[schemars(length(min = 1, max = crate::ml::registry::MAX_NAME_CHARS))]
+    pub name: Option<String>,
     /// Inferred from the target column when absent.
     #[serde(default)]
     pub kind: Option<ProblemKind>,
     #[serde(default = "defaults::epochs")]
+    #[schemars(range(min = 1, max = MAX_EPOCHS))]
     pub epochs: u32,
     #[serde(default = "defaults::batch_size")]
+    #[schemars(range(min = 1, max = MAX_BATCH))]
     pub batch_size: u32,
     #[serde(default = "defaults::learning_rate")]
+    #[schemars(extend("exclusiveMinimum" = 0), range(max = 1))]
     pub learning_rate: f64,
+    /// Hidden layer sizes, input side first.
     #[serde(default = "defaults::hidden")]
+    #[schemars(length(max = MAX_LAYERS), inner(range(min = 1, max = MAX_WIDTH)))]
     pub hidden: Vec<u32>,
+    /// The share of rows held out to measure the model.
     #[serde(default = "defaults::validation_split")]
+    #[schemars(range(min = 0, max = 0.5))]
     pub validation_split: f64,
     #[serde(default = "defaults::seed")]
     pub seed: u64,
     /// Feature columns; all columns but the target when absent.
     #[serde(default)]
+    #[schemars(length(min = 1))]
     pub features: Option<Vec<String>>,
 }
 
@@ -97,56 +111,10 @@ impl Params for TrainParams {
         if self.target.trim().is_empty() {
             return Err(SubmitError::param("target", "must name a column"));
         }
-        if !(1..=MAX_EPOCHS).contains(&self.epochs) {
-            return Err(SubmitError::param(
-                "epochs",
-                format!("must be between 1 and {MAX_EPOCHS}, got {}", self.epochs),
-            ));
-        }
-        if !(1..=MAX_BATCH).contains(&self.batch_size) {
-            return Err(SubmitError::param(
-                "batch_size",
-                format!("must be between 1 and {MAX_BATCH}, got {}", self.batch_size),
-            ));
-        }
-        if !(self.learning_rate > 0.0 && self.learning_rate <= 1.0) {
-            return Err(SubmitError::param(
-                "learning_rate",
-                format!("must be in (0, 1], got {}", self.learning_rate),
-            ));
-        }
-        if self.hidden.len() > MAX_LAYERS {
-            return Err(SubmitError::param(
-                "hidden",
-                format!("at most {MAX_LAYERS} layers, got {}", self.hidden.len()),
-            ));
-        }
-        if let Some(i) = self
-            .hidden
-            .iter()
-            .position(|&h| !(1..=MAX_WIDTH).contains(&h))
-        {
-            return Err(SubmitError::param(
-                &format!("hidden[{i}]"),
-                format!(
-                    "layer sizes must be between 1 and {MAX_WIDTH}, got {}",
-                    self.hidden[i]
-                ),
-            ));
-        }
-        if !(0.0..=0.5).contains(&self.validation_split) {
-            return Err(SubmitError::param(
-                "validation_split",
-                format!("must be between 0 and 0.5, got {}", self.validation_split),
-            ));
+        if let Some(name) = &self.name {
+            crate::ml::registry::check_name(name).map_err(|m| SubmitError::param("name", m))?;
         }
         if let Some(features) = &self.features {
-            if features.is_empty() {
-                return Err(SubmitError::param(
-                    "features",
-                    "must name at least one column",
-                ));
-            }
             if features.contains(&self.target) {
                 return Err(SubmitError::param(
                     "features",
@@ -162,6 +130,9 @@ pub struct Train;
 
 impl Command for Train {
     const NAME: &'static str = "train";
+    const SUMMARY: &'static str =
+        "Fits a neural network to a CSV file's columns and registers it as a model.";
+    const CONTENT_TYPES: &'static [&'static str] = super::CSV_TYPES;
     const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
     const FILES: std::ops::RangeInclusive<usize> = 1..=1;
     type Params = TrainParams;
@@ -504,10 +475,15 @@ fn save(
     )
     .map_err(|e| JobError::storage(format!("writing model.json: {e}")))?;
 
+    let model_name = p
+        .name
+        .clone()
+        .unwrap_or_else(|| crate::ml::registry::name_from_file(&ctx.inputs[0].name));
     let metrics = json!(last);
     Ok(Outcome {
         result: json!({
             "model_id": model_id,
+            "model_name": model_name,
             "kind": spec.kind,
             "target": p.target,
             "metrics": metrics,
@@ -529,8 +505,11 @@ fn save(
         ],
         model: Some(ModelDraft {
             id: model_id,
+            name: model_name.clone(),
+            input: "tabular".into(),
+            format: FORMAT.into(),
             kind: spec.kind.as_str().into(),
-            target: spec.target.clone(),
+            target: Some(spec.target.clone()),
             spec: spec_json,
             metrics,
             weights_artifact: "model.safetensors".into(),

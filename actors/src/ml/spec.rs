@@ -10,7 +10,7 @@ use crate::ml::table::{is_missing, parse_number, ColumnKind};
 
 pub const FORMAT: &str = "mlq.mlp.v1";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ProblemKind {
     Classification,
@@ -36,25 +36,30 @@ pub enum Feature {
     /// One-hot over the levels seen in training; a missing or unseen value
     /// becomes all zeros.
     Categorical { name: String, levels: Vec<String> },
+    /// A number handed to the model as it is (a user's TorchScript model
+    /// does its own scaling); a missing one is an error.
+    Raw { name: String },
 }
 
 impl Feature {
     pub fn name(&self) -> &str {
         match self {
-            Self::Numeric { name, .. } | Self::Categorical { name, .. } => name,
+            Self::Numeric { name, .. } | Self::Categorical { name, .. } | Self::Raw { name } => {
+                name
+            }
         }
     }
 
     pub fn kind(&self) -> ColumnKind {
         match self {
-            Self::Numeric { .. } => ColumnKind::Numeric,
+            Self::Numeric { .. } | Self::Raw { .. } => ColumnKind::Numeric,
             Self::Categorical { .. } => ColumnKind::Categorical,
         }
     }
 
     fn width(&self) -> usize {
         match self {
-            Self::Numeric { .. } => 1,
+            Self::Numeric { .. } | Self::Raw { .. } => 1,
             Self::Categorical { levels, .. } => levels.len(),
         }
     }
@@ -147,6 +152,18 @@ impl ModelSpec {
                         f64::from(parse_number(row, name, cell)?)
                     };
                     out[offset] = ((v - mean) / std) as f32;
+                }
+                Feature::Raw { name } => {
+                    if is_missing(cell) {
+                        return Err(JobError::new(
+                            ErrorCode::MissingValue,
+                            format!(
+                                "row {row}: column {} is empty, and the model needs a number",
+                                crate::error::quote(name)
+                            ),
+                        ));
+                    }
+                    out[offset] = parse_number(row, name, cell)?;
                 }
                 Feature::Categorical { levels, .. } => {
                     if !is_missing(cell) {

@@ -1,4 +1,5 @@
-//! `predict`: runs a registered model over one CSV file.
+//! `predict` on a CSV file, with mlq's own MLP or a tabular TorchScript
+//! model.
 //!
 //! The file streams through in chunks: each chunk of rows is encoded,
 //! run through the network, written to `predictions.csv` and scored, then
@@ -7,157 +8,125 @@
 
 use std::io::Write;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tch::nn::{self, Module};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 use uuid::Uuid;
 
-use super::{Command, Params};
 use crate::error::{quote, shorten, ErrorCode, JobError};
-use crate::ml::network;
+use crate::ml::loaded::Loaded;
 use crate::ml::records::Record;
 use crate::ml::spec::{ModelSpec, ProblemKind};
 use crate::ml::table;
 use crate::progress::Progress;
 use crate::task::{ArtifactFile, JobContext, Outcome};
 
-/// Predictions returned inline in the task result; all of them go to
-/// `predictions.csv`.
-pub const INLINE_PREDICTIONS: usize = 100;
-/// Classes shown per inline prediction (the likeliest), so a model with a
-/// thousand classes does not put a thousand numbers in each.
-pub const INLINE_CLASSES: usize = 5;
+use super::{INLINE_CLASSES, INLINE_PREDICTIONS};
+
 /// Rows per forward pass, at most: bounds memory and lets a cancel land
 /// quickly.
 const CHUNK_ROWS: usize = 8192;
 /// Encoded values per chunk, at most: a wide model takes fewer rows at once.
 const CHUNK_CELLS: usize = 4 << 20;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PredictParams {
-    /// The id of a model registered by `train`.
-    pub model: Uuid,
-}
+/// Predicts with `net`, described by `spec`, over the task's CSV file.
+/// `softmax`: the network returns scores rather than probabilities.
+pub(super) fn predict(
+    ctx: &JobContext,
+    model_id: Uuid,
+    spec: &ModelSpec,
+    net: &Loaded,
+    softmax: bool,
+) -> Result<Outcome, JobError> {
+    let path = &ctx.inputs[0].path;
+    ctx.report.progress(Progress::new(0.0, "reading data"));
 
-impl Params for PredictParams {
-    fn models(&self) -> Vec<(&'static str, Uuid)> {
-        vec![("model", self.model)]
-    }
-}
-
-pub struct Predict;
-
-impl Command for Predict {
-    const NAME: &'static str = "predict";
-    const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1800);
-    const FILES: std::ops::RangeInclusive<usize> = 1..=1;
-    type Params = PredictParams;
-
-    fn run(&self, p: PredictParams, ctx: &JobContext) -> Result<Outcome, JobError> {
-        let model = ctx.model(p.model)?;
-        let spec = ModelSpec::from_json(&model.record.spec)?;
-        let path = &ctx.inputs[0].path;
-        ctx.report.progress(Progress::new(0.0, "reading data"));
-
-        let headers = table::read_headers(path)?;
-        let index = table::column_index(&headers);
-        let columns = spec
-            .features
-            .iter()
-            .map(|f| {
-                index.get(f.name()).copied().ok_or_else(|| {
-                    JobError::new(
-                        ErrorCode::UnknownColumn,
-                        format!(
-                            "the model needs column {}, which is not in the file",
-                            quote(f.name())
-                        ),
-                    )
-                })
+    let headers = table::read_headers(path)?;
+    let index = table::column_index(&headers);
+    let columns = spec
+        .features
+        .iter()
+        .map(|f| {
+            index.get(f.name()).copied().ok_or_else(|| {
+                JobError::new(
+                    ErrorCode::UnknownColumn,
+                    format!(
+                        "the model needs column {}, which is not in the file",
+                        quote(f.name())
+                    ),
+                )
             })
-            .collect::<Result<Vec<usize>, JobError>>()?;
-        let target = index.get(spec.target.as_str()).copied();
+        })
+        .collect::<Result<Vec<usize>, JobError>>()?;
+    // Scored against the target column when the file has it (a user's
+    // TorchScript model names none).
+    let target = (!spec.target.is_empty())
+        .then(|| index.get(spec.target.as_str()).copied())
+        .flatten();
 
-        let width = spec.input_width();
-        let mut vs = nn::VarStore::new(Device::Cpu);
-        let net = network::mlp(
-            &vs.root(),
-            width as i64,
-            &spec.hidden,
-            spec.output_width() as i64,
-        );
-        vs.load(&model.weights).map_err(|e| {
-            JobError::new(
-                ErrorCode::ModelIncompatible,
-                format!("model weights do not fit the model spec: {e}"),
-            )
-        })?;
-
-        let csv_path = ctx.artifact_path("predictions.csv");
-        let file_size = std::fs::metadata(path).map_or(1, |m| m.len().max(1));
-        let chunk_rows = (CHUNK_CELLS / width.max(1)).clamp(1, CHUNK_ROWS);
-        let mut run = Run {
-            spec: &spec,
-            net: &net,
-            width,
-            chunk_rows,
-            matrix: fallible_zeros(chunk_rows * width)?,
-            truth: Vec::with_capacity(chunk_rows),
-            pending: 0,
-            rows: 0,
-            inline: Vec::new(),
-            writer: PredictionWriter::create(&csv_path, &spec)
-                .map_err(|e| JobError::storage(format!("writing predictions.csv: {e}")))?,
-            score: target.map(|_| Score::default()),
-            note: None,
-        };
-        let mut read = 0u64;
-        table::for_each_record(path, &headers, &ctx.cancel, |row, record| {
-            read += record_bytes(record);
-            run.push(row, record, &columns, target)?;
-            if run.pending == run.chunk_rows {
-                ctx.cancel.check()?;
-                run.flush()?;
-                ctx.report.progress(Progress::new(
-                    read as f64 / file_size as f64,
-                    format!("predicted {} rows", run.rows),
-                ));
-            }
-            Ok(())
-        })?;
-        run.flush()?;
-        if run.rows == 0 {
-            return Err(JobError::new(
-                ErrorCode::TooFewRows,
-                "the file has no data rows",
+    let width = spec.input_width();
+    let csv_path = ctx.artifact_path("predictions.csv");
+    let file_size = std::fs::metadata(path).map_or(1, |m| m.len().max(1));
+    let chunk_rows = (CHUNK_CELLS / width.max(1)).clamp(1, CHUNK_ROWS);
+    let mut run = Run {
+        spec,
+        net,
+        softmax,
+        width,
+        chunk_rows,
+        matrix: fallible_zeros(chunk_rows * width)?,
+        truth: Vec::with_capacity(chunk_rows),
+        pending: 0,
+        rows: 0,
+        inline: Vec::new(),
+        writer: PredictionWriter::create(&csv_path, spec)
+            .map_err(|e| JobError::storage(format!("writing predictions.csv: {e}")))?,
+        score: target.map(|_| Score::default()),
+        note: None,
+    };
+    let mut read = 0u64;
+    table::for_each_record(path, &headers, &ctx.cancel, |row, record| {
+        read += record_bytes(record);
+        run.push(row, record, &columns, target)?;
+        if run.pending == run.chunk_rows {
+            ctx.cancel.check()?;
+            run.flush()?;
+            ctx.report.progress(Progress::new(
+                read as f64 / file_size as f64,
+                format!("predicted {} rows", run.rows),
             ));
         }
-        let rows = run.rows;
-        run.writer
-            .finish()
-            .map_err(|e| JobError::storage(format!("writing predictions.csv: {e}")))?;
-        ctx.report
-            .info(format!("predicted {rows} rows with model {}", p.model));
-        let metrics = run.score.map(|s| s.to_json(spec.kind));
-        Ok(Outcome {
-            result: json!({
-                "model_id": p.model,
-                "kind": spec.kind,
-                "rows": rows,
-                "predictions": run.inline,
-                "metrics": metrics,
-                "note": run.note,
-            }),
-            artifacts: vec![ArtifactFile {
-                name: "predictions.csv".into(),
-                content_type: "text/csv".into(),
-                path: csv_path,
-            }],
-            model: None,
-        })
+        Ok(())
+    })?;
+    run.flush()?;
+    if run.rows == 0 {
+        return Err(JobError::new(
+            ErrorCode::TooFewRows,
+            "the file has no data rows",
+        ));
     }
+    let rows = run.rows;
+    run.writer
+        .finish()
+        .map_err(|e| JobError::storage(format!("writing predictions.csv: {e}")))?;
+    ctx.report
+        .info(format!("predicted {rows} rows with model {model_id}"));
+    let metrics = run.score.map(|s| s.to_json(spec.kind));
+    Ok(Outcome {
+        result: json!({
+            "model_id": model_id,
+            "kind": spec.kind,
+            "rows": rows,
+            "predictions": run.inline,
+            "metrics": metrics,
+            "note": run.note,
+        }),
+        artifacts: vec![ArtifactFile {
+            name: "predictions.csv".into(),
+            content_type: "text/csv".into(),
+            path: csv_path,
+        }],
+        model: None,
+    })
 }
 
 /// Roughly the bytes a record took in the file, for progress.
@@ -188,9 +157,10 @@ enum Truth {
 }
 
 /// One streaming pass: the chunk being filled and what is kept of the rest.
-struct Run<'a, M: Module> {
+struct Run<'a> {
     spec: &'a ModelSpec,
-    net: &'a M,
+    net: &'a Loaded,
+    softmax: bool,
     width: usize,
     chunk_rows: usize,
     matrix: Vec<f32>,
@@ -204,7 +174,7 @@ struct Run<'a, M: Module> {
     note: Option<String>,
 }
 
-impl<M: Module> Run<'_, M> {
+impl Run<'_> {
     fn push(
         &mut self,
         row: usize,
@@ -255,12 +225,26 @@ impl<M: Module> Run<'_, M> {
         let n = self.pending;
         let x = Tensor::from_slice(&self.matrix[..n * self.width])
             .reshape([n as i64, self.width as i64]);
-        let out = tch::no_grad(|| self.net.forward(&x));
+        let out = self.net.forward(&x)?;
         let first = self.rows + 1;
         match self.spec.kind {
             ProblemKind::Classification => {
                 let classes = self.spec.classes.len();
-                let probs = Vec::<f32>::try_from(out.softmax(-1, Kind::Float).reshape([-1]))?;
+                let out = if self.softmax {
+                    out.f_softmax(-1, Kind::Float)?
+                } else {
+                    out.to_kind(Kind::Float)
+                };
+                let probs = Vec::<f32>::try_from(out.reshape([-1]))?;
+                if probs.len() != n * classes {
+                    return Err(JobError::new(
+                        ErrorCode::ModelIncompatible,
+                        format!(
+                            "the model returned {} values for {n} rows of {classes} classes",
+                            probs.len()
+                        ),
+                    ));
+                }
                 for (i, p) in probs.chunks(classes).enumerate() {
                     let row = first + i;
                     check_finite(row, p)?;

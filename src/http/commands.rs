@@ -1,0 +1,24 @@
+//! `GET /api/v1/commands`: what each command is, the files it takes, and
+//! the JSON Schema of its params. The dashboard builds its forms from it.
+
+use actix_web::{web, HttpResponse};
+use serde::{Deserialize, Serialize};
+
+use mlq_actors::commands::CommandInfo;
+
+use super::AppState;
+
+pub fn config(cfg: &mut web::ServiceConfig) {
+    cfg.route("/commands", web::get().to(list));
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CommandList {
+    pub commands: Vec<CommandInfo>,
+}
+
+async fn list(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(CommandList {
+        commands: state.commands.describe(),
+    })
+}
