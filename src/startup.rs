@@ -308,6 +308,33 @@ impl Application {
     }
 }
 
+/// Where the ML workers run, per the `device` setting.
+fn worker_device(choice: DeviceChoice) -> Result<WorkerDevice, StartupError> {
+    if choice == DeviceChoice::Cpu {
+        return Ok(WorkerDevice::Cpu);
+    }
+    let loaded = mlq_actors::gpu::load_cuda();
+    match &loaded {
+        Ok(path) => tracing::info!("loaded {}", path.display()),
+        Err(why) => tracing::debug!("no CUDA library: {why}"),
+    }
+    let count = mlq_actors::gpu::cuda_devices();
+    if count > 0 {
+        tracing::info!(gpus = count, "running ML workers on CUDA");
+        return Ok(WorkerDevice::Cuda { count });
+    }
+    if choice == DeviceChoice::Cuda {
+        return Err(StartupError::NoGpu(match loaded {
+            Ok(path) => format!(
+                "{} loaded, but libtorch sees no CUDA device",
+                path.display()
+            ),
+            Err(why) => why,
+        }));
+    }
+    Ok(WorkerDevice::Cpu)
+}
+
 /// Sets `TCP_USER_TIMEOUT`: how long sent data may stay unacknowledged
 /// (zero-window probes included) before the kernel drops the connection.
 /// Idle connections are unaffected.

@@ -103,7 +103,7 @@ pub(crate) async fn execute(
             Ok(artifacts) => Finish::Succeeded {
                 result: outcome.result,
                 artifacts,
-                model: outcome.model,
+                model: outcome.model.map(Box::new),
             },
             Err(e) => after_failure(&env, &task, e),
         },

@@ -25,7 +25,10 @@ pub fn load_cuda() -> Result<PathBuf, String> {
             .join(CUDA_LIBRARY),
     };
     if !path.exists() {
-        return Err(format!("{} does not exist (a CPU-only libtorch)", path.display()));
+        return Err(format!(
+            "{} does not exist (a CPU-only libtorch)",
+            path.display()
+        ));
     }
     let c_path = CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|_| "the library path holds a NUL byte".to_owned())?;

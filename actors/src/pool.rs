@@ -33,7 +33,9 @@ use crate::task::{JobContext, Outcome};
 pub enum WorkerDevice {
     Cpu,
     /// `count` GPUs: worker `i` runs on GPU `i % count`.
-    Cuda { count: usize },
+    Cuda {
+        count: usize,
+    },
 }
 
 impl WorkerDevice {

@@ -272,7 +272,7 @@ pub enum Finish {
     Succeeded {
         result: Value,
         artifacts: Vec<StoredArtifact>,
-        model: Option<ModelDraft>,
+        model: Option<Box<ModelDraft>>,
     },
     /// Failed for good.
     Failed(JobError),

@@ -40,7 +40,7 @@ fn evicted_models_give_their_memory_back() {
     }
     let mut cache = ModelCache::new(2 * MODEL_BYTES + (1 << 20));
     let x = Tensor::ones([1, 1000], (Kind::Float, Device::Cpu));
-    let mut load = |cache: &mut ModelCache| {
+    let load = |cache: &mut ModelCache| {
         // A new id each time: every load is a new copy, as for 20 models.
         let model = cache
             .get_or_load(Uuid::new_v4(), || Loaded::script(&path, Device::Cpu))
@@ -55,7 +55,11 @@ fn evicted_models_give_their_memory_back() {
     }
     let after = rss();
     let stats = cache.stats();
-    assert_eq!((stats.models, stats.evictions, stats.misses), (2, 18, 20), "{stats:?}");
+    assert_eq!(
+        (stats.models, stats.evictions, stats.misses),
+        (2, 18, 20),
+        "{stats:?}"
+    );
     println!(
         "RSS with two models cached {} MiB, after 20 loads {} MiB (bound +{} MiB)",
         two >> 20,
@@ -70,5 +74,8 @@ fn evicted_models_give_their_memory_back() {
     cache.clear();
     let cleared = rss();
     println!("after clearing the cache {} MiB", cleared >> 20);
-    assert!(cleared + MODEL_BYTES <= after, "clearing freed less than a model");
+    assert!(
+        cleared + MODEL_BYTES <= after,
+        "clearing freed less than a model"
+    );
 }

@@ -79,7 +79,10 @@ pub async fn list(
     limit: i64,
 ) -> Result<Vec<ModelRow>, DbError> {
     client
-        .query(include_str!("sql/list_models.sql"), &[&name, &before, &limit])
+        .query(
+            include_str!("sql/list_models.sql"),
+            &[&name, &before, &limit],
+        )
         .await?
         .into_iter()
         .map(ModelRow::try_from)
@@ -209,7 +212,8 @@ pub async fn delete(client: &mut deadpool_postgres::Client, id: Uuid) -> Result<
     let deleted = if source == "uploaded" {
         super::tasks::delete_in(&tx, task).await?
     } else {
-        tx.execute("DELETE FROM models WHERE id = $1", &[&id]).await?;
+        tx.execute("DELETE FROM models WHERE id = $1", &[&id])
+            .await?;
         Deleted::Done {
             objects: Vec::new(),
         }

@@ -265,7 +265,7 @@ impl PgTaskStore {
             let statement = tx.prepare_cached(sql).await.map_err(query)?;
             let seq = fenced(tx.query_opt(&statement, &params).await.map_err(query)?)?;
             if let Some((artifacts, model)) = outputs {
-                record_outputs(&tx, lease, artifacts, model.as_ref()).await?;
+                record_outputs(&tx, lease, artifacts, model.as_deref()).await?;
             }
             tx.commit().await.map_err(query)?;
             (appended.first.unwrap_or(seq), seq)

@@ -280,7 +280,10 @@ pub async fn delete_in(
     };
     // The model it made goes with it: not while a task reads that model.
     let made = tx
-        .query_opt("SELECT id FROM models WHERE task_id = $1 FOR UPDATE", &[&id])
+        .query_opt(
+            "SELECT id FROM models WHERE task_id = $1 FOR UPDATE",
+            &[&id],
+        )
         .await?;
     if let Some(model) = made {
         let users = super::models::users(tx, model.get(0)).await?;

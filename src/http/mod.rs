@@ -113,7 +113,11 @@ fn command<'a>(state: &'a AppState, name: &str) -> Result<&'a Arc<dyn AnyCommand
         .submittable(name)
         .ok_or_else(|| ApiError::UnknownCommand {
             command: name.to_owned(),
-            known: state.commands.submittable_names().collect::<Vec<_>>().join(", "),
+            known: state
+                .commands
+                .submittable_names()
+                .collect::<Vec<_>>()
+                .join(", "),
         })
 }
 

@@ -139,7 +139,10 @@ async fn find(state: &AppState, segment: &str) -> Result<ModelRow, ApiError> {
         })
 }
 
-async fn get(path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn get(
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let model = find(&state, &path).await?;
     Ok(HttpResponse::Ok().json(ModelView::from(model)))
 }
@@ -155,7 +158,10 @@ async fn upload(
     let task = Uuid::new_v4();
     let accepted = submit::accept(&req, payload, &state, task, Form::Model).await?;
     let model = accepted.model.ok_or_else(|| {
-        ApiError::bad_request("missing_file", "the form has no \"file\" part: the TorchScript model")
+        ApiError::bad_request(
+            "missing_file",
+            "the form has no \"file\" part: the TorchScript model",
+        )
     })?;
     Ok(HttpResponse::Accepted()
         .insert_header((header::LOCATION, format!("/api/v1/models/{}", model.id)))

@@ -21,11 +21,11 @@ use serde::Deserialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use mlq_actors::ports::{ObjectKey, ObjectStore, Upload};
 use mlq_actors::commands::validate_model::ValidateModel;
 use mlq_actors::commands::Command;
 use mlq_actors::ml::registry::ModelRef;
 use mlq_actors::ml::upload::UploadSpec;
+use mlq_actors::ports::{ObjectKey, ObjectStore, Upload};
 use mlq_actors::task::InputFile;
 
 use super::error::ApiError;
@@ -176,11 +176,12 @@ async fn register(
     let upload = match form {
         Form::Task => None,
         Form::Model => {
-            let spec: UploadSpec = serde_json::from_value(params["spec"].take())
-                .map_err(|e| ApiError::InvalidParams {
+            let spec: UploadSpec = serde_json::from_value(params["spec"].take()).map_err(|e| {
+                ApiError::InvalidParams {
                     field: "spec".into(),
                     message: e.to_string(),
-                })?;
+                }
+            })?;
             let spec = spec.normalized().map_err(ApiError::from)?;
             params["spec"] = serde_json::to_value(&spec).unwrap_or_default();
             Some(spec)
@@ -224,8 +225,12 @@ async fn register(
     tx.commit().await.map_err(|e| unknown(e.into()))?;
     state.announcer.queued(id, task.seq);
     match &model {
-        Some(m) => tracing::info!(task = %id, model = %m.id, name = %m.name, version = m.version, "model uploaded; validating"),
-        None => tracing::info!(task = %id, command = %submission.command, inputs = submission.inputs.len(), "task queued"),
+        Some(m) => {
+            tracing::info!(task = %id, model = %m.id, name = %m.name, version = m.version, "model uploaded; validating")
+        }
+        None => {
+            tracing::info!(task = %id, command = %submission.command, inputs = submission.inputs.len(), "task queued")
+        }
     }
     Ok(Accepted { task, model })
 }
@@ -240,15 +245,16 @@ async fn pin_models(
 ) -> Result<Vec<Uuid>, ApiError> {
     let mut ids = Vec::with_capacity(models.len());
     for (field, model) in models {
-        let row = db::models::resolve(client, model)
-            .await?
-            .ok_or_else(|| ApiError::InvalidParams {
-                field: (*field).into(),
-                message: match model {
-                    ModelRef::Latest(name) => format!("no ready model named {name}"),
-                    other => format!("no model {other}"),
-                },
-            })?;
+        let row =
+            db::models::resolve(client, model)
+                .await?
+                .ok_or_else(|| ApiError::InvalidParams {
+                    field: (*field).into(),
+                    message: match model {
+                        ModelRef::Latest(name) => format!("no ready model named {name}"),
+                        other => format!("no model {other}"),
+                    },
+                })?;
         if row.status != "ready" {
             return Err(ApiError::Conflict {
                 code: "model_not_ready",
@@ -446,8 +452,7 @@ async fn read_multipart(
     let limits = &state.limits;
     let mut multipart = Multipart::new(req.headers(), payload);
     let mut budget = Budget::new();
-    let mut command: Option<String> =
-        (form == Form::Model).then(|| ValidateModel::NAME.to_owned());
+    let mut command: Option<String> = (form == Form::Model).then(|| ValidateModel::NAME.to_owned());
     let mut params = Value::Null;
     while let Some(field) = next_or_idle(limits.idle, multipart.try_next())
         .await?

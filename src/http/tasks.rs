@@ -223,7 +223,9 @@ async fn delete(id: web::Path<Uuid>, state: web::Data<AppState>) -> Result<HttpR
     let mut client = state.db.get().await?;
     let keys = match db::tasks::delete(&mut client, id).await? {
         db::tasks::Deleted::Gone => return Err(no_task(id)),
-        db::tasks::Deleted::InUse(tasks) => return Err(model_in_use("the model this task made", &tasks)),
+        db::tasks::Deleted::InUse(tasks) => {
+            return Err(model_in_use("the model this task made", &tasks))
+        }
         db::tasks::Deleted::Done { objects } => objects,
     };
     drop(client);
@@ -244,7 +246,11 @@ pub(super) fn model_in_use(what: &str, tasks: &[Uuid]) -> ApiError {
         code: "model_in_use",
         message: format!(
             "{what} is read by queued or running tasks ({}); cancel them or wait for them to end",
-            tasks.iter().map(Uuid::to_string).collect::<Vec<_>>().join(", ")
+            tasks
+                .iter()
+                .map(Uuid::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }

@@ -8,10 +8,9 @@ use tch::{CModule, Device, Kind, Tensor};
 /// A TorchScript module traced from `f` on `example`, as the bytes
 /// `torch.jit.save` would write.
 pub fn traced(example: Tensor, mut f: impl FnMut(&Tensor) -> Tensor) -> Vec<u8> {
-    let module = CModule::create_by_tracing("Fixture", "forward", &[example], &mut |xs| {
-        vec![f(&xs[0])]
-    })
-    .expect("tracing");
+    let module =
+        CModule::create_by_tracing("Fixture", "forward", &[example], &mut |xs| vec![f(&xs[0])])
+            .expect("tracing");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.pt");
     module.save(&path).expect("saving");
@@ -23,7 +22,9 @@ pub fn traced(example: Tensor, mut f: impl FnMut(&Tensor) -> Tensor) -> Vec<u8> 
 /// `side`×`side` RGB images with pixel values in [0, 1].
 pub fn colour_model(side: i64) -> Vec<u8> {
     let example = Tensor::zeros([2, 3, side, side], (Kind::Float, Device::Cpu));
-    traced(example, |x| x.mean_dim([2i64, 3].as_slice(), false, Kind::Float) * 20.0)
+    traced(example, |x| {
+        x.mean_dim([2i64, 3].as_slice(), false, Kind::Float) * 20.0
+    })
 }
 
 /// Traced for `side`×`side` images with the batch size fixed at 2: any

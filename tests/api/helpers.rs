@@ -203,7 +203,12 @@ impl Api {
     }
 
     pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
-        let mut res = self.client.delete(self.url(path)).send().await.expect("DELETE");
+        let mut res = self
+            .client
+            .delete(self.url(path))
+            .send()
+            .await
+            .expect("DELETE");
         let body = res.body().limit(1 << 20).await.expect("body");
         (
             res.status(),

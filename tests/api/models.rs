@@ -66,7 +66,10 @@ async fn an_uploaded_model_is_validated_then_predicts_by_name_and_version() {
 
     // The file downloads as uploaded.
     let (status, headers, downloaded) = app
-        .get_bytes(&format!("/api/v1/models/{}/download", model["id"].as_str().unwrap()))
+        .get_bytes(&format!(
+            "/api/v1/models/{}/download",
+            model["id"].as_str().unwrap()
+        ))
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(downloaded, bytes);
@@ -90,8 +93,20 @@ async fn an_uploaded_model_is_validated_then_predicts_by_name_and_version() {
     // Predict by name@version on a red, a green and a blue image.
     let images = [
         ("red.png", fixtures::png(20, 20, |_, _| RED)),
-        ("green.jpg", fixtures::encoded(&fixtures::png(20, 20, |_, _| GREEN), image::ImageFormat::Jpeg)),
-        ("blue.webp", fixtures::encoded(&fixtures::png(20, 20, |_, _| BLUE), image::ImageFormat::WebP)),
+        (
+            "green.jpg",
+            fixtures::encoded(
+                &fixtures::png(20, 20, |_, _| GREEN),
+                image::ImageFormat::Jpeg,
+            ),
+        ),
+        (
+            "blue.webp",
+            fixtures::encoded(
+                &fixtures::png(20, 20, |_, _| BLUE),
+                image::ImageFormat::WebP,
+            ),
+        ),
     ];
     let files: Vec<(&str, &[u8])> = images.iter().map(|(n, b)| (*n, b.as_slice())).collect();
     let id = app
@@ -142,7 +157,11 @@ async fn a_region_decides_what_is_classified_and_bad_files_fail_alone() {
         .submit_accepted(
             "predict",
             json!({"model": "regions", "region": region}),
-            &[("split.png", &split), ("tiny.png", &tiny), ("set.zip", &zip)],
+            &[
+                ("split.png", &split),
+                ("tiny.png", &tiny),
+                ("set.zip", &zip),
+            ],
         )
         .await;
     let task = app.finished(id, WITHIN).await;
@@ -152,8 +171,14 @@ async fn a_region_decides_what_is_classified_and_bad_files_fail_alone() {
     assert_eq!(result["classified"], 2);
     let p = result["predictions"].as_array().unwrap();
     assert_eq!(p[0]["file"], "split.png");
-    assert_eq!(p[0]["top"][0]["label"], "blue", "the region is on the blue half");
-    assert_eq!(p[0]["region"], json!({"x": 22, "y": 2, "width": 16, "height": 16}));
+    assert_eq!(
+        p[0]["top"][0]["label"], "blue",
+        "the region is on the blue half"
+    );
+    assert_eq!(
+        p[0]["region"],
+        json!({"x": 22, "y": 2, "width": 16, "height": 16})
+    );
     // The region does not fit in a 10×10 image: that image fails alone.
     assert_eq!(p[1]["file"], "tiny.png");
     assert_eq!(p[1]["error"]["code"], "invalid_region");
@@ -175,7 +200,10 @@ async fn a_region_decides_what_is_classified_and_bad_files_fail_alone() {
     let task = app.finished(id, WITHIN).await;
     assert_eq!(task["status"], "failed", "{task:#}");
     assert_eq!(task["error"]["code"], "no_images");
-    assert!(task["error"]["message"].as_str().unwrap().contains("no area"));
+    assert!(task["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("no area"));
 }
 
 #[actix_web::test]
@@ -218,7 +246,11 @@ async fn broken_models_end_invalid_with_libtorch_s_reason() {
         assert!(!message.contains('\n'), "{what}: one line: {message}");
         // An invalid model cannot be used.
         let (status, body) = app
-            .submit_files("predict", json!({"model": model["id"]}), &[("a.png", &fixtures::png(4, 4, |_, _| RED))])
+            .submit_files(
+                "predict",
+                json!({"model": model["id"]}),
+                &[("a.png", &fixtures::png(4, 4, |_, _| RED))],
+            )
             .await;
         assert_eq!(status, StatusCode::CONFLICT, "{what}: {body}");
         assert_eq!(body["error"]["code"], "model_not_ready");
@@ -234,12 +266,27 @@ async fn bad_specs_are_refused_naming_the_field() {
     let model = fixtures::colour_model(16);
     for (spec, field) in [
         (json!({"input": "image", "width": 16, "height": 16}), "spec"),
-        (json!({"name": "../etc", "input": "image", "width": 16, "height": 16}), "spec.name"),
-        (json!({"name": "a", "input": "image", "width": 16}), "spec.height"),
-        (json!({"name": "a", "input": "image", "width": 0, "height": 16}), "spec.width"),
-        (json!({"name": "a", "input": "image", "width": 16, "height": 16, "channels": 2}), "spec.channels"),
+        (
+            json!({"name": "../etc", "input": "image", "width": 16, "height": 16}),
+            "spec.name",
+        ),
+        (
+            json!({"name": "a", "input": "image", "width": 16}),
+            "spec.height",
+        ),
+        (
+            json!({"name": "a", "input": "image", "width": 0, "height": 16}),
+            "spec.width",
+        ),
+        (
+            json!({"name": "a", "input": "image", "width": 16, "height": 16, "channels": 2}),
+            "spec.channels",
+        ),
         (json!({"name": "a", "input": "video"}), "spec.input"),
-        (json!({"name": Uuid::new_v4(), "input": "tabular", "features": ["x"]}), "spec.name"),
+        (
+            json!({"name": Uuid::new_v4(), "input": "tabular", "features": ["x"]}),
+            "spec.name",
+        ),
     ] {
         let (status, body) = upload(&app, &spec, &model).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{spec}: {body}");
@@ -261,7 +308,10 @@ async fn bad_specs_are_refused_naming_the_field() {
     assert_eq!(app.stored_objects(), 0);
     // Models cannot be validated through the tasks API.
     let (status, body) = app
-        .post_json("/api/v1/tasks", &json!({"command": "validate_model", "params": {}}))
+        .post_json(
+            "/api/v1/tasks",
+            &json!({"command": "validate_model", "params": {}}),
+        )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"]["code"], "unknown_command");
@@ -273,21 +323,33 @@ async fn a_model_in_use_is_not_deleted() {
     let model = ready_model(&app, &colour_spec("busy"), &fixtures::colour_model(16)).await;
     let id = model["id"].as_str().unwrap().to_owned();
     // Keep the only worker busy, so the predict stays queued.
-    let sleeper = app.submit("sleep", json!({"ms": 60_000, "steps": 600})).await;
-    app.wait_for(sleeper, WITHIN, |t| t["status"] == "running").await;
+    let sleeper = app
+        .submit("sleep", json!({"ms": 60_000, "steps": 600}))
+        .await;
+    app.wait_for(sleeper, WITHIN, |t| t["status"] == "running")
+        .await;
     let predict = app
-        .submit_accepted("predict", json!({"model": "busy"}), &[("r.png", &fixtures::png(8, 8, |_, _| RED))])
+        .submit_accepted(
+            "predict",
+            json!({"model": "busy"}),
+            &[("r.png", &fixtures::png(8, 8, |_, _| RED))],
+        )
         .await;
     let (status, body) = app.delete(&format!("/api/v1/models/{id}")).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["error"]["code"], "model_in_use");
-    assert!(body["error"]["message"].as_str().unwrap().contains(&predict.to_string()));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains(&predict.to_string()));
     // Nor the task that made it.
     let task = model["task_id"].as_str().unwrap();
     let (status, _) = app.delete(&format!("/api/v1/tasks/{task}")).await;
     assert_eq!(status, StatusCode::CONFLICT);
     // Once the predict is cancelled, it goes, with its file.
-    let (status, _) = app.post_json(&format!("/api/v1/tasks/{predict}/cancel"), &json!({})).await;
+    let (status, _) = app
+        .post_json(&format!("/api/v1/tasks/{predict}/cancel"), &json!({}))
+        .await;
     assert!(status.is_success());
     let before = app.stored_objects();
     let (status, body) = app.delete(&format!("/api/v1/models/{id}")).await;
@@ -298,9 +360,10 @@ async fn a_model_in_use_is_not_deleted() {
     let (status, _) = app.get(&format!("/api/v1/tasks/{task}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "its validation task too");
     // The name's next version is 2, not 1 again.
+    app.post_json(&format!("/api/v1/tasks/{sleeper}/cancel"), &json!({}))
+        .await;
     let again = ready_model(&app, &colour_spec("busy"), &fixtures::colour_model(16)).await;
     assert_eq!(again["version"], 2);
-    app.post_json(&format!("/api/v1/tasks/{sleeper}/cancel"), &json!({})).await;
 }
 
 #[actix_web::test]
@@ -323,7 +386,11 @@ async fn a_tabular_torchscript_model_predicts_on_a_csv() {
     assert_eq!(labels, ["x_big", "x_small", "x_big"]);
     // A missing number is an error naming the row, not a silent zero.
     let id = app
-        .submit_accepted("predict", json!({"model": "tab"}), &[("rows.csv", b"x,y\n1,\n")])
+        .submit_accepted(
+            "predict",
+            json!({"model": "tab"}),
+            &[("rows.csv", b"x,y\n1,\n")],
+        )
         .await;
     let task = app.finished(id, WITHIN).await;
     assert_eq!(task["error"]["code"], "missing_value", "{task:#}");

@@ -18,10 +18,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::ml::registry::ModelRef;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
-use crate::ml::registry::ModelRef;
 
 use crate::error::{ErrorCode, JobError};
 use crate::task::{JobContext, Outcome};
@@ -369,7 +369,13 @@ impl Commands {
             all.into_iter()
                 .map(|c| {
                     let content_types = c.content_types().iter().map(|t| (*t).to_owned()).collect();
-                    (c.name(), Registered { command: c, content_types })
+                    (
+                        c.name(),
+                        Registered {
+                            command: c,
+                            content_types,
+                        },
+                    )
                 })
                 .collect(),
         )

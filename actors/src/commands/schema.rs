@@ -230,14 +230,25 @@ mod tests {
     #[test]
     fn ranges_are_enforced_naming_the_field() {
         let schema = of::<Example>();
-        let ok = json!({"count": 10, "rate": 1, "layers": [1, 9], "name": "abc", "inner": {"size": 4}});
+        let ok =
+            json!({"count": 10, "rate": 1, "layers": [1, 9], "name": "abc", "inner": {"size": 4}});
         check(&schema, &ok).unwrap();
-        assert_eq!(err(json!({"count": 11})), ("count".into(), "must be in [1, 10], got 11".into()));
+        assert_eq!(
+            err(json!({"count": 11})),
+            ("count".into(), "must be in [1, 10], got 11".into())
+        );
         assert_eq!(err(json!({"rate": 0})).0, "rate");
-        assert!(err(json!({"rate": 0})).1.contains("(0, 1]"), "{:?}", err(json!({"rate": 0})));
+        assert!(
+            err(json!({"rate": 0})).1.contains("(0, 1]"),
+            "{:?}",
+            err(json!({"rate": 0}))
+        );
         assert_eq!(err(json!({"layers": [1, 2, 3, 4]})).0, "layers");
         assert_eq!(err(json!({"layers": [1, 0]})).0, "layers[1]");
-        assert_eq!(err(json!({"name": ""})), ("name".into(), "must not be empty".into()));
+        assert_eq!(
+            err(json!({"name": ""})),
+            ("name".into(), "must not be empty".into())
+        );
         assert_eq!(err(json!({"name": "toolong"})).0, "name");
         assert_eq!(err(json!({"inner": {"size": 5}})).0, "inner.size");
         // Null for an optional field is fine.

@@ -52,7 +52,8 @@ impl Command for ValidateModel {
             .spec
             .normalized()
             .map_err(|e| JobError::new(ErrorCode::InvalidParams, e.to_string()))?;
-        ctx.report.progress(Progress::new(0.1, "loading the module"));
+        ctx.report
+            .progress(Progress::new(0.1, "loading the module"));
         let model = Loaded::script(&ctx.inputs[0].path, ctx.device)?;
         ctx.cancel.check()?;
         let shape = spec.input_shape(DUMMY_BATCH);
@@ -68,7 +69,8 @@ impl Command for ValidateModel {
                 format!(
                     "the module failed on a dummy batch of shape {shape:?} (as the spec \
                      declares, with {DUMMY_BATCH} rows): {}",
-                    e.message.trim_start_matches("the model failed on its input: ")
+                    e.message
+                        .trim_start_matches("the model failed on its input: ")
                 ),
             )
         })?;

@@ -85,16 +85,19 @@ impl<R: Read + Seek> Entries<R> {
         while self.next < self.archive.len() {
             let index = self.next;
             self.next += 1;
+            // Taken before the entry is opened: the archive is borrowed
+            // while an entry is read.
+            let listed = self
+                .archive
+                .name_for_index(index)
+                .and_then(Result::ok)
+                .map(|n| display_name(&n))
+                .unwrap_or_else(|| format!("entry {index}"));
             let mut file = match self.archive.by_index(index) {
                 Ok(file) => file,
                 Err(zip::result::ZipError::UnsupportedArchive(why)) => {
-                    let name = self
-                        .archive
-                        .name_for_index(index)
-                        .map(display_name)
-                        .unwrap_or_else(|| format!("entry {index}"));
                     return Some(Ok(Entry {
-                        name,
+                        name: listed,
                         bytes: Err(format!("cannot be read: {why}")),
                     }));
                 }
@@ -105,8 +108,10 @@ impl<R: Read + Seek> Entries<R> {
                     )))
                 }
             };
-            let name = display_name(file.name());
-            if file.is_dir() || is_clutter(file.name()) {
+            // Names that are not UTF-8 are shown lossily; they only name.
+            let raw = String::from_utf8_lossy(file.name_raw()).into_owned();
+            let name = display_name(&raw);
+            if file.is_dir() || is_clutter(&raw) {
                 continue;
             }
             let declared = file.size();
@@ -199,7 +204,8 @@ mod tests {
         let mut out = zip::ZipWriter::new(Cursor::new(Vec::new()));
         for (name, bytes) in entries {
             if name.ends_with('/') {
-                out.add_directory(*name, SimpleFileOptions::default()).unwrap();
+                out.add_directory(*name, SimpleFileOptions::default())
+                    .unwrap();
             } else {
                 out.start_file(*name, SimpleFileOptions::default()).unwrap();
                 out.write_all(bytes).unwrap();
@@ -243,13 +249,18 @@ mod tests {
             ("bomb.png", vec![0; 50 << 20]),
             ("fine.png", vec![1; 100]),
         ]));
-        assert!(got[0].1.as_ref().unwrap_err().contains("compression ratio"), "{got:?}");
+        assert!(
+            got[0].1.as_ref().unwrap_err().contains("compression ratio"),
+            "{got:?}"
+        );
         assert_eq!(got[1], ("fine.png".into(), Ok(100)));
     }
 
     #[test]
     fn garbage_is_an_invalid_archive() {
-        let err = Entries::open(Cursor::new(b"PK\x03\x04 not really".to_vec())).err().unwrap();
+        let err = Entries::open(Cursor::new(b"PK\x03\x04 not really".to_vec()))
+            .err()
+            .unwrap();
         assert_eq!(err.code, ErrorCode::InvalidArchive);
     }
 

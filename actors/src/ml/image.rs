@@ -229,9 +229,7 @@ fn describe(e: image::ImageError) -> ImageFailure {
             "image_too_large",
             format!("decoding the image would pass mlq's limits: {l}"),
         ),
-        E::Unsupported(u) => {
-            ImageFailure::new("invalid_image", format!("unsupported image: {u}"))
-        }
+        E::Unsupported(u) => ImageFailure::new("invalid_image", format!("unsupported image: {u}")),
         other => ImageFailure::new(
             "invalid_image",
             crate::error::truncate(format!("the image is corrupt: {other}"), 512),
@@ -399,11 +397,15 @@ mod tests {
     #[test]
     fn every_format_and_pixel_layout_decodes() {
         let rgba = image::RgbaImage::from_pixel(6, 4, image::Rgba([10, 200, 30, 0]));
-        let gray16 = image::ImageBuffer::<image::Luma<u16>, _>::from_pixel(6, 4, image::Luma([65535]));
+        let gray16 =
+            image::ImageBuffer::<image::Luma<u16>, _>::from_pixel(6, 4, image::Luma([65535]));
         let cases = [
             (DynamicImage::ImageRgba8(rgba.clone()), ImageFormat::Png),
             (DynamicImage::ImageLuma16(gray16), ImageFormat::Png),
-            (DynamicImage::ImageRgb8(DynamicImage::ImageRgba8(rgba.clone()).to_rgb8()), ImageFormat::Jpeg),
+            (
+                DynamicImage::ImageRgb8(DynamicImage::ImageRgba8(rgba.clone()).to_rgb8()),
+                ImageFormat::Jpeg,
+            ),
             (DynamicImage::ImageRgba8(rgba.clone()), ImageFormat::Bmp),
             (DynamicImage::ImageRgba8(rgba.clone()), ImageFormat::Gif),
             (DynamicImage::ImageRgba8(rgba), ImageFormat::WebP),
@@ -426,7 +428,10 @@ mod tests {
         );
         let cut = &bytes[..bytes.len() / 2];
         assert_eq!(decode_bytes(cut).unwrap_err().code, "invalid_image");
-        assert_eq!(decode_bytes(b"hello, world").unwrap_err().code, "invalid_image");
+        assert_eq!(
+            decode_bytes(b"hello, world").unwrap_err().code,
+            "invalid_image"
+        );
         assert_eq!(decode_bytes(b"").unwrap_err().code, "empty_file");
         // A PNG header claiming 100k × 100k pixels: refused before decoding.
         let mut bomb = bytes.clone();
@@ -444,7 +449,11 @@ mod tests {
         for &b in bytes {
             crc ^= b as u32;
             for _ in 0..8 {
-                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
             }
         }
         !crc

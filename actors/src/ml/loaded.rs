@@ -78,7 +78,10 @@ impl Loaded {
         module.f_set_eval().map_err(|e| {
             JobError::new(
                 ErrorCode::ModelInvalid,
-                format!("the module cannot be put in eval mode: {}", first_line(&e.to_string())),
+                format!(
+                    "the module cannot be put in eval mode: {}",
+                    first_line(&e.to_string())
+                ),
             )
         })?;
         let params: u64 = module
@@ -107,7 +110,10 @@ impl Loaded {
                 Net::Script(module) => module.forward_ts(&[x]).map_err(|e| {
                     JobError::new(
                         ErrorCode::ModelInvalid,
-                        format!("the model failed on its input: {}", first_line(&e.to_string())),
+                        format!(
+                            "the model failed on its input: {}",
+                            first_line(&e.to_string())
+                        ),
                     )
                 })?,
             };
@@ -264,7 +270,11 @@ mod tests {
         cache.get_or_load(ids[0], load(0)).unwrap(); // a hit: 1 is now oldest
         cache.get_or_load(ids[2], load(2)).unwrap(); // evicts 1
         let s = cache.stats();
-        assert_eq!((s.hits, s.misses, s.evictions, s.models), (1, 3, 1, 2), "{s:?}");
+        assert_eq!(
+            (s.hits, s.misses, s.evictions, s.models),
+            (1, 3, 1, 2),
+            "{s:?}"
+        );
         assert!(s.bytes <= 100_000, "{s:?}");
         // 0 is still there: a hit.
         cache
@@ -272,7 +282,11 @@ mod tests {
             .unwrap();
         assert_eq!(cache.stats().hits, 2);
         let x = Tensor::ones([4, 5000], (Kind::Float, Device::Cpu));
-        let out = cache.get_or_load(ids[2], load(2)).unwrap().forward(&x).unwrap();
+        let out = cache
+            .get_or_load(ids[2], load(2))
+            .unwrap()
+            .forward(&x)
+            .unwrap();
         assert_eq!(out.size(), [4, 2]);
     }
 

@@ -1,13 +1,13 @@
 //! The multi-layer perceptron both `train` and `predict` build.
 
-use tch::nn::{self, Module};
+use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::JobError;
 
 /// Builds `input → hidden… → output` with ReLU between layers. Variable names
 /// are fixed (`hidden0`, …, `output`) because saved weights are matched by name.
-pub fn mlp(root: &nn::Path, input: i64, hidden: &[i64], output: i64) -> impl Module {
+pub fn mlp(root: &nn::Path, input: i64, hidden: &[i64], output: i64) -> nn::Sequential {
     let mut seq = nn::seq();
     let mut width = input;
     for (i, &h) in hidden.iter().enumerate() {

@@ -107,7 +107,7 @@ impl<'c> Records<'c> {
                 }
                 csv_core::ReadRecordResult::Record => {
                     self.row += 1;
-                    if self.row % CANCEL_EVERY == 0 {
+                    if self.row.is_multiple_of(CANCEL_EVERY) {
                         self.cancel.check()?;
                     }
                     self.decode(written)?;

@@ -80,22 +80,17 @@ impl FromStr for ModelRef {
         match text.rsplit_once('@') {
             Some((name, version)) => {
                 check_name(name)?;
-                let v: i32 = version
-                    .parse()
-                    .ok()
-                    .filter(|v| *v >= 1)
-                    .ok_or_else(|| {
-                        format!(
-                            "{} is not a version: give a whole number from 1, as in {name}@3",
-                            crate::error::quote(version)
-                        )
-                    })?;
+                let v: i32 = version.parse().ok().filter(|v| *v >= 1).ok_or_else(|| {
+                    format!(
+                        "{} is not a version: give a whole number from 1, as in {name}@3",
+                        crate::error::quote(version)
+                    )
+                })?;
                 Ok(Self::Version(name.to_owned(), v))
             }
             None => {
-                check_name(text).map_err(|e| {
-                    format!("give a model id, a name, or name@version: {e}")
-                })?;
+                check_name(text)
+                    .map_err(|e| format!("give a model id, a name, or name@version: {e}"))?;
                 Ok(Self::Latest(text.to_owned()))
             }
         }
@@ -149,12 +144,17 @@ mod tests {
     fn references_parse() {
         let id = Uuid::new_v4();
         assert_eq!(id.to_string().parse::<ModelRef>(), Ok(ModelRef::Id(id)));
-        assert_eq!("iris".parse::<ModelRef>(), Ok(ModelRef::Latest("iris".into())));
+        assert_eq!(
+            "iris".parse::<ModelRef>(),
+            Ok(ModelRef::Latest("iris".into()))
+        );
         assert_eq!(
             "iris-v2.x@12".parse::<ModelRef>(),
             Ok(ModelRef::Version("iris-v2.x".into(), 12))
         );
-        for bad in ["", "iris@", "iris@0", "iris@-1", "iris@x", "@3", "-iris", "a b", "ü", "x/y"] {
+        for bad in [
+            "", "iris@", "iris@0", "iris@-1", "iris@x", "@3", "-iris", "a b", "ü", "x/y",
+        ] {
             assert!(bad.parse::<ModelRef>().is_err(), "{bad:?}");
         }
         assert_eq!(ModelRef::Version("a".into(), 3).to_string(), "a@3");

@@ -90,7 +90,10 @@ impl UploadSpec {
         registry::check_name(&self.name).map_err(|m| SubmitError::param(&field("name"), m))?;
         match self.input {
             InputKind::Image => {
-                for (name, missing) in [("width", self.width.is_none()), ("height", self.height.is_none())] {
+                for (name, missing) in [
+                    ("width", self.width.is_none()),
+                    ("height", self.height.is_none()),
+                ] {
                     if missing {
                         return Err(SubmitError::param(
                             &field(name),
@@ -106,7 +109,8 @@ impl UploadSpec {
                 }
                 let channels = self.channels.unwrap_or(3);
                 self.channels = Some(channels);
-                self.mean.get_or_insert_with(|| vec![0.0; channels as usize]);
+                self.mean
+                    .get_or_insert_with(|| vec![0.0; channels as usize]);
                 self.std.get_or_insert_with(|| vec![1.0; channels as usize]);
                 self.resize.get_or_insert(Resize::Stretch);
                 if let Some(input) = self.image_input() {
@@ -192,7 +196,9 @@ mod tests {
     use serde_json::json;
 
     fn spec(value: serde_json::Value) -> Result<UploadSpec, SubmitError> {
-        serde_json::from_value::<UploadSpec>(value).unwrap().normalized()
+        serde_json::from_value::<UploadSpec>(value)
+            .unwrap()
+            .normalized()
     }
 
     fn field(r: Result<UploadSpec, SubmitError>) -> String {
@@ -206,19 +212,31 @@ mod tests {
     fn image_specs_get_defaults_and_are_checked() {
         let s = spec(json!({"name": "net", "input": "image", "width": 32, "height": 24})).unwrap();
         let i = s.image_input().unwrap();
-        assert_eq!((i.channels, i.mean.len(), i.resize), (3, 3, Resize::Stretch));
-        assert_eq!(s.input_shape(2), vec![2, 3, 24, 32]);
-        assert_eq!(field(spec(json!({"name": "net", "input": "image", "width": 32}))), "spec.height");
         assert_eq!(
-            field(spec(json!({"name": "net", "input": "image", "width": 8, "height": 8, "channels": 1, "mean": [0.5, 0.5]}))),
+            (i.channels, i.mean.len(), i.resize),
+            (3, 3, Resize::Stretch)
+        );
+        assert_eq!(s.input_shape(2), vec![2, 3, 24, 32]);
+        assert_eq!(
+            field(spec(json!({"name": "net", "input": "image", "width": 32}))),
+            "spec.height"
+        );
+        assert_eq!(
+            field(spec(
+                json!({"name": "net", "input": "image", "width": 8, "height": 8, "channels": 1, "mean": [0.5, 0.5]})
+            )),
             "spec.mean"
         );
         assert_eq!(
-            field(spec(json!({"name": "net", "input": "image", "width": 8, "height": 8, "std": [0, 1, 1]}))),
+            field(spec(
+                json!({"name": "net", "input": "image", "width": 8, "height": 8, "std": [0, 1, 1]})
+            )),
             "spec.std"
         );
         assert_eq!(
-            field(spec(json!({"name": "net", "input": "image", "width": 8, "height": 8, "features": ["a"]}))),
+            field(spec(
+                json!({"name": "net", "input": "image", "width": 8, "height": 8, "features": ["a"]})
+            )),
             "spec.features"
         );
     }
@@ -227,15 +245,27 @@ mod tests {
     fn tabular_specs_need_unique_features() {
         let s = spec(json!({"name": "t", "input": "tabular", "features": ["a", "b"]})).unwrap();
         assert_eq!(s.input_shape(4), vec![4, 2]);
-        assert_eq!(field(spec(json!({"name": "t", "input": "tabular"}))), "spec.features");
         assert_eq!(
-            field(spec(json!({"name": "t", "input": "tabular", "features": ["a", "a"]}))),
+            field(spec(json!({"name": "t", "input": "tabular"}))),
             "spec.features"
         );
         assert_eq!(
-            field(spec(json!({"name": "t", "input": "tabular", "features": ["a"], "width": 3}))),
+            field(spec(
+                json!({"name": "t", "input": "tabular", "features": ["a", "a"]})
+            )),
+            "spec.features"
+        );
+        assert_eq!(
+            field(spec(
+                json!({"name": "t", "input": "tabular", "features": ["a"], "width": 3})
+            )),
             "spec.width"
         );
-        assert_eq!(field(spec(json!({"name": "../x", "input": "tabular", "features": ["a"]}))), "spec.name");
+        assert_eq!(
+            field(spec(
+                json!({"name": "../x", "input": "tabular", "features": ["a"]})
+            )),
+            "spec.name"
+        );
     }
 }

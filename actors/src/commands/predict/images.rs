@@ -28,6 +28,9 @@ use crate::task::{ArtifactFile, JobContext, Outcome};
 /// fewer images per forward pass than `batch_size` asks.
 const MAX_BATCH_VALUES: usize = 1 << 28;
 
+/// Most files held between forward passes (failed ones included).
+const MAX_PENDING: usize = 1024;
+
 /// One class of one image's prediction.
 #[derive(Debug, Clone, Serialize)]
 struct Class {
@@ -82,10 +85,8 @@ pub(super) fn predict(
         first_error: None,
     };
     let total = count_images(ctx)?;
-    ctx.report.progress(Progress::new(
-        0.0,
-        format!("classifying {total} image(s)"),
-    ));
+    ctx.report
+        .progress(Progress::new(0.0, format!("classifying {total} image(s)")));
     for input in &ctx.inputs {
         ctx.cancel.check()?;
         if archive::is_zip(&input.path) {
@@ -105,6 +106,7 @@ pub(super) fn predict(
                             code: "invalid_archive_entry",
                             message,
                         },
+                        total,
                     )?,
                 }
             }
@@ -118,7 +120,7 @@ pub(super) fn predict(
             });
             match bytes {
                 Ok(bytes) => run.add(ctx, input.name.clone(), &bytes, total)?,
-                Err(failure) => run.fail(ctx, input.name.clone(), failure)?,
+                Err(failure) => run.fail(ctx, input.name.clone(), failure, total)?,
             }
         }
     }
@@ -192,10 +194,13 @@ fn read_bounded(path: &std::path::Path) -> Result<Vec<u8>, Read> {
 /// Encoded images waiting for a forward pass.
 struct Batch {
     values: Vec<f32>,
-    numel: usize,
     capacity: usize,
-    /// Index into `Run::pending` of each image in the batch.
+    /// The files since the last forward pass, in input order: images
+    /// waiting for it, and files that failed (kept here so results stay in
+    /// input order).
     items: Vec<ImageResult>,
+    /// Of `items`, the images with values in `values`.
+    images: usize,
 }
 
 impl Batch {
@@ -210,14 +215,16 @@ impl Batch {
         })?;
         Ok(Self {
             values,
-            numel,
             capacity,
             items: Vec::with_capacity(capacity),
+            images: 0,
         })
     }
 
+    /// Time for a forward pass: the batch is full, or many failed files
+    /// are waiting behind it.
     fn is_full(&self) -> bool {
-        self.items.len() >= self.capacity
+        self.images >= self.capacity || self.items.len() >= MAX_PENDING
     }
 }
 
@@ -248,7 +255,7 @@ impl Run<'_> {
         let decoded = image::decode_bytes(bytes);
         let image = match decoded {
             Ok(image) => image,
-            Err(failure) => return self.fail(ctx, file, failure),
+            Err(failure) => return self.fail(ctx, file, failure, total),
         };
         let (width, height) = (image.width(), image.height());
         let region = match &self.region {
@@ -262,6 +269,7 @@ impl Run<'_> {
                             code: "invalid_region",
                             message,
                         },
+                        total,
                     )
                 }
             },
@@ -271,6 +279,7 @@ impl Run<'_> {
             Ok(values) => {
                 drop(image);
                 self.batch.values.extend_from_slice(&values);
+                self.batch.images += 1;
                 self.batch.items.push(ImageResult {
                     file,
                     width: Some(width),
@@ -284,28 +293,32 @@ impl Run<'_> {
                 }
                 Ok(())
             }
-            Err(failure) => self.fail(ctx, file, failure),
+            Err(failure) => self.fail(ctx, file, failure, total),
         }
     }
 
     fn fail(
         &mut self,
-        _ctx: &JobContext,
+        ctx: &JobContext,
         file: String,
         failure: ImageFailure,
+        total: usize,
     ) -> Result<(), JobError> {
         if self.first_error.is_none() {
             self.first_error = Some((file.clone(), failure.clone()));
         }
-        self.done += 1;
-        self.record(ImageResult {
+        self.batch.items.push(ImageResult {
             file,
             width: None,
             height: None,
             region: None,
             top: Vec::new(),
             error: Some(failure),
-        })
+        });
+        if self.batch.is_full() {
+            self.flush(ctx, total)?;
+        }
+        Ok(())
     }
 
     fn record(&mut self, result: ImageResult) -> Result<(), JobError> {
@@ -327,13 +340,62 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Classifies the pending batch.
+    /// Classifies the pending images, and records every pending file's
+    /// result in input order.
     fn flush(&mut self, ctx: &JobContext, total: usize) -> Result<(), JobError> {
-        let n = self.batch.items.len();
-        if n == 0 {
-            return Ok(());
+        let n = self.batch.images;
+        let items = std::mem::take(&mut self.batch.items);
+        let probs = if n > 0 {
+            ctx.cancel.check()?;
+            self.forward(n)?
+        } else {
+            Vec::new()
+        };
+        let classes = probs.len() / n.max(1);
+        let mut chunks = probs.chunks(classes.max(1));
+        for mut item in items {
+            self.done += 1;
+            if item.error.is_none() {
+                let p = chunks.next().unwrap_or(&[]);
+                if p.iter().any(|v| !v.is_finite()) {
+                    return Err(JobError::new(
+                        ErrorCode::NonFiniteResult,
+                        format!(
+                            "{}: the model's output is not a finite number",
+                            crate::error::quote(&item.file)
+                        ),
+                    ));
+                }
+                let mut order: Vec<usize> = (0..p.len()).collect();
+                order.sort_by(|a, b| p[*b].total_cmp(&p[*a]));
+                item.top = order
+                    .into_iter()
+                    .take(self.top_k)
+                    .map(|index| Class {
+                        label: self
+                            .labels
+                            .and_then(|l| l.get(index).cloned())
+                            .unwrap_or_else(|| index.to_string()),
+                        index,
+                        probability: p[index],
+                    })
+                    .collect();
+                self.classified += 1;
+            }
+            self.record(item)?;
         }
-        ctx.cancel.check()?;
+        self.batch.values.clear();
+        self.batch.images = 0;
+        ctx.report.progress(Progress::new(
+            (self.done as f64 / total as f64).min(1.0),
+            format!("classified {} image(s)", self.classified),
+        ));
+        Ok(())
+    }
+
+    /// The model's class probabilities for the `n` pending images, row
+    /// after row.
+    fn forward(&mut self, n: usize) -> Result<Vec<f32>, JobError> {
         let shape = self.input.shape(n as i64);
         let x = Tensor::from_slice(&self.batch.values).reshape(shape);
         let out = self.net.forward(&x)?;
@@ -343,51 +405,16 @@ impl Run<'_> {
             out.to_kind(Kind::Float)
         };
         let size = out.size();
-        let classes = match size.as_slice() {
-            [rows, k] if *rows == n as i64 => *k as usize,
+        match size.as_slice() {
+            [rows, k] if *rows == n as i64 && *k >= 1 => {}
             _ => {
                 return Err(JobError::new(
                     ErrorCode::ModelIncompatible,
                     format!("the model returned shape {size:?} for a batch of {n} images"),
                 ))
             }
-        };
-        let probs = Vec::<f32>::try_from(out.reshape([-1]))?;
-        let items = std::mem::take(&mut self.batch.items);
-        for (mut item, p) in items.into_iter().zip(probs.chunks(classes)) {
-            if p.iter().any(|v| !v.is_finite()) {
-                return Err(JobError::new(
-                    ErrorCode::NonFiniteResult,
-                    format!(
-                        "{}: the model's output is not a finite number",
-                        crate::error::quote(&item.file)
-                    ),
-                ));
-            }
-            let mut order: Vec<usize> = (0..classes).collect();
-            order.sort_by(|a, b| p[*b].total_cmp(&p[*a]));
-            item.top = order
-                .into_iter()
-                .take(self.top_k)
-                .map(|index| Class {
-                    label: self
-                        .labels
-                        .and_then(|l| l.get(index).cloned())
-                        .unwrap_or_else(|| index.to_string()),
-                    index,
-                    probability: p[index],
-                })
-                .collect();
-            self.done += 1;
-            self.classified += 1;
-            self.record(item)?;
         }
-        self.batch.values.clear();
-        ctx.report.progress(Progress::new(
-            (self.done as f64 / total as f64).min(1.0),
-            format!("classified {} image(s)", self.classified),
-        ));
-        Ok(())
+        Ok(Vec::<f32>::try_from(out.reshape([-1]))?)
     }
 }
 
@@ -428,7 +455,14 @@ impl Writer {
         match &r.error {
             Some(e) => self
                 .csv
-                .write_record([r.file.as_str(), "", "", "", "", &format!("{}: {}", e.code, e.message)])
+                .write_record([
+                    r.file.as_str(),
+                    "",
+                    "",
+                    "",
+                    "",
+                    &format!("{}: {}", e.code, e.message),
+                ])
                 .map_err(write_error)?,
             None => {
                 for (rank, c) in r.top.iter().enumerate() {
@@ -446,7 +480,9 @@ impl Writer {
             }
         }
         if !self.first {
-            self.json.write_all(b",\n").map_err(|e| write_error(e.into()))?;
+            self.json
+                .write_all(b",\n")
+                .map_err(|e| write_error(e.into()))?;
         }
         self.first = false;
         serde_json::to_writer(&mut self.json, r)
@@ -454,7 +490,9 @@ impl Writer {
     }
 
     fn finish(mut self) -> Result<Vec<ArtifactFile>, JobError> {
-        self.json.write_all(b"]\n").map_err(|e| write_error(e.into()))?;
+        self.json
+            .write_all(b"]\n")
+            .map_err(|e| write_error(e.into()))?;
         self.json.flush().map_err(|e| write_error(e.into()))?;
         self.csv.flush().map_err(|e| write_error(e.into()))?;
         Ok(vec![

@@ -161,7 +161,8 @@ fn script_table_spec(model: &LocalModel, spec: &UploadSpec) -> Result<ModelSpec,
         .get("outputs")
         .and_then(serde_json::Value::as_u64)
         .ok_or_else(|| incompatible("it has not been validated".into()))?;
-    let regression = model.record.metrics.get("kind").and_then(|k| k.as_str()) == Some("regression");
+    let regression =
+        model.record.metrics.get("kind").and_then(|k| k.as_str()) == Some("regression");
     Ok(ModelSpec {
         format: spec::FORMAT.into(),
         kind: if regression {
