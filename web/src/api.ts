@@ -1,6 +1,7 @@
 // The REST client. Every failure becomes an ApiError whose message is fit
 // to show: the server's own words when it sent a JSON error.
 
+import type { CommandInfo } from './schema';
 import type { ErrorBody, LogLine, Model, Task } from './types';
 
 export class ApiError extends Error {
@@ -62,6 +63,7 @@ export const api = {
     request<{ lines: LogLine[]; next_after: number; dropped: number }>(
       `/api/v1/tasks/${id}/logs?after=${after}&limit=10000`,
     ),
+  commands: () => request<{ commands: CommandInfo[] }>('/api/v1/commands'),
   models: () => request<{ models: Model[]; next_before: string | null }>('/api/v1/models?limit=200'),
   model: (id: string) => request<Model>(`/api/v1/models/${encodeURIComponent(id)}`),
   /** The first `bytes` of a stored file, for previews. */

@@ -1,5 +1,6 @@
 // Test doubles for the browser's network objects.
 
+import type { CommandInfo } from './schema';
 import type { Task } from './types';
 
 /** A WebSocket the test drives: `emit` delivers a message, `drop` closes it. */
@@ -55,5 +56,58 @@ export function task(overrides: Partial<Task> = {}): Task {
     finished_at: null,
     seq: 10,
     ...overrides,
+  };
+}
+
+/** `train` and `predict` as `GET /api/v1/commands` describes them (trimmed). */
+export const commands: CommandInfo[] = [
+  {
+    name: 'predict',
+    summary: 'Runs a registered model over a CSV file, or over images.',
+    files: { min: 1, max: 1000 },
+    content_types: ['text/csv', 'image/png'],
+    timeout_seconds: 1800,
+    params: {
+      type: 'object',
+      properties: {
+        model: { type: 'string', minLength: 1, 'x-mlq-model': true },
+        region: { anyOf: [{ $ref: '#/$defs/Region' }, { type: 'null' }] },
+        batch_size: { type: 'integer', minimum: 1, maximum: 1024, default: 32 },
+        top_k: { type: 'integer', minimum: 1, maximum: 100, default: 5 },
+        timeout: { type: ['number', 'string', 'null'], minimum: 1 },
+      },
+      required: ['model'],
+      $defs: { Region: { type: 'object', properties: {} } },
+    },
+  },
+  {
+    name: 'train',
+    summary: 'Fits a neural network to a CSV file and registers it as a model.',
+    files: { min: 1, max: 1 },
+    content_types: ['text/csv'],
+    timeout_seconds: 3600,
+    params: {
+      type: 'object',
+      properties: {
+        target: { type: 'string', minLength: 1 },
+        kind: { anyOf: [{ $ref: '#/$defs/ProblemKind' }, { type: 'null' }], default: null },
+        epochs: { type: 'integer', minimum: 1, maximum: 1000, default: 20 },
+        batch_size: { type: 'integer', minimum: 1, maximum: 65536, default: 32 },
+        learning_rate: { type: 'number', exclusiveMinimum: 0, maximum: 1, default: 0.01 },
+        hidden: { type: 'array', items: { type: 'integer', minimum: 1, maximum: 1024 }, maxItems: 8, default: [64, 64] },
+        timeout: { type: ['number', 'string', 'null'], minimum: 1 },
+      },
+      required: ['target'],
+      $defs: { ProblemKind: { type: 'string', enum: ['classification', 'regression'] } },
+    },
+  },
+];
+
+/** A `fetch` answering the dashboard's GETs: commands, and an empty model list. */
+export function fakeFetch(models: unknown[] = []) {
+  return async (input: RequestInfo | URL) => {
+    const url = String(input);
+    if (url.includes('/api/v1/commands')) return new Response(JSON.stringify({ commands }));
+    return new Response(JSON.stringify({ models, next_before: null }));
   };
 }

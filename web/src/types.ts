@@ -60,13 +60,24 @@ export interface LogLine {
 
 export interface Model {
   id: string;
+  name: string;
+  version: number;
+  /** `name@version`. */
+  reference: string;
+  status: 'validating' | 'ready' | 'invalid';
+  source: 'trained' | 'uploaded';
+  input: 'tabular' | 'image';
+  format: string;
+  /** The task that trained it, or that validates it. */
   task_id: string;
   kind: string;
-  target: string;
-  metrics: Record<string, number>;
+  target: string | null;
+  metrics: Record<string, number | string | unknown>;
+  error?: { code: string; message: string };
+  size: number | null;
   /** Only on a single model's view: the list leaves it out. */
   spec?: Record<string, unknown>;
-  weights_url: string;
+  download_url: string;
   created_at: string;
 }
 

@@ -5,6 +5,12 @@ import { CartesianGrid, Legend, Line, LineChart, ResponsiveContainer, Tooltip, X
 const COLORS = ['#2563eb', '#dc2626', '#16a34a', '#9333ea'];
 const tick = new Intl.NumberFormat(undefined, { maximumSignificantDigits: 3 });
 
+/** Accuracy lives in [0, 1], and the axis shows all of it; losses and
+ * errors are never negative, so their axis starts at 0. */
+export function domainFor(keys: string[]): [number, number | 'auto'] {
+  return keys.length > 0 && keys.every((k) => /accuracy/.test(k)) ? [0, 1] : [0, 'auto'];
+}
+
 function Chart({ title, points, keys }: { title: string; points: Array<Record<string, number>>; keys: string[] }) {
   const shown = keys.filter((k) => points.some((p) => k in p));
   if (shown.length === 0) return null;
@@ -18,10 +24,10 @@ function Chart({ title, points, keys }: { title: string; points: Array<Record<st
         </span>
       </figcaption>
       <ResponsiveContainer width="100%" height={220}>
-        <LineChart data={points} margin={{ top: 8, right: 16, bottom: 8, left: 0 }}>
+        <LineChart data={points} margin={{ top: 8, right: 16, bottom: 8, left: 8 }}>
           <CartesianGrid strokeDasharray="3 3" />
           <XAxis dataKey="epoch" allowDecimals={false} />
-          <YAxis width={56} domain={['auto', 'auto']} tickFormatter={(v: number) => tick.format(v)} />
+          <YAxis width={72} domain={domainFor(shown)} allowDataOverflow={false} tickFormatter={(v: number) => tick.format(v)} />
           <Tooltip />
           <Legend />
           {shown.map((k, i) => (

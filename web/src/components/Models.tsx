@@ -12,16 +12,7 @@ export function Models() {
   useEffect(() => {
     api.models().then((p) => setModels(p.models), setError);
   }, []);
-  // Versions: models of one target, numbered in the order they were trained.
-  const versions = new Map<string, number>();
-  const numbered = [...(models ?? [])]
-    .reverse()
-    .map((m) => {
-      const v = (versions.get(m.target) ?? 0) + 1;
-      versions.set(m.target, v);
-      return { model: m, version: v };
-    })
-    .reverse();
+  const numbered = (models ?? []).map((m) => ({ model: m, version: m.version }));
   return (
     <section aria-labelledby="models-heading">
       <h1 id="models-heading">Models</h1>
@@ -50,15 +41,23 @@ export function Models() {
                   <td>
                     <code title={m.id}>{shortId(m.id)}</code>
                   </td>
-                  <td>{m.target}</td>
-                  <td>v{version}</td>
+                  <td>{m.target ?? m.input}</td>
+                  <td>
+                    {m.name}@{version}
+                  </td>
                   <td>{m.kind}</td>
                   <td>
-                    <span className="badge badge-succeeded">ready</span>
+                    <span
+                      className={`badge badge-${m.status === 'ready' ? 'succeeded' : m.status === 'invalid' ? 'failed' : 'running'}`}
+                      title={m.error?.message}
+                    >
+                      {m.status}
+                    </span>
                   </td>
                   <td>
                     {Object.entries(m.metrics)
-                      .map(([k, v]) => `${k} ${typeof v === 'number' ? v.toFixed(4) : v}`)
+                      .filter(([, v]) => typeof v === 'number')
+                      .map(([k, v]) => `${k} ${(v as number).toFixed(4)}`)
                       .join(', ')}
                   </td>
                   <td>

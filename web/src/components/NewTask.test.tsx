@@ -1,7 +1,8 @@
 import { act, fireEvent, render, screen, waitFor } from '@testing-library/react';
 import userEvent from '@testing-library/user-event';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { NewTask, trainParams } from './NewTask';
+import { fakeFetch } from '../testing';
+import { NewTask, label } from './NewTask';
 
 /** An XMLHttpRequest the test drives. */
 class FakeXhr {
@@ -27,20 +28,17 @@ class FakeXhr {
   }
 }
 
-describe('trainParams', () => {
-  it('accepts a valid form and names every invalid field', () => {
-    const ok = trainParams({ target: 'label', kind: '', epochs: '5', batch_size: '16', learning_rate: '0.1', hidden: '8, 4', validation_split: '0.2' });
-    expect(ok.params).toEqual({ target: 'label', epochs: 5, batch_size: 16, learning_rate: 0.1, hidden: [8, 4], validation_split: 0.2 });
-    const bad = trainParams({ target: ' ', kind: '', epochs: '0', batch_size: 'x', learning_rate: '2', hidden: '8, 0', validation_split: '0.9' });
-    expect(bad.params).toBeUndefined();
-    expect(Object.keys(bad.errors).sort()).toEqual(['batch_size', 'epochs', 'hidden', 'learning_rate', 'target', 'validation_split']);
+describe('label', () => {
+  it('turns param names into labels', () => {
+    expect(label('batch_size')).toBe('Batch size');
+    expect(label('epochs')).toBe('Epochs');
   });
 });
 
 describe('NewTask', () => {
   beforeEach(() => {
     vi.stubGlobal('XMLHttpRequest', FakeXhr);
-    vi.stubGlobal('fetch', vi.fn(async () => new Response(JSON.stringify({ models: [], next_before: null }))));
+    vi.stubGlobal('fetch', vi.fn(fakeFetch()));
   });
   afterEach(() => vi.unstubAllGlobals());
 
@@ -50,18 +48,23 @@ describe('NewTask', () => {
     return file;
   };
 
-  it('shows field errors before uploading anything', async () => {
+  it('builds its fields from the command schema and checks them before uploading', async () => {
     render(<NewTask />);
-    await userEvent.clear(screen.getByLabelText('Epochs'));
-    await userEvent.type(screen.getByLabelText('Epochs'), '0');
+    // Ranges and defaults come from the server's schema.
+    const epochs = await screen.findByLabelText('Epochs');
+    expect(epochs).toHaveAttribute('placeholder', '20');
+    expect(screen.getByText('[1, 1000]')).toBeInTheDocument();
+    await userEvent.type(epochs, '0');
     await userEvent.click(screen.getByRole('button', { name: 'Start train' }));
     expect(screen.getByText('choose a CSV file')).toBeInTheDocument();
-    expect(screen.getByLabelText('Epochs')).toHaveAttribute('aria-invalid', 'true');
-    expect(screen.getByText('a whole number from 1 to 1000')).toBeInTheDocument();
+    expect(epochs).toHaveAttribute('aria-invalid', 'true');
+    expect(screen.getByText('must be in [1, 1000]')).toBeInTheDocument();
+    expect(screen.getByLabelText('Target column')).toHaveAttribute('aria-invalid', 'true');
   });
 
   it('takes several dropped files but asks to keep the one a command reads', async () => {
     render(<NewTask />);
+    await screen.findByLabelText('Epochs');
     dropCsv();
     dropCsv();
     expect(screen.getAllByRole('button', { name: 'Remove data.csv' })).toHaveLength(2);
@@ -73,6 +76,7 @@ describe('NewTask', () => {
 
   it('uploads dropped files with a byte progress bar, and can cancel', async () => {
     render(<NewTask />);
+    await screen.findByLabelText('Epochs');
     dropCsv();
     expect(screen.getByRole('list', { name: 'Selected files' })).toHaveTextContent('data.csv');
     // The target picker offers the CSV's columns.
@@ -94,6 +98,7 @@ describe('NewTask', () => {
 
   it('shows the server error naming the field', async () => {
     render(<NewTask />);
+    await screen.findByLabelText('Epochs');
     dropCsv();
     await waitFor(() => expect(screen.getByLabelText('Target column').tagName).toBe('SELECT'));
     await userEvent.selectOptions(screen.getByLabelText('Target column'), 'label');

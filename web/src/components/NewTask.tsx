@@ -4,63 +4,24 @@
 import { useEffect, useRef, useState } from 'react';
 import { ApiError, api, formatBytes, upload, type UploadHandle } from '../api';
 import { navigate } from '../router';
+import { fields, range, toParams, type CommandInfo, type FieldSpec } from '../schema';
 import type { Model } from '../types';
 import { Dropzone } from './Dropzone';
-import { ErrorMessage, ProgressBar, shortId } from './Bits';
-
-type Command = 'train' | 'predict';
-
-interface TrainForm {
-  target: string;
-  kind: '' | 'classification' | 'regression';
-  epochs: string;
-  batch_size: string;
-  learning_rate: string;
-  hidden: string;
-  validation_split: string;
-}
-
-const trainDefaults: TrainForm = {
-  target: '',
-  kind: '',
-  epochs: '20',
-  batch_size: '32',
-  learning_rate: '0.01',
-  hidden: '64, 64',
-  validation_split: '0.2',
-};
+import { RegionPicker, type Region } from './RegionPicker';
+import { ErrorMessage, ProgressBar } from './Bits';
 
 type Errors = Record<string, string>;
 
-/** Checks the train form as the server would; returns params or errors. */
-export function trainParams(f: TrainForm): { params?: Record<string, unknown>; errors: Errors } {
-  const errors: Errors = {};
-  const int = (name: keyof TrainForm, min: number, max: number) => {
-    const v = Number(f[name]);
-    if (!Number.isInteger(v) || v < min || v > max) errors[name] = `a whole number from ${min} to ${max}`;
-    return v;
-  };
-  if (!f.target.trim()) errors.target = 'name the column to predict';
-  const epochs = int('epochs', 1, 1000);
-  const batch = int('batch_size', 1, 65536);
-  const lr = Number(f.learning_rate);
-  if (!(lr > 0 && lr <= 1)) errors.learning_rate = 'a number above 0 and at most 1';
-  const split = Number(f.validation_split);
-  if (!(split >= 0 && split <= 0.5)) errors.validation_split = 'a number from 0 to 0.5';
-  const hidden = f.hidden.trim() === '' ? [] : f.hidden.split(',').map((s) => Number(s.trim()));
-  if (hidden.length > 8 || hidden.some((h) => !Number.isInteger(h) || h < 1 || h > 1024))
-    errors.hidden = 'up to 8 layer sizes from 1 to 1024, separated by commas';
-  if (Object.keys(errors).length) return { errors };
-  const params: Record<string, unknown> = {
-    target: f.target.trim(),
-    epochs,
-    batch_size: batch,
-    learning_rate: lr,
-    hidden,
-    validation_split: split,
-  };
-  if (f.kind) params.kind = f.kind;
-  return { params, errors };
+/** `batch_size` → "Batch size". */
+export function label(name: string): string {
+  const words = name.replace(/_/g, ' ');
+  return words.charAt(0).toUpperCase() + words.slice(1);
+}
+
+/** Fields the form shows as text boxes or selects; `timeout` and the image
+ * region have their own controls. */
+function shownFields(info: CommandInfo | undefined): FieldSpec[] {
+  return info ? fields(info.params).filter((f) => f.name !== 'timeout' && f.kind !== 'object') : [];
 }
 
 /** FileReader rather than Blob.text(): older engines (and jsdom) lack the latter. */
@@ -120,21 +81,25 @@ function Field({
 }
 
 export function NewTask({ initialModel }: { initialModel?: string }) {
-  const [command, setCommand] = useState<Command>(initialModel ? 'predict' : 'train');
+  const [commands, setCommands] = useState<CommandInfo[] | null>(null);
+  const [command, setCommand] = useState<string>(initialModel ? 'predict' : 'train');
   const [files, setFiles] = useState<File[]>([]);
-  const [train, setTrain] = useState<TrainForm>(trainDefaults);
+  const [texts, setTexts] = useState<Record<string, Record<string, string>>>(
+    initialModel ? { predict: { model: initialModel } } : {},
+  );
   const [columns, setColumns] = useState<string[]>([]);
   const [models, setModels] = useState<Model[]>([]);
-  const [model, setModel] = useState(initialModel ?? '');
+  const [region, setRegion] = useState<Region | null>(null);
   const [errors, setErrors] = useState<Errors>({});
   const [failure, setFailure] = useState<unknown>(null);
   const [sent, setSent] = useState<{ sent: number; total: number } | null>(null);
   const handle = useRef<UploadHandle | null>(null);
 
   useEffect(() => {
+    api.commands().then((r) => setCommands(r.commands), setFailure);
     api
       .models()
-      .then((page) => setModels(page.models))
+      .then((page) => setModels(page.models.filter((m) => m.status === 'ready')))
       .catch(setFailure);
   }, []);
 
@@ -144,24 +109,26 @@ export function NewTask({ initialModel }: { initialModel?: string }) {
     csvColumns(csv).then(setColumns, () => setColumns([]));
   }, [files]);
 
-  const set = (name: keyof TrainForm) => (e: React.ChangeEvent<HTMLInputElement | HTMLSelectElement>) =>
-    setTrain({ ...train, [name]: e.target.value });
+  const info = commands?.find((c) => c.name === command);
+  const specs = shownFields(info);
+  const values = texts[command] ?? {};
+  const chosen = models.find((m) => m.id === values.model || m.reference === values.model || m.name === values.model);
+  const images = chosen?.input === 'image';
+  const firstImage = files.find((f) => f.type.startsWith('image/'));
+  const set = (name: string) => (e: React.ChangeEvent<HTMLInputElement | HTMLSelectElement>) =>
+    setTexts({ ...texts, [command]: { ...values, [name]: e.target.value } });
 
   const submit = async (e: React.FormEvent) => {
     e.preventDefault();
+    if (!info) return;
     setFailure(null);
-    let params: Record<string, unknown>;
-    const found: Errors = {};
-    if (command === 'train') {
-      const checked = trainParams(train);
-      Object.assign(found, checked.errors);
-      params = checked.params ?? {};
-    } else {
-      if (!model) found.model = 'choose a model';
-      params = { model };
-    }
-    if (files.length === 0) found.files = 'choose a CSV file';
-    else if (files.length > 1) found.files = `${command} takes one file; remove ${files.length - 1} of them`;
+    const { params, errors: found } = toParams(specs, values);
+    if (images && region) params.region = region;
+    const { min, max } = info.files;
+    const what = images ? 'an image or a zip of images' : 'a CSV file';
+    if (files.length < min) found.files = `choose ${what}`;
+    else if (files.length > max)
+      found.files = max === 1 ? `${command} takes one file; remove ${files.length - 1} of them` : `${command} takes at most ${max} files`;
     setErrors(found);
     if (Object.keys(found).length) return;
 
@@ -172,7 +139,7 @@ export function NewTask({ initialModel }: { initialModel?: string }) {
       const task = await h.done;
       navigate({ page: 'task', id: task.id });
     } catch (err) {
-      if (err instanceof ApiError && err.field) setErrors({ [err.field]: err.message });
+      if (err instanceof ApiError && err.field) setErrors({ [err.field.split(/[.[]/)[0]]: err.message });
       if (!(err instanceof ApiError && err.code === 'aborted')) setFailure(err);
       else setFailure(new Error('Upload cancelled; nothing was stored.'));
     } finally {
@@ -181,79 +148,107 @@ export function NewTask({ initialModel }: { initialModel?: string }) {
     }
   };
 
+  const control = (f: FieldSpec) => {
+    const value = values[f.name] ?? '';
+    if (f.kind === 'model')
+      return (
+        <select value={value} onChange={set(f.name)}>
+          <option value="">choose…</option>
+          {models.map((m) => (
+            <option key={m.id} value={m.id}>
+              {m.reference} · {m.target ?? m.input} ({m.kind}) · {new Date(m.created_at).toLocaleString()}
+            </option>
+          ))}
+        </select>
+      );
+    if (f.name === 'target' && columns.length)
+      return (
+        <select value={value} onChange={set(f.name)}>
+          <option value="">choose…</option>
+          {columns.map((c) => (
+            <option key={c}>{c}</option>
+          ))}
+        </select>
+      );
+    if (f.kind === 'enum')
+      return (
+        <select value={value} onChange={set(f.name)}>
+          <option value="">{f.required ? 'choose…' : 'automatic'}</option>
+          {f.options?.map((o) => (
+            <option key={o}>{o}</option>
+          ))}
+        </select>
+      );
+    return (
+      <input
+        value={value}
+        onChange={set(f.name)}
+        placeholder={f.default ?? (f.name === 'target' ? 'e.g. label' : undefined)}
+        inputMode={f.kind === 'integer' ? 'numeric' : f.kind === 'number' ? 'decimal' : undefined}
+      />
+    );
+  };
+
+  const hint = (f: FieldSpec) => {
+    const bounds = range(f);
+    const list = f.kind === 'integers' || f.kind === 'strings' ? 'comma separated' : undefined;
+    const item = f.item ? range(f.item) : undefined;
+    return [list, bounds, item && `each ${item}`].filter(Boolean).join('; ') || undefined;
+  };
+
   const uploading = sent !== null;
   return (
     <section aria-labelledby="new-heading">
       <h1 id="new-heading">New task</h1>
+      {commands === null && !failure && <p className="muted">Loading commands…</p>}
       <form onSubmit={submit} noValidate aria-busy={uploading}>
-        <fieldset disabled={uploading}>
+        <fieldset disabled={uploading || !info}>
           <legend>Command</legend>
           <div className="segmented" role="radiogroup" aria-label="Command">
-            {(['train', 'predict'] as Command[]).map((c) => (
-              <label key={c} className={command === c ? 'active' : ''}>
-                <input type="radio" name="command" value={c} checked={command === c} onChange={() => setCommand(c)} />
-                {c}
+            {(commands ?? []).map((c) => (
+              <label key={c.name} className={command === c.name ? 'active' : ''} title={c.summary}>
+                <input
+                  type="radio"
+                  name="command"
+                  value={c.name}
+                  checked={command === c.name}
+                  onChange={() => {
+                    setCommand(c.name);
+                    setErrors({});
+                  }}
+                />
+                {c.name}
               </label>
             ))}
           </div>
+          {info && <p className="muted">{info.summary}</p>}
 
-          <div className="field">
-            <span className="label" id="files-label">
-              Data (CSV)
-            </span>
-            <Dropzone files={files} onChange={setFiles} accept=".csv,text/csv" />
-            {errors.files && <small className="field-error">{errors.files}</small>}
+          {info && info.files.max > 0 && (
+            <div className="field">
+              <span className="label" id="files-label">
+                {images ? 'Images (PNG, JPEG, BMP, GIF, WebP, or a zip)' : 'Data (CSV)'}
+              </span>
+              <Dropzone
+                files={files}
+                onChange={setFiles}
+                accept={images ? 'image/*,.zip,application/zip' : '.csv,text/csv'}
+              />
+              {errors.files && <small className="field-error">{errors.files}</small>}
+            </div>
+          )}
+
+          <div className="grid">
+            {specs.map((f) => (
+              <Field key={`${command}-${f.name}`} label={f.name === 'target' ? 'Target column' : label(f.name)} name={f.name} error={errors[f.name]} hint={hint(f)}>
+                {control(f)}
+              </Field>
+            ))}
           </div>
 
-          {command === 'train' ? (
-            <div className="grid">
-              <Field label="Target column" name="target" error={errors.target}>
-                {columns.length ? (
-                  <select value={train.target} onChange={set('target')}>
-                    <option value="">choose…</option>
-                    {columns.map((c) => (
-                      <option key={c}>{c}</option>
-                    ))}
-                  </select>
-                ) : (
-                  <input value={train.target} onChange={set('target')} placeholder="e.g. label" />
-                )}
-              </Field>
-              <Field label="Problem" name="kind" hint="inferred from the target when automatic">
-                <select value={train.kind} onChange={set('kind')}>
-                  <option value="">automatic</option>
-                  <option value="classification">classification</option>
-                  <option value="regression">regression</option>
-                </select>
-              </Field>
-              <Field label="Epochs" name="epochs" error={errors.epochs}>
-                <input inputMode="numeric" value={train.epochs} onChange={set('epochs')} />
-              </Field>
-              <Field label="Batch size" name="batch_size" error={errors.batch_size}>
-                <input inputMode="numeric" value={train.batch_size} onChange={set('batch_size')} />
-              </Field>
-              <Field label="Learning rate" name="learning_rate" error={errors.learning_rate}>
-                <input inputMode="decimal" value={train.learning_rate} onChange={set('learning_rate')} />
-              </Field>
-              <Field label="Hidden layers" name="hidden" error={errors.hidden} hint="sizes, comma separated">
-                <input value={train.hidden} onChange={set('hidden')} />
-              </Field>
-              <Field label="Validation split" name="validation_split" error={errors.validation_split}>
-                <input inputMode="decimal" value={train.validation_split} onChange={set('validation_split')} />
-              </Field>
-            </div>
-          ) : (
-            <Field label="Model" name="model" error={errors.model}>
-              <select value={model} onChange={(e) => setModel(e.target.value)}>
-                <option value="">choose…</option>
-                {models.map((m) => (
-                  <option key={m.id} value={m.id}>
-                    {m.target} ({m.kind}) · {shortId(m.id)} · {new Date(m.created_at).toLocaleString()}
-                  </option>
-                ))}
-              </select>
-            </Field>
+          {images && firstImage && (
+            <RegionPicker file={firstImage} region={region} onChange={setRegion} />
           )}
+          {errors.region && <small className="field-error">{errors.region}</small>}
         </fieldset>
 
         {uploading ? (
@@ -267,7 +262,7 @@ export function NewTask({ initialModel }: { initialModel?: string }) {
             </button>
           </div>
         ) : (
-          <button type="submit" className="primary">
+          <button type="submit" className="primary" disabled={!info}>
             Start {command}
           </button>
         )}

@@ -82,4 +82,34 @@ describe('TaskDetail', () => {
     });
     expect(await screen.findByRole('heading', { name: 'Task deleted' })).toBeInTheDocument();
   });
+
+  it('shows params as a table, and image predictions with their region', async () => {
+    const done = task({
+      command: 'predict',
+      status: 'succeeded',
+      params: { model: 'abc', region: { top_left: { x: 1, y: 2 }, bottom_right: { x: 11, y: 12 } } },
+      inputs: [{ name: 'cat.png', size: 10, sha256: 'ab'.repeat(32), content_type: 'image/png' }],
+      result: {
+        predictions: [
+          { file: 'cat.png', width: 40, height: 20, region: { x: 1, y: 2, width: 10, height: 10 }, top: [{ label: 'cat', index: 0, probability: 0.875 }] },
+          { file: 'bad.png', error: { code: 'invalid_image', message: 'the image is corrupt' } },
+        ],
+      },
+    });
+    render(<TaskDetail id={t.id} />);
+    act(() => {
+      FakeSocket.latest().open();
+      FakeSocket.latest().emit({ type: 'snapshot', seq: 10, task: done });
+    });
+    expect(await screen.findByRole('rowheader', { name: 'model' })).toBeInTheDocument();
+    expect(screen.getByText('abc')).toBeInTheDocument();
+    const figures = screen.getAllByTestId('image-result');
+    expect(figures).toHaveLength(2);
+    expect(figures[0]).toHaveTextContent('cat 87.5%');
+    expect(screen.getAllByAltText('cat.png')[0]).toHaveAttribute('src', `/api/v1/tasks/${t.id}/inputs/0`);
+    const box = screen.getByRole('img', { name: 'region 10 × 10 at (1, 2)' });
+    expect(box.style.left).toBe('2.5%');
+    expect(box.style.width).toBe('25%');
+    expect(figures[1]).toHaveTextContent('invalid_image: the image is corrupt');
+  });
 });

@@ -8,12 +8,33 @@ import { navigate } from '../router';
 import { applyToTask, epochSeries, mergeLogs } from '../store';
 import { isFinished, type LogLine, type Task } from '../types';
 import { ConnectionBanner } from './ConnectionBanner';
+import { ImageResults, imagePredictions } from './ImageResults';
 import { CsvPreview, CsvTable, InputPreview } from './Previews';
 import { LogTail } from './LogTail';
 import { ErrorMessage, ProgressBar, StatusBadge, elapsed, useNow } from './Bits';
 
 // The chart library is most of the bundle: load it with the first chart.
 const TrainingCharts = lazy(() => import('./Charts').then((m) => ({ default: m.TrainingCharts })));
+
+/** Params as a key/value table: values that are not plain text as JSON. */
+export function ParamsTable({ params }: { params: Record<string, unknown> }) {
+  const entries = Object.entries(params ?? {});
+  if (entries.length === 0) return <span className="muted">none</span>;
+  return (
+    <table className="params">
+      <tbody>
+        {entries.map(([k, v]) => (
+          <tr key={k}>
+            <th scope="row">{k}</th>
+            <td>
+              <code>{typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean' ? String(v) : JSON.stringify(v)}</code>
+            </td>
+          </tr>
+        ))}
+      </tbody>
+    </table>
+  );
+}
 
 /** A result value as a table cell: `{a: 0.9, b: 0.1}` reads "a 0.900, b 0.100". */
 function cell(v: unknown): string {
@@ -103,7 +124,8 @@ export function TaskDetail({ id }: { id: string }) {
       setBusy(false);
     }
   };
-  const predictions = task.command === 'predict' ? predictionRows(task.result) : null;
+  const images = task.command === 'predict' ? imagePredictions(task.result) : null;
+  const predictions = task.command === 'predict' && !images ? predictionRows(task.result) : null;
   const predictionsCsv = task.artifacts.find((a) => a.name === 'predictions.csv');
 
   return (
@@ -158,7 +180,7 @@ export function TaskDetail({ id }: { id: string }) {
         <dd>{elapsed(task.started_at, isFinished(task.status) ? task.finished_at : null, now)}</dd>
         <dt>Params</dt>
         <dd>
-          <code>{JSON.stringify(task.params)}</code>
+          <ParamsTable params={task.params} />
         </dd>
       </dl>
 
@@ -188,7 +210,9 @@ export function TaskDetail({ id }: { id: string }) {
       {task.command === 'predict' && task.status === 'succeeded' && (
         <>
           <h2>Predictions</h2>
-          {predictions ? (
+          {images ? (
+            <ImageResults taskId={id} inputs={task.inputs} predictions={images} />
+          ) : predictions ? (
             <CsvTable rows={predictions} caption="First predictions" />
           ) : predictionsCsv ? (
             <CsvPreview url={predictionsCsv.url} size={predictionsCsv.size} caption="First predictions" />
