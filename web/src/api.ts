@@ -66,6 +66,7 @@ export const api = {
   commands: () => request<{ commands: CommandInfo[] }>('/api/v1/commands'),
   models: () => request<{ models: Model[]; next_before: string | null }>('/api/v1/models?limit=200'),
   model: (id: string) => request<Model>(`/api/v1/models/${encodeURIComponent(id)}`),
+  removeModel: (id: string) => request<void>(`/api/v1/models/${encodeURIComponent(id)}`, { method: 'DELETE' }),
   /** The first `bytes` of a stored file, for previews. */
   head: async (url: string, bytes = 64 * 1024): Promise<string> => {
     const res = await fetch(url, { headers: { range: `bytes=0-${bytes - 1}` } });
@@ -74,28 +75,19 @@ export const api = {
   },
 };
 
-export interface UploadHandle {
-  /** Resolves with the created task; rejects with an ApiError. */
-  done: Promise<Task>;
+export interface UploadHandle<T = Task> {
+  /** Resolves with what was created; rejects with an ApiError. */
+  done: Promise<T>;
   cancel: () => void;
 }
 
 /**
- * Submits a task with files as multipart, reporting bytes sent. fetch()
- * cannot report upload progress, so this uses XMLHttpRequest.
+ * Posts a multipart form, reporting bytes sent. fetch() cannot report
+ * upload progress, so this uses XMLHttpRequest.
  */
-export function upload(
-  command: string,
-  params: Record<string, unknown>,
-  files: File[],
-  onProgress: (sent: number, total: number) => void,
-): UploadHandle {
+function postForm<T>(url: string, form: FormData, onProgress: (sent: number, total: number) => void): UploadHandle<T> {
   const xhr = new XMLHttpRequest();
-  const form = new FormData();
-  form.append('command', command);
-  form.append('params', JSON.stringify(params));
-  for (const file of files) form.append('file', file, file.name);
-  const done = new Promise<Task>((resolve, reject) => {
+  const done = new Promise<T>((resolve, reject) => {
     xhr.upload.onprogress = (e) => {
       if (e.lengthComputable) onProgress(e.loaded, e.total);
     };
@@ -106,16 +98,42 @@ export function upload(
       } catch {
         // handled below
       }
-      if (xhr.status >= 200 && xhr.status < 300 && body) resolve(body as Task);
+      if (xhr.status >= 200 && xhr.status < 300 && body) resolve(body as T);
       else if (body?.error?.message) reject(new ApiError(xhr.status, body.error));
       else reject(new ApiError(xhr.status, { code: 'http_error', message: `upload failed with status ${xhr.status}` }));
     };
     xhr.onerror = () => reject(new ApiError(0, { code: 'network', message: 'the upload was interrupted; check your connection' }));
     xhr.onabort = () => reject(new ApiError(0, { code: 'aborted', message: 'upload cancelled' }));
   });
-  xhr.open('POST', '/api/v1/tasks');
+  xhr.open('POST', url);
   xhr.send(form);
   return { done, cancel: () => xhr.abort() };
+}
+
+/** Submits a task with files. */
+export function upload(
+  command: string,
+  params: Record<string, unknown>,
+  files: File[],
+  onProgress: (sent: number, total: number) => void,
+): UploadHandle {
+  const form = new FormData();
+  form.append('command', command);
+  form.append('params', JSON.stringify(params));
+  for (const file of files) form.append('file', file, file.name);
+  return postForm<Task>('/api/v1/tasks', form, onProgress);
+}
+
+/** Uploads a TorchScript model with its spec; the model comes back `validating`. */
+export function uploadModel(
+  spec: Record<string, unknown>,
+  file: File,
+  onProgress: (sent: number, total: number) => void,
+): UploadHandle<Model> {
+  const form = new FormData();
+  form.append('spec', JSON.stringify(spec));
+  form.append('file', file, file.name);
+  return postForm<Model>('/api/v1/models', form, onProgress);
 }
 
 export const formatBytes = (n: number): string => {

@@ -111,3 +111,28 @@ export function fakeFetch(models: unknown[] = []) {
     return new Response(JSON.stringify({ models, next_before: null }));
   };
 }
+
+/** An XMLHttpRequest the test drives. */
+export class FakeXhr {
+  static latest: FakeXhr;
+  upload: { onprogress: ((e: { loaded: number; total: number; lengthComputable: boolean }) => void) | null } = { onprogress: null };
+  onload: (() => void) | null = null;
+  onerror: (() => void) | null = null;
+  onabort: (() => void) | null = null;
+  status = 0;
+  responseText = '';
+  sent: FormData | null = null;
+  aborted = false;
+  constructor() {
+    FakeXhr.latest = this;
+  }
+  open() {}
+  send(body: FormData) {
+    this.sent = body;
+  }
+  abort() {
+    this.aborted = true;
+    this.onabort?.();
+  }
+}
+

@@ -1,32 +1,8 @@
 import { act, fireEvent, render, screen, waitFor } from '@testing-library/react';
 import userEvent from '@testing-library/user-event';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { fakeFetch } from '../testing';
+import { FakeXhr, fakeFetch } from '../testing';
 import { NewTask, label } from './NewTask';
-
-/** An XMLHttpRequest the test drives. */
-class FakeXhr {
-  static latest: FakeXhr;
-  upload: { onprogress: ((e: { loaded: number; total: number; lengthComputable: boolean }) => void) | null } = { onprogress: null };
-  onload: (() => void) | null = null;
-  onerror: (() => void) | null = null;
-  onabort: (() => void) | null = null;
-  status = 0;
-  responseText = '';
-  sent: FormData | null = null;
-  aborted = false;
-  constructor() {
-    FakeXhr.latest = this;
-  }
-  open() {}
-  send(body: FormData) {
-    this.sent = body;
-  }
-  abort() {
-    this.aborted = true;
-    this.onabort?.();
-  }
-}
 
 describe('label', () => {
   it('turns param names into labels', () => {
