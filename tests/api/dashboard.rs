@@ -1,7 +1,8 @@
 //! The dashboard in a real browser: `web/e2e/dashboard.mjs` drives Debian's
 //! chromium through playwright-core against this app (upload and train
 //! with live progress and charts, predict and download, a cut WebSocket
-//! recovering). Screenshots land in `web/e2e-results/`.
+//! recovering, uploading a TorchScript model and predicting on a region
+//! drawn with the mouse). Screenshots land in `web/e2e-results/`.
 //!
 //! `make test` builds the dashboard and installs chromium first; missing
 //! either fails this test rather than skipping it.
@@ -39,6 +40,19 @@ async fn dashboard_scenarios_pass_in_a_real_browser() {
     .await;
     let results = web.join("e2e-results");
     let base = app.url("");
+    // A TorchScript model and an image for the upload-and-region scenario.
+    let fixtures = tempfile::tempdir().unwrap();
+    let model = fixtures.path().join("colours.pt");
+    std::fs::write(&model, crate::fixtures::colour_model(16)).unwrap();
+    let image = fixtures.path().join("split.png");
+    let split = crate::fixtures::png(40, 20, |x, _| {
+        if x < 20 {
+            crate::fixtures::RED
+        } else {
+            crate::fixtures::BLUE
+        }
+    });
+    std::fs::write(&image, split).unwrap();
     // The browser runs on its own thread: this test's runtime also drives
     // the app's dispatcher, which must keep running meanwhile.
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -48,6 +62,8 @@ async fn dashboard_scenarios_pass_in_a_real_browser() {
             .arg(&base)
             .arg(&results)
             .env("CHROMIUM", chromium)
+            .env("MODEL_FIXTURE", &model)
+            .env("IMAGE_FIXTURE", &image)
             .current_dir(&web)
             .output();
         let _ = tx.send(out);

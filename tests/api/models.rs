@@ -137,6 +137,18 @@ async fn an_uploaded_model_is_validated_then_predicts_by_name_and_version() {
         .await;
     let all: Value = serde_json::from_slice(&json).unwrap();
     assert_eq!(all.as_array().unwrap().len(), 3);
+
+    // The worker kept the model loaded: a second predict is a cache hit,
+    // and /readyz says so.
+    let id = app
+        .submit_accepted("predict", json!({"model": "colours@1"}), &files[..1])
+        .await;
+    assert_eq!(app.finished(id, WITHIN).await["status"], "succeeded");
+    let (_, ready) = app.get("/readyz").await;
+    let cache = &ready["workers"]["detail"][0]["cache"];
+    assert!(cache["hits"].as_u64().unwrap() >= 1, "{ready:#}");
+    assert!(cache["hit_rate"].as_f64().unwrap() > 0.0, "{ready:#}");
+    assert!(cache["models"].as_u64().unwrap() >= 1, "{ready:#}");
 }
 
 #[actix_web::test]

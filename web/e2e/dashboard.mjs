@@ -147,7 +147,52 @@ await step('03-feed-recovers', async () => {
 await step('04-models', async () => {
   await page.getByRole('navigation').getByRole('link', { name: 'Models' }).click();
   await page.getByRole('table').getByText('label').first().waitFor();
-  check((await page.getByRole('table').getByText('v1', { exact: true }).count()) === 1, 'the model is listed as version 1');
+  // Trained from blobs.csv: registered as "blobs", version 1.
+  check((await page.getByRole('table').getByText('blobs@1', { exact: true }).count()) === 1, 'the model is listed as blobs@1');
+});
+
+await step('05-upload-draw-region-predict', async () => {
+  const model = process.env.MODEL_FIXTURE;
+  const image = process.env.IMAGE_FIXTURE;
+  check(model && image, 'MODEL_FIXTURE and IMAGE_FIXTURE name the TorchScript model and the image');
+  // Upload the model with its spec, and watch it validate.
+  await page.getByText('Upload a TorchScript model').click();
+  await page.getByLabel('Model file').setInputFiles(model);
+  await page.getByLabel('Name').fill('colours');
+  await page.getByLabel('Input width').fill('16');
+  await page.getByLabel('Input height').fill('16');
+  await page.getByLabel('Class labels').fill('red\ngreen\nblue');
+  await page.getByRole('button', { name: 'Upload and validate' }).click();
+  const row = page.getByTestId('model-colours@1');
+  await row.waitFor();
+  await row.getByTestId('model-status').filter({ hasText: 'ready' }).waitFor({ timeout: 60_000 });
+
+  // Predict with it on an image whose left half is red and right half blue,
+  // drawing the region over the blue half with the mouse.
+  await row.getByRole('button', { name: 'Predict' }).click();
+  await page.waitForURL(/\/new\?model=/);
+  await page.getByLabel('Files to upload').setInputFiles(image);
+  const frame = page.getByRole('application');
+  await page.getByText(/No region: the whole 40 × 20 image is used/).waitFor();
+  const box = await frame.boundingBox();
+  await page.mouse.move(box.x + box.width * 0.6, box.y + box.height * 0.1);
+  await page.mouse.down();
+  await page.mouse.move(box.x + box.width * 0.8, box.y + box.height * 0.5, { steps: 5 });
+  await page.mouse.move(box.x + box.width * 0.95, box.y + box.height * 0.9, { steps: 5 });
+  await page.mouse.up();
+  const value = await page.locator('#region-value').innerText();
+  check(/^From \(2[3-5], [12]\) to \(3[7-9], 1[7-9]\)/.test(value), `the drawn region reads back: ${value}`);
+  // The keyboard adjusts it too.
+  await frame.focus();
+  await page.keyboard.press('ArrowLeft');
+  await page.getByRole('button', { name: 'Start predict' }).click();
+  await page.waitForURL(/\/tasks\/[0-9a-f-]{36}$/);
+  await page.locator('section[data-status=succeeded]').waitFor({ timeout: 60_000 });
+  const result = page.getByTestId('image-result').first();
+  await result.waitFor();
+  const text = await result.innerText();
+  check(/blue/.test(text.split('\n').find((l) => /%/.test(l)) ?? ''), `the top class is blue: ${text}`);
+  check((await result.getByRole('img', { name: /^region / }).count()) === 1, 'the region is drawn over the image');
 });
 
 await browser.close();
