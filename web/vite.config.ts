@@ -15,5 +15,8 @@ export default defineConfig({
     environment: 'jsdom',
     setupFiles: ['./src/test-setup.ts'],
     include: ['src/**/*.test.{ts,tsx}'],
+    // The machines are shared and slow: a lazy chunk (the charts) can take
+    // seconds to load; the tests' own waits bound each step.
+    testTimeout: 20_000,
   },
 });

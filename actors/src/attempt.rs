@@ -442,7 +442,13 @@ async fn stage(
                     format!("model {id} does not exist"),
                 )
             })?;
-        let weights = workdir.join("models").join(id.to_string());
+        // libtorch reads weights by their file's extension.
+        let extension = if record.format == "torchscript" {
+            "pt"
+        } else {
+            "safetensors"
+        };
+        let weights = workdir.join("models").join(format!("{id}.{extension}"));
         fetch(env, &record.weights_key, &weights, &cancel).await?;
         models.push(LocalModel { record, weights });
     }

@@ -375,11 +375,22 @@ async fn commands_describe_themselves_and_their_schemas_are_enforced() {
     let (status, body) = app.get("/api/v1/commands").await;
     assert_eq!(status, StatusCode::OK);
     let commands = body["commands"].as_array().unwrap();
-    let names: Vec<&str> = commands.iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["predict", "sleep", "train"], "internal commands are not listed");
+    let names: Vec<&str> = commands
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["predict", "sleep", "train"],
+        "internal commands are not listed"
+    );
     let train = &commands[2];
     assert_eq!(train["files"], json!({"min": 1, "max": 1}));
-    assert_eq!(train["content_types"], json!(["text/csv"]), "the deployment's override");
+    assert_eq!(
+        train["content_types"],
+        json!(["text/csv"]),
+        "the deployment's override"
+    );
     assert!(train["summary"].as_str().unwrap().len() > 10);
     let epochs = &train["params"]["properties"]["epochs"];
     assert_eq!(epochs["minimum"], 1, "{epochs}");
@@ -400,15 +411,28 @@ async fn commands_describe_themselves_and_their_schemas_are_enforced() {
         (json!({"target": "y", "epochs": 0}), "epochs"),
         (json!({"target": "y", "learning_rate": 0}), "learning_rate"),
         (json!({"target": "y", "hidden": [8, 2000]}), "hidden[1]"),
-        (json!({"target": "y", "validation_split": 0.9}), "validation_split"),
+        (
+            json!({"target": "y", "validation_split": 0.9}),
+            "validation_split",
+        ),
         (json!({"target": "y", "name": "no spaces"}), "name"),
     ] {
-        let (status, body) = app.submit_files("train", params.clone(), &[("d.csv", csv)]).await;
+        let (status, body) = app
+            .submit_files("train", params.clone(), &[("d.csv", csv)])
+            .await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{params}: {body}");
         assert_eq!(body["error"]["field"], field, "{params}: {body}");
     }
     let (status, body) = app
-        .submit_files("train", json!({"target": "y", "epochs": max}), &[("d.csv", csv)])
+        .submit_files(
+            "train",
+            json!({"target": "y", "epochs": max}),
+            &[("d.csv", csv)],
+        )
         .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "the maximum itself is allowed: {body}");
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "the maximum itself is allowed: {body}"
+    );
 }

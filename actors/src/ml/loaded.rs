@@ -48,7 +48,10 @@ impl Loaded {
         vars.load(weights).map_err(|e| {
             JobError::new(
                 ErrorCode::ModelIncompatible,
-                format!("model weights do not fit the model spec: {e}"),
+                format!(
+                    "model weights do not fit the model spec: {}",
+                    first_line(&e.to_string())
+                ),
             )
         })?;
         let params: u64 = vars

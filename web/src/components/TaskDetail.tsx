@@ -18,7 +18,8 @@ const TrainingCharts = lazy(() => import('./Charts').then((m) => ({ default: m.T
 
 /** Params as a key/value table: values that are not plain text as JSON. */
 export function ParamsTable({ params }: { params: Record<string, unknown> }) {
-  const entries = Object.entries(params ?? {});
+  // Unset optional params (null) say nothing: the defaults applied.
+  const entries = Object.entries(params ?? {}).filter(([, v]) => v !== null);
   if (entries.length === 0) return <span className="muted">none</span>;
   return (
     <table className="params">
