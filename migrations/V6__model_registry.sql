@@ -29,7 +29,7 @@ ALTER TABLE models
     ALTER COLUMN target DROP NOT NULL,
     ALTER COLUMN spec_key DROP NOT NULL;
 
-UPDATE models SET name = 'model-' || left(id::text, 8), version = 1;
+UPDATE models SET name = 'model-' || id::text, version = 1;
 INSERT INTO model_names (name, last_version)
 SELECT name, max(version) FROM models GROUP BY name;
 

@@ -179,7 +179,8 @@ pub async fn users(client: &impl GenericClient, id: Uuid) -> Result<Vec<Uuid>, D
     let rows = client
         .query(
             "SELECT id FROM tasks
-             WHERE models @> ARRAY[$1::uuid] AND status IN ('queued', 'running')
+             WHERE models @> ARRAY[$1::uuid] AND models <> '{}'
+               AND status IN ('queued', 'running')
              ORDER BY created_at
              LIMIT 10",
             &[&id],
@@ -193,8 +194,20 @@ pub async fn users(client: &impl GenericClient, id: Uuid) -> Result<Vec<Uuid>, D
 /// row alone goes, its weights staying with its `train` task.
 pub async fn delete(client: &mut deadpool_postgres::Client, id: Uuid) -> Result<Deleted, DbError> {
     let tx = client.transaction().await?;
-    // Locked first: a submission pinning it holds a key-share lock until it
-    // commits, so the check below sees every task that reads it.
+    // Its task's row is locked before the model's, in the order a finishing
+    // validation takes them (its task, then, by trigger, its model), so the
+    // two never deadlock. The model's lock makes a submission pinning it
+    // (key-share, until it commits) finish first: the check below then sees
+    // every task that reads it.
+    let Some(task) = tx
+        .query_opt("SELECT task_id FROM models WHERE id = $1", &[&id])
+        .await?
+    else {
+        return Ok(Deleted::Gone);
+    };
+    let task: Uuid = task.try_get(0)?;
+    tx.query_opt("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE", &[&task])
+        .await?;
     let Some(row) = tx
         .query_opt(
             "SELECT source, task_id FROM models WHERE id = $1 FOR UPDATE",

@@ -207,6 +207,8 @@ pub enum Retry {
     Queued,
     /// Only failed and cancelled tasks are retried; this one is in this status.
     NotRetryable(TaskStatus),
+    /// A model it reads was deleted, or is not ready.
+    ModelGone,
     NotFound,
 }
 
@@ -219,6 +221,9 @@ pub async fn retry(client: &mut deadpool_postgres::Client, id: Uuid) -> Result<R
     let status = locked_status(&tx, id).await?;
     let outcome = match status {
         None => Retry::NotFound,
+        Some(TaskStatus::Failed | TaskStatus::Cancelled) if !models_ready(&tx, id).await? => {
+            Retry::ModelGone
+        }
         Some(TaskStatus::Failed | TaskStatus::Cancelled) => {
             tx.execute(
                 r#"INSERT INTO task_events (task_id, kind, data)
@@ -256,6 +261,23 @@ pub enum Deleted {
     InUse(Vec<Uuid>),
     /// Deleted; these stored objects are no longer referenced.
     Done { objects: Vec<String> },
+}
+
+/// Whether every model the task reads is there and ready; each is
+/// key-share locked until the transaction ends, as at submit, so a delete
+/// cannot slip in before the task is queued again.
+async fn models_ready(tx: &deadpool_postgres::Transaction<'_>, id: Uuid) -> Result<bool, DbError> {
+    let row = tx
+        .query_one(
+            "WITH wanted AS (SELECT models FROM tasks WHERE id = $1),
+                  pinned AS (SELECT m.id FROM models AS m, wanted
+                             WHERE m.id = ANY (wanted.models) AND m.status = 'ready'
+                             FOR KEY SHARE OF m)
+             SELECT (SELECT count(*) FROM pinned) = (SELECT cardinality(models) FROM wanted)",
+            &[&id],
+        )
+        .await?;
+    Ok(row.try_get::<_, Option<bool>>(0)?.unwrap_or(true))
 }
 
 /// Deletes a task with its inputs, artifacts and model, unless that model

@@ -155,7 +155,9 @@ async fn committed(state: &AppState, id: Uuid) -> Option<Option<Accepted>> {
     let Some(task) = db::tasks::get(&client, id).await.ok()? else {
         return Some(None);
     };
-    let model = db::models::by_task(&client, id).await.ok()?;
+    // The task is there, so its model is too (one transaction); a failed
+    // lookup must not turn a committed upload into an error.
+    let model = db::models::by_task(&client, id).await.ok().flatten();
     Some(Some(Accepted { task, model }))
 }
 

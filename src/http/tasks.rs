@@ -206,6 +206,13 @@ async fn retry(id: web::Path<Uuid>, state: web::Data<AppState>) -> Result<HttpRe
                 ),
             })
         }
+        Retry::ModelGone => {
+            return Err(ApiError::Conflict {
+                code: "model_not_ready",
+                message: "a model the task reads was deleted or is not ready; submit a new task"
+                    .into(),
+            })
+        }
         Retry::Queued => {}
     }
     let task = db::tasks::get(&client, id)

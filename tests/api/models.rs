@@ -229,10 +229,10 @@ async fn broken_models_end_invalid_with_libtorch_s_reason() {
             "not a TorchScript module",
         ),
         (
-            "throws on the declared shape",
-            fixtures::rigid_model(8),
+            "traced with its batch size fixed at 2",
+            fixtures::rigid_model(16),
             colour_spec("rigid"),
-            "failed on a dummy batch of shape [2, 3, 16, 16]",
+            "failed on a dummy batch of shape [1, 3, 16, 16]",
         ),
         (
             "returns five classes for three labels",
@@ -244,7 +244,7 @@ async fn broken_models_end_invalid_with_libtorch_s_reason() {
             "a tabular spec for an image model",
             fixtures::colour_model(16),
             json!({"name": "mixed", "input": "tabular", "features": ["a", "b"]}),
-            "failed on a dummy batch of shape [2, 2]",
+            "failed on a dummy batch of shape [1, 2]",
         ),
     ];
     for (what, bytes, spec, expected) in cases {
@@ -406,4 +406,28 @@ async fn a_tabular_torchscript_model_predicts_on_a_csv() {
         .await;
     let task = app.finished(id, WITHIN).await;
     assert_eq!(task["error"]["code"], "missing_value", "{task:#}");
+}
+
+#[actix_web::test]
+async fn a_corrupt_zip_fails_alone() {
+    let app = spawn_app().await;
+    ready_model(&app, &colour_spec("zips"), &fixtures::colour_model(16)).await;
+    let red = fixtures::png(8, 8, |_, _| RED);
+    let id = app
+        .submit_accepted(
+            "predict",
+            json!({"model": "zips"}),
+            &[
+                ("red.png", &red),
+                ("broken.zip", b"PK\x03\x04 and then nothing a zip has"),
+            ],
+        )
+        .await;
+    let task = app.finished(id, WITHIN).await;
+    assert_eq!(task["status"], "succeeded", "{task:#}");
+    let p = task["result"]["predictions"].as_array().unwrap();
+    assert_eq!(p[0]["top"][0]["label"], "red");
+    assert_eq!(p[0]["input"], 0);
+    assert_eq!(p[1]["file"], "broken.zip");
+    assert_eq!(p[1]["error"]["code"], "invalid_archive", "{:#}", p[1]);
 }

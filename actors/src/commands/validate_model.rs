@@ -15,13 +15,13 @@ use tch::{Kind, Tensor};
 use super::{Command, Params, SubmitError};
 use crate::error::{ErrorCode, JobError};
 use crate::ml::loaded::Loaded;
-use crate::ml::upload::{Output, UploadSpec};
+use crate::ml::upload::{InputKind, Output, UploadSpec};
 use crate::progress::Progress;
 use crate::task::{JobContext, Outcome};
 
-/// Rows in the dummy batch: more than one, so a module traced with its
+/// Rows in the dummy batches: one, then three, so a module traced with its
 /// batch size fixed is caught here rather than at its first real batch.
-const DUMMY_BATCH: i64 = 2;
+const DUMMY_BATCHES: [i64; 2] = [1, 3];
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -56,40 +56,63 @@ impl Command for ValidateModel {
             .progress(Progress::new(0.1, "loading the module"));
         let model = Loaded::script(&ctx.inputs[0].path, ctx.device)?;
         ctx.cancel.check()?;
-        let shape = spec.input_shape(DUMMY_BATCH);
-        ctx.report.progress(Progress::new(
-            0.5,
-            format!("running a dummy batch of shape {shape:?}"),
-        ));
-        let x = Tensor::f_zeros(shape.as_slice(), (Kind::Float, tch::Device::Cpu))?;
-        let started = Instant::now();
-        let out = model.forward(&x).map_err(|e| {
-            JobError::new(
-                ErrorCode::ModelInvalid,
-                format!(
-                    "the module failed on a dummy batch of shape {shape:?} (as the spec \
-                     declares, with {DUMMY_BATCH} rows): {}",
-                    e.message
-                        .trim_start_matches("the model failed on its input: ")
-                ),
-            )
-        })?;
-        let forward_ms = started.elapsed().as_secs_f64() * 1e3;
-        let size = out.size();
-        let outputs = match size.as_slice() {
-            [n] if *n == DUMMY_BATCH => 1,
-            [n, k] if *n == DUMMY_BATCH && *k >= 1 => *k,
-            _ => {
-                return Err(JobError::new(
+        let run = |batch: i64| -> Result<(Tensor, Vec<i64>, f64), JobError> {
+            let shape = spec.input_shape(batch);
+            ctx.report.progress(Progress::new(
+                0.5,
+                format!("running a dummy batch of shape {shape:?}"),
+            ));
+            let x = Tensor::f_zeros(shape.as_slice(), (Kind::Float, tch::Device::Cpu))?;
+            let started = Instant::now();
+            let out = model.forward(&x).map_err(|e| {
+                JobError::new(
                     ErrorCode::ModelInvalid,
                     format!(
-                        "the module returned shape {size:?} for a batch of {DUMMY_BATCH}; \
-                         it must return [{DUMMY_BATCH}, classes] (or [{DUMMY_BATCH}] for one \
-                         value per row)"
+                        "the module failed on a dummy batch of shape {shape:?} (as the spec \
+                         declares, with {batch} row(s)): {}",
+                        e.message
+                            .trim_start_matches("the model failed on its input: ")
                     ),
-                ))
-            }
+                )
+            })?;
+            Ok((out, shape, started.elapsed().as_secs_f64() * 1e3))
         };
+        let mut outputs = 0;
+        let mut last = None;
+        for batch in DUMMY_BATCHES {
+            ctx.cancel.check()?;
+            let (out, shape, ms) = run(batch)?;
+            let size = out.size();
+            let k = match (size.as_slice(), spec.input) {
+                ([n], InputKind::Tabular) if *n == batch => 1,
+                ([n, k], InputKind::Tabular) if *n == batch && *k >= 1 => *k,
+                // Classes per image: at least two.
+                ([n, k], InputKind::Image) if *n == batch && *k >= 2 => *k,
+                _ => {
+                    return Err(JobError::new(
+                        ErrorCode::ModelInvalid,
+                        format!(
+                            "the module returned shape {size:?} for a batch of {batch}; it must \
+                             return [{batch}, classes]{}",
+                            if spec.input == InputKind::Image {
+                                " with at least two classes"
+                            } else {
+                                " (or [batch] for one value per row)"
+                            }
+                        ),
+                    ))
+                }
+            };
+            if outputs != 0 && k != outputs {
+                return Err(JobError::new(
+                    ErrorCode::ModelInvalid,
+                    format!("the module returned {outputs} values per row for one batch and {k} for another"),
+                ));
+            }
+            outputs = k;
+            last = Some((out, shape, ms, size));
+        }
+        let (out, shape, forward_ms, size) = last.expect("at least one dummy batch");
         if let Some(labels) = &spec.labels {
             if labels.len() as i64 != outputs {
                 return Err(JobError::new(
@@ -130,6 +153,7 @@ impl Command for ValidateModel {
                 "kind": kind,
                 "outputs": outputs,
                 "input_shape": spec.input_shape(-1),
+                "checked_shape": shape,
                 "output_shape": [-1, outputs],
                 "forward_ms": forward_ms,
                 "bytes": model.bytes,

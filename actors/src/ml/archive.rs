@@ -42,11 +42,17 @@ pub struct Entry {
 pub struct Entries<R: Read + Seek> {
     archive: ZipArchive<R>,
     next: usize,
+    /// Bytes inflated so far, from every entry read, whether it was kept.
     total: u64,
+    /// The most all entries together may inflate to: the total cap, and
+    /// at most `MAX_RATIO` times the archive's own size (entries can share
+    /// compressed data, so each one's ratio alone bounds nothing).
+    budget: u64,
 }
 
 impl<R: Read + Seek> Entries<R> {
-    pub fn open(reader: R) -> Result<Self, JobError> {
+    /// Opens an archive of `size` bytes.
+    pub fn open(reader: R, size: u64) -> Result<Self, JobError> {
         let archive = ZipArchive::new(reader).map_err(|e| {
             JobError::new(
                 ErrorCode::InvalidArchive,
@@ -66,6 +72,7 @@ impl<R: Read + Seek> Entries<R> {
             archive,
             next: 0,
             total: 0,
+            budget: MAX_TOTAL_BYTES.min(size.max(1 << 20).saturating_mul(MAX_RATIO)),
         })
     }
 
@@ -126,9 +133,20 @@ impl<R: Read + Seek> Entries<R> {
             }
             // The cap that binds first: this entry's own, its ratio's, or
             // what is left of the archive's total.
+            let left = self.budget.saturating_sub(self.total);
+            if left == 0 {
+                return Some(Err(JobError::new(
+                    ErrorCode::ArchiveTooLarge,
+                    format!(
+                        "the archive inflates to more than {} bytes ({MAX_RATIO} times its size, \
+                         at most {MAX_TOTAL_BYTES})",
+                        self.budget
+                    ),
+                )));
+            }
             let limit = MAX_ENTRY_BYTES
                 .min(compressed.saturating_mul(MAX_RATIO).max(64 << 10))
-                .min(MAX_TOTAL_BYTES - self.total);
+                .min(left);
             let mut bytes = Vec::new();
             if bytes.try_reserve(declared.min(limit) as usize).is_err() {
                 return Some(Err(JobError::new(
@@ -137,13 +155,19 @@ impl<R: Read + Seek> Entries<R> {
                 )));
             }
             let read = (&mut file).take(limit + 1).read_to_end(&mut bytes);
+            // Whatever was inflated counts, kept or not.
+            self.total += bytes.len() as u64;
             let bytes = match read {
                 Err(e) => Err(format!("cannot be inflated: {e}")),
                 Ok(n) if n as u64 > limit => {
-                    if self.total + n as u64 > MAX_TOTAL_BYTES {
+                    if limit == left {
                         return Some(Err(JobError::new(
                             ErrorCode::ArchiveTooLarge,
-                            format!("the archive inflates to more than {MAX_TOTAL_BYTES} bytes"),
+                            format!(
+                                "the archive inflates to more than {} bytes ({MAX_RATIO} times \
+                                 its size, at most {MAX_TOTAL_BYTES})",
+                                self.budget
+                            ),
                         )));
                     }
                     Err(format!(
@@ -151,10 +175,7 @@ impl<R: Read + Seek> Entries<R> {
                          over {MAX_RATIO}, or over the {MAX_ENTRY_BYTES}-byte cap per entry)"
                     ))
                 }
-                Ok(n) => {
-                    self.total += n as u64;
-                    Ok(bytes)
-                }
+                Ok(_) => Ok(bytes),
             };
             return Some(Ok(Entry { name, bytes }));
         }
@@ -215,7 +236,8 @@ mod tests {
     }
 
     fn read_all(bytes: Vec<u8>) -> Vec<(String, Result<usize, String>)> {
-        let mut entries = Entries::open(Cursor::new(bytes)).unwrap();
+        let size = bytes.len() as u64;
+        let mut entries = Entries::open(Cursor::new(bytes), size).unwrap();
         let mut out = Vec::new();
         while let Some(e) = entries.next_entry() {
             let e = e.unwrap();
@@ -258,7 +280,7 @@ mod tests {
 
     #[test]
     fn garbage_is_an_invalid_archive() {
-        let err = Entries::open(Cursor::new(b"PK\x03\x04 not really".to_vec()))
+        let err = Entries::open(Cursor::new(b"PK\x03\x04 not really".to_vec()), 16)
             .err()
             .unwrap();
         assert_eq!(err.code, ErrorCode::InvalidArchive);

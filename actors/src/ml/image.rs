@@ -21,6 +21,12 @@ pub const MAX_PIXELS: u64 = 40_000_000;
 pub const MAX_DECODER_ALLOC: u64 = 512 << 20;
 /// Largest model input side.
 pub const MAX_INPUT_SIDE: u32 = 4096;
+/// Largest side of an image read: a 40-megapixel image 40 million pixels
+/// wide would pass the pixel cap, and resizing it would not.
+pub const MAX_SIDE: u32 = 1 << 16;
+/// Most pixels in a resize's intermediate (a pass over one axis keeps 16
+/// bytes a pixel): 256 MiB.
+pub const MAX_RESIZE_PIXELS: u64 = 1 << 24;
 
 /// How an image (or its region) is brought to the model's input size.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -202,11 +208,13 @@ pub fn decode_bytes(bytes: &[u8]) -> Result<DynamicImage, ImageFailure> {
     }
     // The header alone first: a bomb is refused before any pixel is made.
     let (w, h) = reader()?.into_dimensions().map_err(describe)?;
-    if w as u64 * h as u64 > MAX_PIXELS {
+    if w as u64 * h as u64 > MAX_PIXELS || w > MAX_SIDE || h > MAX_SIDE {
         return Err(too_many_pixels(w, h));
     }
     let mut limits = Limits::default();
     limits.max_alloc = Some(MAX_DECODER_ALLOC);
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
     let mut reader = reader()?;
     reader.limits(limits);
     reader.decode().map_err(describe)
@@ -216,10 +224,44 @@ fn too_many_pixels(width: u32, height: u32) -> ImageFailure {
     ImageFailure::new(
         "image_too_large",
         format!(
-            "the image is {width}×{height} pixels; at most {} million pixels are read",
+            "the image is {width}×{height} pixels; at most {} million pixels, and {MAX_SIDE} \
+             on a side, are read",
             MAX_PIXELS / 1_000_000
         ),
     )
+}
+
+/// Refuses a resize whose intermediate image would be huge: a very long,
+/// thin image scaled to cover a square input is billions of pixels.
+fn check_resize(w: u32, h: u32, input: &ImageInput) -> Result<(), ImageFailure> {
+    let (tw, th) = (input.width as u64, input.height as u64);
+    let (w, h) = (w.max(1) as u64, h.max(1) as u64);
+    // The size the image is scaled to before any crop or padding.
+    let (sw, sh) = match input.resize {
+        Resize::Stretch => (tw, th),
+        Resize::Fit => {
+            let s = (tw as f64 / w as f64).min(th as f64 / h as f64);
+            ((w as f64 * s).ceil() as u64, (h as f64 * s).ceil() as u64)
+        }
+        Resize::Crop => {
+            let s = (tw as f64 / w as f64).max(th as f64 / h as f64);
+            ((w as f64 * s).ceil() as u64, (h as f64 * s).ceil() as u64)
+        }
+    };
+    // A separable resize makes (source width × new height) or (new width
+    // × source height) first, and the scaled image itself.
+    let worst = (w * sh).max(sw * h).max(sw * sh);
+    if worst > MAX_RESIZE_PIXELS {
+        return Err(ImageFailure::new(
+            "image_too_large",
+            format!(
+                "a {w}×{h} image is too long and thin to bring to {tw}×{th} ({:?}); crop it, \
+                 or give a region",
+                input.resize
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn describe(e: image::ImageError) -> ImageFailure {
@@ -256,6 +298,8 @@ pub fn encode(
         }
         None => image,
     };
+    let (sw, sh) = source.dimensions();
+    check_resize(sw, sh, input)?;
     let sized = resize(source, input);
     let mut out = Vec::new();
     out.try_reserve_exact(input.numel()).map_err(|_| {
@@ -441,6 +485,23 @@ mod tests {
         bomb[29..33].copy_from_slice(&crc.to_be_bytes());
         let err = decode_bytes(&bomb).unwrap_err();
         assert_eq!(err.code, "image_too_large", "{err:?}");
+    }
+
+    #[test]
+    fn a_long_thin_image_is_refused_before_resizing() {
+        let thin = DynamicImage::ImageRgb8(RgbImage::new(1_000_000, 1));
+        // Stretched or cropped to a square, it would be 224 M pixels on the
+        // way; fitted inside, it stays a line, which is cheap.
+        for resize in [Resize::Stretch, Resize::Crop] {
+            let code = encode(&thin, None, &rgb_input(224, 224, resize))
+                .err()
+                .map(|e| e.code);
+            assert_eq!(code, Some("image_too_large"), "{resize:?}");
+        }
+        assert!(encode(&thin, None, &rgb_input(224, 224, Resize::Fit)).is_ok());
+        // An ordinary photo is fine.
+        let photo = DynamicImage::ImageRgb8(RgbImage::new(600, 400));
+        encode(&photo, None, &rgb_input(224, 224, Resize::Crop)).unwrap();
     }
 
     /// PNG's chunk checksum, so the doctored header above is well formed.

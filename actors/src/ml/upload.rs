@@ -9,12 +9,12 @@ use crate::ml::image::{ImageInput, Resize};
 use crate::ml::registry;
 
 /// Most class labels a model may have.
-pub const MAX_LABELS: u32 = 100_000;
+pub const MAX_LABELS: u32 = 10_000;
 /// Most feature columns a tabular model may read.
-pub const MAX_FEATURES: u32 = 50_000;
-/// Most bytes of labels or feature names a spec keeps (it is in every view
-/// of the model).
-pub const MAX_TEXT_BYTES: usize = 1 << 20;
+pub const MAX_FEATURES: u32 = 5_000;
+/// Most bytes of labels or feature names a spec keeps: the spec travels in
+/// its validation task's params, which are capped at 64 KiB.
+pub const MAX_TEXT_BYTES: usize = 56 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

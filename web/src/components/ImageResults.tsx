@@ -10,6 +10,8 @@ interface Class {
 
 export interface ImagePrediction {
   file: string;
+  /** Which of the task's files it is; absent for an image inside a zip. */
+  input?: number;
   width?: number;
   height?: number;
   region?: { x: number; y: number; width: number; height: number };
@@ -38,7 +40,7 @@ export function ImageResults({
   return (
     <div className="image-results" data-testid="image-results">
       {predictions.map((p, i) => {
-        const n = inputs.findIndex((input) => input.name === p.file);
+        const n = p.input !== undefined && p.input < inputs.length ? p.input : -1;
         const box = p.region && p.width && p.height ? p.region : null;
         return (
           <figure key={i} data-testid="image-result">

@@ -184,7 +184,8 @@ export function specFrom(f: SpecForm): { spec?: Record<string, unknown>; errors:
     if (features.length === 0) errors.features = 'the CSV columns the model reads, comma separated';
     spec.features = features;
   }
-  const labels = list(f.labels, /[\n,]/);
+  // One per line: ImageNet's labels hold commas ("tench, Tinca tinca").
+  const labels = list(f.labels, /\n/);
   if (labels.length) spec.labels = labels;
   return Object.keys(errors).length ? { errors } : { spec, errors };
 }

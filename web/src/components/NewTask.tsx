@@ -115,6 +115,16 @@ export function NewTask({ initialModel }: { initialModel?: string }) {
   const chosen = models.find((m) => m.id === values.model || m.reference === values.model || m.name === values.model);
   const images = chosen?.input === 'image';
   const firstImage = files.find((f) => f.type.startsWith('image/'));
+  // A region drawn on one image means nothing on another.
+  useEffect(() => setRegion(null), [firstImage]);
+  // A model named in the address but not on the first page of the list.
+  useEffect(() => {
+    if (!initialModel || models.some((m) => m.id === initialModel || m.reference === initialModel)) return;
+    api.model(initialModel).then(
+      (m) => m.status === 'ready' && setModels((all) => (all.some((x) => x.id === m.id) ? all : [m, ...all])),
+      () => {},
+    );
+  }, [initialModel, models]);
   const set = (name: string) => (e: React.ChangeEvent<HTMLInputElement | HTMLSelectElement>) =>
     setTexts({ ...texts, [command]: { ...values, [name]: e.target.value } });
 

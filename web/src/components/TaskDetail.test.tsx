@@ -91,7 +91,7 @@ describe('TaskDetail', () => {
       inputs: [{ name: 'cat.png', size: 10, sha256: 'ab'.repeat(32), content_type: 'image/png' }],
       result: {
         predictions: [
-          { file: 'cat.png', width: 40, height: 20, region: { x: 1, y: 2, width: 10, height: 10 }, top: [{ label: 'cat', index: 0, probability: 0.875 }] },
+          { file: 'cat.png', input: 0, width: 40, height: 20, region: { x: 1, y: 2, width: 10, height: 10 }, top: [{ label: 'cat', index: 0, probability: 0.875 }] },
           { file: 'bad.png', error: { code: 'invalid_image', message: 'the image is corrupt' } },
         ],
       },

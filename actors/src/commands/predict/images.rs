@@ -43,6 +43,9 @@ struct Class {
 #[derive(Debug, Clone, Serialize)]
 struct ImageResult {
     file: String,
+    /// Which of the task's files it is (absent for an entry of a zip).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     width: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -87,18 +90,32 @@ pub(super) fn predict(
     let total = count_images(ctx)?;
     ctx.report
         .progress(Progress::new(0.0, format!("classifying {total} image(s)")));
-    for input in &ctx.inputs {
+    for (input_no, input) in ctx.inputs.iter().enumerate() {
+        let input_no = Some(input_no);
         ctx.cancel.check()?;
         if archive::is_zip(&input.path) {
-            let file = File::open(&input.path)
-                .map_err(|e| JobError::storage(format!("reading {}: {e}", input.name)))?;
-            let mut entries = Entries::open(std::io::BufReader::new(file))?;
+            let (file, size) = open(input)?;
+            // A zip that cannot be read, or that passes the caps part way,
+            // fails as one file; the others go on.
+            let mut entries = match Entries::open(std::io::BufReader::new(file), size) {
+                Ok(entries) => entries,
+                Err(e) => {
+                    run.fail(ctx, input.name.clone(), archive_failure(e), input_no, total)?;
+                    continue;
+                }
+            };
             while let Some(entry) = entries.next_entry() {
                 ctx.cancel.check()?;
-                let entry = entry?;
+                let entry = match entry {
+                    Ok(entry) => entry,
+                    Err(e) => {
+                        run.fail(ctx, input.name.clone(), archive_failure(e), input_no, total)?;
+                        break;
+                    }
+                };
                 let name = format!("{}/{}", input.name, entry.name);
                 match entry.bytes {
-                    Ok(bytes) => run.add(ctx, name, &bytes, total)?,
+                    Ok(bytes) => run.add(ctx, name, &bytes, None, total)?,
                     Err(message) => run.fail(
                         ctx,
                         name,
@@ -106,6 +123,7 @@ pub(super) fn predict(
                             code: "invalid_archive_entry",
                             message,
                         },
+                        None,
                         total,
                     )?,
                 }
@@ -119,8 +137,8 @@ pub(super) fn predict(
                 },
             });
             match bytes {
-                Ok(bytes) => run.add(ctx, input.name.clone(), &bytes, total)?,
-                Err(failure) => run.fail(ctx, input.name.clone(), failure, total)?,
+                Ok(bytes) => run.add(ctx, input.name.clone(), &bytes, input_no, total)?,
+                Err(failure) => run.fail(ctx, input.name.clone(), failure, input_no, total)?,
             }
         }
     }
@@ -161,14 +179,28 @@ fn count_images(ctx: &JobContext) -> Result<usize, JobError> {
     let mut total = 0;
     for input in &ctx.inputs {
         if archive::is_zip(&input.path) {
-            let file = File::open(&input.path)
-                .map_err(|e| JobError::storage(format!("reading {}: {e}", input.name)))?;
-            total += Entries::open(std::io::BufReader::new(file))?.len();
+            let (file, size) = open(input)?;
+            total += Entries::open(std::io::BufReader::new(file), size).map_or(1, |e| e.len());
         } else {
             total += 1;
         }
     }
     Ok(total.max(1))
+}
+
+fn open(input: &crate::task::LocalInput) -> Result<(File, u64), JobError> {
+    let file = File::open(&input.path)
+        .map_err(|e| JobError::storage(format!("reading {}: {e}", input.name)))?;
+    let size = file.metadata().map_or(0, |m| m.len());
+    Ok((file, size))
+}
+
+/// An archive's own error, as the failure of that one file.
+fn archive_failure(e: JobError) -> ImageFailure {
+    ImageFailure {
+        code: e.code.as_str(),
+        message: e.message,
+    }
 }
 
 enum Read {
@@ -250,12 +282,13 @@ impl Run<'_> {
         ctx: &JobContext,
         file: String,
         bytes: &[u8],
+        input: Option<usize>,
         total: usize,
     ) -> Result<(), JobError> {
         let decoded = image::decode_bytes(bytes);
         let image = match decoded {
             Ok(image) => image,
-            Err(failure) => return self.fail(ctx, file, failure, total),
+            Err(failure) => return self.fail(ctx, file, failure, input, total),
         };
         let (width, height) = (image.width(), image.height());
         let region = match &self.region {
@@ -269,6 +302,7 @@ impl Run<'_> {
                             code: "invalid_region",
                             message,
                         },
+                        input,
                         total,
                     )
                 }
@@ -282,6 +316,7 @@ impl Run<'_> {
                 self.batch.images += 1;
                 self.batch.items.push(ImageResult {
                     file,
+                    input,
                     width: Some(width),
                     height: Some(height),
                     region,
@@ -293,7 +328,7 @@ impl Run<'_> {
                 }
                 Ok(())
             }
-            Err(failure) => self.fail(ctx, file, failure, total),
+            Err(failure) => self.fail(ctx, file, failure, input, total),
         }
     }
 
@@ -302,6 +337,7 @@ impl Run<'_> {
         ctx: &JobContext,
         file: String,
         failure: ImageFailure,
+        input: Option<usize>,
         total: usize,
     ) -> Result<(), JobError> {
         if self.first_error.is_none() {
@@ -309,6 +345,7 @@ impl Run<'_> {
         }
         self.batch.items.push(ImageResult {
             file,
+            input,
             width: None,
             height: None,
             region: None,
@@ -325,10 +362,8 @@ impl Run<'_> {
         self.writer.write(&result)?;
         if self.inline.len() < INLINE_PREDICTIONS {
             let mut value = serde_json::to_value(&result).unwrap_or(Value::Null);
-            // Inline results stay small: the likeliest few classes, short
-            // labels.
+            // Inline results stay small: short labels (top_k is at most 100).
             if let Some(top) = value.get_mut("top").and_then(Value::as_array_mut) {
-                top.truncate(super::INLINE_CLASSES);
                 for class in top.iter_mut() {
                     if let Some(Value::String(l)) = class.get_mut("label") {
                         *l = shorten(l);

@@ -226,6 +226,22 @@ impl Run<'_> {
         let x = Tensor::from_slice(&self.matrix[..n * self.width])
             .reshape([n as i64, self.width as i64]);
         let out = self.net.forward(&x)?;
+        let size = out.size();
+        let fits = match (self.spec.kind, size.as_slice()) {
+            (ProblemKind::Classification, [rows, k]) => {
+                *rows == n as i64 && *k == self.spec.classes.len() as i64
+            }
+            (ProblemKind::Regression, [rows]) | (ProblemKind::Regression, [rows, 1]) => {
+                *rows == n as i64
+            }
+            _ => false,
+        };
+        if !fits {
+            return Err(JobError::new(
+                ErrorCode::ModelIncompatible,
+                format!("the model returned shape {size:?} for {n} rows"),
+            ));
+        }
         let first = self.rows + 1;
         match self.spec.kind {
             ProblemKind::Classification => {
