@@ -102,18 +102,20 @@ export function Models() {
                   <td>
                     <SpecDetails id={m.id} />
                   </td>
-                  <td className="actions">
-                    <a href={m.download_url} download>
-                      Download{m.size ? ` (${formatBytes(m.size)})` : ''}
-                    </a>
-                    {m.status === 'ready' && (
-                      <button type="button" onClick={() => navigate(`/new?model=${m.id}`)}>
-                        Predict
+                  <td>
+                    <div className="row-actions">
+                      <a href={m.download_url} download>
+                        Download{m.size ? ` (${formatBytes(m.size)})` : ''}
+                      </a>
+                      {m.status === 'ready' && (
+                        <button type="button" onClick={() => navigate(`/new?model=${m.id}`)}>
+                          Predict
+                        </button>
+                      )}
+                      <button type="button" onClick={() => remove(m)} aria-label={`Delete ${m.reference}`}>
+                        Delete
                       </button>
-                    )}
-                    <button type="button" onClick={() => remove(m)} aria-label={`Delete ${m.reference}`}>
-                      Delete
-                    </button>
+                    </div>
                   </td>
                 </tr>
               ))}
