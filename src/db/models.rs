@@ -124,20 +124,6 @@ pub async fn resolve(
     row.map(ModelRow::try_from).transpose()
 }
 
-/// The next version number of `name` (1 for a new name). Versions are
-/// handed out once, so a deleted version's number is never reused.
-pub async fn next_version(client: &impl GenericClient, name: &str) -> Result<i32, DbError> {
-    let row = client
-        .query_one(
-            "INSERT INTO model_names (name, last_version) VALUES ($1, 1)
-             ON CONFLICT (name) DO UPDATE SET last_version = model_names.last_version + 1
-             RETURNING last_version",
-            &[&name],
-        )
-        .await?;
-    Ok(row.try_get(0)?)
-}
-
 /// Registers an uploaded TorchScript model as the next version of its
 /// name, `validating` until its task `task` has run it.
 pub async fn insert_uploaded(
@@ -150,15 +136,23 @@ pub async fn insert_uploaded(
     let spec_json = serde_json::to_value(spec).unwrap_or_default();
     let row = client
         .query_one(
-            include_str!("sql/insert_uploaded_model.sql"),
+            include_str!("sql/insert_model.sql"),
             &[
                 &id,
                 &task,
+                // Known once validated (the trigger copies it from the result).
+                &"classification",
+                &None::<String>,
                 &spec_json,
+                &serde_json::json!({}),
                 &file.key,
+                &None::<String>,
                 &spec.name,
                 &spec.input.as_str(),
-                &file.size,
+                &"torchscript",
+                &Some(file.size),
+                &"validating",
+                &"uploaded",
             ],
         )
         .await?;

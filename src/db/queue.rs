@@ -163,6 +163,8 @@ async fn record_outputs(
                 &m.input,
                 &m.format,
                 &size,
+                &"ready",
+                &"trained",
             ],
         )
         .await
