@@ -1,5 +1,5 @@
 //! The `mlq` command: `mlq serve` runs everything, `mlq migrate` only
-//! applies database migrations.
+//! applies database migrations, `mlq devices` says where libtorch can run.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,10 +41,19 @@ enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
+    /// Print, as JSON, whether libtorch sees CUDA and how many GPUs.
+    Devices,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Devices = cli.command {
+        // Needs neither configuration nor a database: it is what an
+        // operator runs first on a new GPU machine.
+        let report = mlq_actors::gpu::report();
+        println!("{report:#}");
+        return ExitCode::SUCCESS;
+    }
     let overrides = Overrides {
         database_url: cli.database_url,
         bind: cli.bind,
@@ -68,6 +77,7 @@ fn main() -> ExitCode {
                     .map_err(|e| e.to_string())?;
                 app.run_until_stopped().await.map_err(|e| e.to_string())
             }
+            Command::Devices => unreachable!("answered before configuration"),
             Command::Migrate => match db::PgConfig::from_settings(&settings) {
                 Ok(pg) => db::connect(&pg, 1)
                     .await

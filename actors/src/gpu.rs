@@ -60,6 +60,19 @@ pub fn cuda_devices() -> usize {
     }
 }
 
+/// Whether libtorch sees CUDA, after loading its CUDA library: what
+/// `mlq devices` prints.
+pub fn report() -> serde_json::Value {
+    let library = load_cuda();
+    serde_json::json!({
+        "cuda_library": library.as_ref().ok().map(|p| p.display().to_string()),
+        "cuda_library_error": library.err(),
+        "cuda_available": tch::Cuda::is_available(),
+        "cudnn_available": tch::Cuda::cudnn_is_available(),
+        "gpus": cuda_devices(),
+    })
+}
+
 /// The folder of a shared library this process has loaded, from
 /// `/proc/self/maps`.
 fn loaded_library_dir(name: &str) -> Option<PathBuf> {

@@ -43,7 +43,11 @@ fn evicted_models_give_their_memory_back() {
     let load = |cache: &mut ModelCache| {
         // A new id each time: every load is a new copy, as for 20 models.
         let model = cache
-            .get_or_load(Uuid::new_v4(), || Loaded::script(&path, Device::Cpu))
+            .get_or_load(
+                Uuid::new_v4(),
+                mlq_actors::ml::loaded::file_size(&path),
+                || Loaded::script(&path, Device::Cpu),
+            )
             .unwrap();
         assert_eq!(model.forward(&x).unwrap().size(), [1, 10_000]);
     };

@@ -173,7 +173,7 @@ async fn register(
         .map_err(ApiError::from)?;
     let mut client = state.submissions.get().await.map_err(ApiError::from)?;
     let mut params = checked.params;
-    let models = pin_models(&client, &checked.models, &mut params).await?;
+    let models = pin_models(&client, &checked.models, checked.model_input, &mut params).await?;
     // The model an upload registers, with its spec's defaults filled in.
     let upload = match form {
         Form::Task => None,
@@ -243,6 +243,7 @@ async fn register(
 async fn pin_models(
     client: &deadpool_postgres::Client,
     models: &[(&'static str, ModelRef)],
+    model_input: Option<(&'static str, &'static str)>,
     params: &mut Value,
 ) -> Result<Vec<Uuid>, ApiError> {
     let mut ids = Vec::with_capacity(models.len());
@@ -272,6 +273,17 @@ async fn pin_models(
                     }
                 ),
             });
+        }
+        if let Some((param, kind)) = model_input {
+            if row.input != kind {
+                return Err(ApiError::InvalidParams {
+                    field: param.into(),
+                    message: format!(
+                        "is for {kind} models; model {}@{} reads {} input",
+                        row.name, row.version, row.input
+                    ),
+                });
+            }
         }
         if let Some(slot) = params.get_mut(*field) {
             *slot = Value::String(row.id.to_string());

@@ -52,6 +52,17 @@ pub fn tabular_model() -> Vec<u8> {
     traced(example, move |x| x.matmul(&w) * 10.0)
 }
 
+/// A tabular model that adds the first bytes of a server file to its
+/// output: what a hostile upload would use to read the server's files.
+pub fn file_reading_model(path: &str) -> Vec<u8> {
+    let example = Tensor::zeros([2, 2], (Kind::Float, Device::Cpu));
+    let path = path.to_owned();
+    traced(example, move |x| {
+        let stolen = Tensor::from_file(&path, false, 2, (Kind::Uint8, Device::Cpu));
+        x + stolen.to_kind(Kind::Float)
+    })
+}
+
 /// A PNG of `width`×`height` whose pixel at (x, y) is `colour(x, y)`.
 pub fn png(width: u32, height: u32, colour: impl Fn(u32, u32) -> [u8; 3]) -> Vec<u8> {
     let img = image::RgbImage::from_fn(width, height, |x, y| image::Rgb(colour(x, y)));
@@ -82,3 +93,33 @@ pub fn zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
 pub const RED: [u8; 3] = [230, 20, 20];
 pub const GREEN: [u8; 3] = [20, 230, 20];
 pub const BLUE: [u8; 3] = [20, 20, 230];
+
+/// The shapes `shape_image` draws: the classes of the image-training tests.
+pub const SHAPES: [&str; 3] = ["disc", "horizontal", "vertical"];
+
+/// A synthetic labelled image: a disc, horizontal bars or vertical bars in
+/// a random colour on a random background, with pixel noise, at a random
+/// size, so neither colour nor size gives the class away.
+pub fn shape_image(shape: &str, rng: &mut impl rand::Rng) -> Vec<u8> {
+    let (w, h) = (rng.random_range(24..48), rng.random_range(24..48));
+    let ink: [u8; 3] = [rng.random(), rng.random(), rng.random()];
+    // The background differs from the ink by at least 100 in brightness.
+    let paper = ink.map(|c| c.wrapping_add(128));
+    let (cx, cy, r) = (w as f32 / 2.0, h as f32 / 2.0, w.min(h) as f32 / 3.0);
+    let period = rng.random_range(4..8);
+    let mut noise = Vec::with_capacity((w * h) as usize);
+    for _ in 0..w * h {
+        noise.push(rng.random_range(-30i16..30));
+    }
+    let on = |x: u32, y: u32| match shape {
+        "disc" => ((x as f32 - cx).powi(2) + (y as f32 - cy).powi(2)).sqrt() < r,
+        "horizontal" => (y / (period / 2)).is_multiple_of(2),
+        "vertical" => (x / (period / 2)).is_multiple_of(2),
+        other => panic!("no shape {other}"),
+    };
+    png(w, h, |x, y| {
+        let base = if on(x, y) { ink } else { paper };
+        let n = noise[(y * w + x) as usize];
+        base.map(|c| (c as i16 + n).clamp(0, 255) as u8)
+    })
+}

@@ -9,6 +9,7 @@ mod events;
 mod faults;
 mod fixtures;
 mod helpers;
+mod image_training;
 mod limits;
 mod ml;
 mod models;

@@ -221,7 +221,7 @@ async fn a_region_decides_what_is_classified_and_bad_files_fail_alone() {
 #[actix_web::test]
 async fn broken_models_end_invalid_with_libtorch_s_reason() {
     let app = spawn_app().await;
-    let cases: [(&str, Vec<u8>, Value, &str); 4] = [
+    let cases: [(&str, Vec<u8>, Value, &str); 5] = [
         (
             "not TorchScript",
             b"PK\x03\x04 this is no model".to_vec(),
@@ -245,6 +245,12 @@ async fn broken_models_end_invalid_with_libtorch_s_reason() {
             fixtures::colour_model(16),
             json!({"name": "mixed", "input": "tabular", "features": ["a", "b"]}),
             "failed on a dummy batch of shape [1, 2]",
+        ),
+        (
+            "reads a file on the server into its output",
+            fixtures::file_reading_model("/etc/passwd"),
+            json!({"name": "thief", "input": "tabular", "features": ["a", "b"]}),
+            "calls aten::from_file",
         ),
     ];
     for (what, bytes, spec, expected) in cases {
@@ -406,6 +412,21 @@ async fn a_tabular_torchscript_model_predicts_on_a_csv() {
         .await;
     let task = app.finished(id, WITHIN).await;
     assert_eq!(task["error"]["code"], "missing_value", "{task:#}");
+    // A region means nothing to a model that reads a CSV: refused when
+    // submitted, naming the param and the model.
+    let (status, body) = app
+        .submit_files(
+            "predict",
+            json!({"model": "tab", "region": {"top_left": {"x": 0, "y": 0}, "bottom_right": {"x": 1, "y": 1}}}),
+            &[("rows.csv", csv)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["field"], "region", "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("tab@1"),
+        "{body}"
+    );
 }
 
 #[actix_web::test]

@@ -34,6 +34,9 @@ export interface FieldSpec {
   /** For lists: each item's bounds. */
   item?: FieldSpec;
   options?: string[];
+  /** The kind of input file the param applies to (`csv`, `zip`), when it
+   * applies to one only (`x-mlq-input`). */
+  input?: string;
 }
 
 /** A schema with `$ref`s to `$defs` followed and nullable wrappers removed. */
@@ -109,6 +112,7 @@ function spec(name: string, raw: JsonSchema, required: boolean, defs: Record<str
     minItems: num('minItems'),
     maxItems: num('maxItems'),
     options: Array.isArray(s.enum) ? (s.enum as string[]) : undefined,
+    input: typeof s['x-mlq-input'] === 'string' ? (s['x-mlq-input'] as string) : undefined,
   };
   if (kind === 'integers' || kind === 'strings') field.item = spec('item', (s.items ?? {}) as JsonSchema, true, defs);
   return field;

@@ -89,12 +89,13 @@ export const commands: CommandInfo[] = [
     params: {
       type: 'object',
       properties: {
-        target: { type: 'string', minLength: 1 },
+        target: { type: 'string', minLength: 1, 'x-mlq-input': 'csv' },
         kind: { anyOf: [{ $ref: '#/$defs/ProblemKind' }, { type: 'null' }], default: null },
         epochs: { type: 'integer', minimum: 1, maximum: 1000, default: 20 },
         batch_size: { type: 'integer', minimum: 1, maximum: 65536, default: 32 },
         learning_rate: { type: 'number', exclusiveMinimum: 0, maximum: 1, default: 0.01 },
-        hidden: { type: 'array', items: { type: 'integer', minimum: 1, maximum: 1024 }, maxItems: 8, default: [64, 64] },
+        hidden: { type: 'array', items: { type: 'integer', minimum: 1, maximum: 1024 }, maxItems: 8, default: [64, 64], 'x-mlq-input': 'csv' },
+        width: { type: ['integer', 'null'], minimum: 8, maximum: 512, 'x-mlq-input': 'zip' },
         timeout: { type: ['number', 'string', 'null'], minimum: 1 },
       },
       required: ['target'],

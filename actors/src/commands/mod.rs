@@ -59,6 +59,14 @@ pub trait Params: DeserializeOwned + Serialize + schemars::JsonSchema {
     fn models(&self) -> Vec<(&'static str, ModelRef)> {
         Vec::new()
     }
+
+    /// A param that only makes sense for models reading one kind of input
+    /// (`image` or `tabular`): `(param, kind)`. Checked against the models
+    /// when the task is submitted, so the mistake is a 400, not a failed
+    /// task.
+    fn model_input(&self) -> Option<(&'static str, &'static str)> {
+        None
+    }
 }
 
 /// CSV as browsers, curl and spreadsheets label it (curl sends
@@ -101,6 +109,8 @@ pub trait Command: Send + Sync + 'static {
 pub struct Checked {
     pub params: Value,
     pub models: Vec<(&'static str, ModelRef)>,
+    /// See [`Params::model_input`].
+    pub model_input: Option<(&'static str, &'static str)>,
     /// The task's own time limit, if it set one.
     pub timeout: Option<Duration>,
 }
@@ -206,6 +216,7 @@ impl<C: Command> AnyCommand for C {
         }
         Ok(Checked {
             models: parsed.models(),
+            model_input: parsed.model_input(),
             params: normalized,
             timeout,
         })
@@ -457,9 +468,18 @@ mod tests {
     fn unknown_and_missing_fields_are_named() {
         let commands = Commands::standard(false);
         let train = commands.get("train").unwrap();
-        let err = train.check(json!({}), 1).unwrap_err();
+        // No param is required: `target` is for CSV files only.
+        train.check(json!({}), 1).unwrap();
+        let err = train.check(json!({"target": ""}), 1).unwrap_err();
         assert!(
             matches!(&err, SubmitError::InvalidParams { field, .. } if field == "target"),
+            "{err:?}"
+        );
+        let err = train
+            .check(json!({"width": 8, "channels": 2}), 1)
+            .unwrap_err();
+        assert!(
+            matches!(&err, SubmitError::InvalidParams { field, .. } if field == "channels"),
             "{err:?}"
         );
         let err = train

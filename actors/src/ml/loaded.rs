@@ -9,11 +9,12 @@
 use std::path::Path;
 
 use serde::Serialize;
-use tch::nn::{self, Module};
+use tch::nn::{self, Module, ModuleT};
 use tch::{CModule, Device, Tensor};
 use uuid::Uuid;
 
 use crate::error::{ErrorCode, JobError};
+use crate::ml::cnn::{Cnn, CnnSpec};
 use crate::ml::network;
 use crate::ml::spec::ModelSpec;
 
@@ -24,6 +25,8 @@ pub enum Net {
         _vars: nn::VarStore,
         seq: nn::Sequential,
     },
+    /// mlq's own CNN, rebuilt from its spec and safetensors weights.
+    Cnn { _vars: nn::VarStore, net: Cnn },
     /// A user's TorchScript module.
     Script(CModule),
 }
@@ -66,9 +69,39 @@ impl Loaded {
         })
     }
 
+    pub fn cnn(spec: &CnnSpec, weights: &Path, device: Device) -> Result<Self, JobError> {
+        let mut vars = nn::VarStore::new(device);
+        let net = Cnn::new(
+            &vars.root(),
+            i64::from(spec.input.channels),
+            &spec.filters,
+            spec.classes.len() as i64,
+        );
+        vars.load(weights).map_err(|e| {
+            JobError::new(
+                ErrorCode::ModelIncompatible,
+                format!(
+                    "model weights do not fit the model spec: {}",
+                    first_line(&e.to_string())
+                ),
+            )
+        })?;
+        let params: u64 = vars
+            .variables()
+            .values()
+            .map(|t| t.numel() as u64 * 4)
+            .sum();
+        Ok(Self {
+            net: Net::Cnn { _vars: vars, net },
+            device,
+            bytes: params.max(file_size(weights)),
+        })
+    }
+
     /// Loads a TorchScript file, in eval mode. A file that is not
     /// TorchScript is `model_invalid`, with libtorch's reason.
     pub fn script(path: &Path, device: Device) -> Result<Self, JobError> {
+        crate::ml::torchscript::check(path)?;
         let mut module = CModule::load_on_device(path, device).map_err(|e| {
             JobError::new(
                 ErrorCode::ModelInvalid,
@@ -110,6 +143,7 @@ impl Loaded {
             let x = x.f_to_device(self.device)?;
             let out = match &self.net {
                 Net::Mlp { seq, .. } => seq.forward(&x),
+                Net::Cnn { net, .. } => net.forward_t(&x, false),
                 Net::Script(module) => module.forward_ts(&[x]).map_err(|e| {
                     JobError::new(
                         ErrorCode::ModelInvalid,
@@ -125,7 +159,7 @@ impl Loaded {
     }
 }
 
-fn file_size(path: &Path) -> u64 {
+pub fn file_size(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
@@ -175,10 +209,14 @@ impl ModelCache {
     }
 
     /// The model `id`, loaded by `load` if it is not cached. Models are
-    /// immutable once registered, so an id never goes stale.
+    /// immutable once registered, so an id never goes stale. `expected` is
+    /// about what loading it takes (its weights file's size): room is made
+    /// for that before loading, so the cache never holds its budget and a
+    /// new model at once.
     pub fn get_or_load(
         &mut self,
         id: Uuid,
+        expected: u64,
         load: impl FnOnce() -> Result<Loaded, JobError>,
     ) -> Result<&Loaded, JobError> {
         if let Some(i) = self.entries.iter().position(|(k, _)| *k == id) {
@@ -187,10 +225,10 @@ impl ModelCache {
             self.entries.push(entry);
         } else {
             self.stats.misses += 1;
+            self.shrink_to(self.budget.saturating_sub(expected));
             let loaded = load()?;
-            // Room first: the old models are freed before the new one is
-            // counted in, and one bigger than the whole budget is used for
-            // this job and kept only until the next load.
+            // Then room for what it really takes. One bigger than the whole
+            // budget is used for this job and kept only until the next load.
             self.shrink_to(self.budget.saturating_sub(loaded.bytes));
             self.entries.push((id, loaded));
         }
@@ -268,10 +306,10 @@ mod tests {
             let p = paths[i].clone();
             move || Loaded::script(&p, Device::Cpu)
         };
-        cache.get_or_load(ids[0], load(0)).unwrap();
-        cache.get_or_load(ids[1], load(1)).unwrap();
-        cache.get_or_load(ids[0], load(0)).unwrap(); // a hit: 1 is now oldest
-        cache.get_or_load(ids[2], load(2)).unwrap(); // evicts 1
+        cache.get_or_load(ids[0], 0, load(0)).unwrap();
+        cache.get_or_load(ids[1], 0, load(1)).unwrap();
+        cache.get_or_load(ids[0], 0, load(0)).unwrap(); // a hit: 1 is now oldest
+        cache.get_or_load(ids[2], 0, load(2)).unwrap(); // evicts 1
         let s = cache.stats();
         assert_eq!(
             (s.hits, s.misses, s.evictions, s.models),
@@ -281,12 +319,12 @@ mod tests {
         assert!(s.bytes <= 100_000, "{s:?}");
         // 0 is still there: a hit.
         cache
-            .get_or_load(ids[0], || panic!("model 0 should be cached"))
+            .get_or_load(ids[0], 0, || panic!("model 0 should be cached"))
             .unwrap();
         assert_eq!(cache.stats().hits, 2);
         let x = Tensor::ones([4, 5000], (Kind::Float, Device::Cpu));
         let out = cache
-            .get_or_load(ids[2], load(2))
+            .get_or_load(ids[2], 0, load(2))
             .unwrap()
             .forward(&x)
             .unwrap();

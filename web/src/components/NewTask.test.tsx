@@ -32,10 +32,27 @@ describe('NewTask', () => {
     expect(screen.getByText('[1, 1000]')).toBeInTheDocument();
     await userEvent.type(epochs, '0');
     await userEvent.click(screen.getByRole('button', { name: 'Start train' }));
-    expect(screen.getByText('choose a CSV file')).toBeInTheDocument();
+    expect(screen.getByText('choose a CSV file, or a zip of images in class folders')).toBeInTheDocument();
     expect(epochs).toHaveAttribute('aria-invalid', 'true');
     expect(screen.getByText('must be in [1, 1000]')).toBeInTheDocument();
     expect(screen.getByLabelText('Target column')).toHaveAttribute('aria-invalid', 'true');
+  });
+
+  it('shows the params of the kind of file chosen: a CSV\'s target, a zip\'s image size', async () => {
+    render(<NewTask />);
+    await screen.findByLabelText('Epochs');
+    // Before a file is chosen, both kinds show.
+    expect(screen.getByLabelText('Target column')).toBeInTheDocument();
+    expect(screen.getByLabelText('Width')).toBeInTheDocument();
+    const zip = new File(['PK'], 'shapes.zip', { type: 'application/zip' });
+    fireEvent.drop(screen.getByTestId('dropzone'), { dataTransfer: { files: [zip] } });
+    await waitFor(() => expect(screen.queryByLabelText('Target column')).not.toBeInTheDocument());
+    expect(screen.getByLabelText('Width')).toBeInTheDocument();
+    expect(screen.getByLabelText('Epochs')).toBeInTheDocument();
+    await userEvent.click(screen.getByRole('button', { name: 'Remove shapes.zip' }));
+    dropCsv();
+    await waitFor(() => expect(screen.queryByLabelText('Width')).not.toBeInTheDocument());
+    expect(screen.getByLabelText('Target column')).toBeInTheDocument();
   });
 
   it('takes several dropped files but asks to keep the one a command reads', async () => {

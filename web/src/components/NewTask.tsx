@@ -24,6 +24,13 @@ function shownFields(info: CommandInfo | undefined): FieldSpec[] {
   return info ? fields(info.params).filter((f) => f.name !== 'timeout' && f.kind !== 'object') : [];
 }
 
+/** `csv`, `zip` or `image`, by the name and declared type. */
+export function fileKind(f: File): string {
+  if (/\.zip$/i.test(f.name) || f.type.includes('zip')) return 'zip';
+  if (f.type.startsWith('image/')) return 'image';
+  return 'csv';
+}
+
 /** FileReader rather than Blob.text(): older engines (and jsdom) lack the latter. */
 function readText(blob: Blob): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -110,7 +117,10 @@ export function NewTask({ initialModel }: { initialModel?: string }) {
   }, [files]);
 
   const info = commands?.find((c) => c.name === command);
-  const specs = shownFields(info);
+  // Params for one kind of file (a CSV's target, a zip's image size) are
+  // hidden once only files of other kinds are chosen.
+  const kinds = new Set(files.map(fileKind));
+  const specs = shownFields(info).filter((f) => !f.input || kinds.size === 0 || kinds.has(f.input));
   const values = texts[command] ?? {};
   const chosen = models.find((m) => m.id === values.model || m.reference === values.model || m.name === values.model);
   const images = chosen?.input === 'image';
@@ -135,7 +145,11 @@ export function NewTask({ initialModel }: { initialModel?: string }) {
     const { params, errors: found } = toParams(specs, values);
     if (images && region) params.region = region;
     const { min, max } = info.files;
-    const what = images ? 'an image or a zip of images' : 'a CSV file';
+    const what = images
+      ? 'an image or a zip of images'
+      : command === 'train'
+        ? 'a CSV file, or a zip of images in class folders'
+        : 'a CSV file';
     if (files.length < min) found.files = `choose ${what}`;
     else if (files.length > max)
       found.files = max === 1 ? `${command} takes one file; remove ${files.length - 1} of them` : `${command} takes at most ${max} files`;
@@ -236,12 +250,18 @@ export function NewTask({ initialModel }: { initialModel?: string }) {
           {info && info.files.max > 0 && (
             <div className="field">
               <span className="label" id="files-label">
-                {images ? 'Images (PNG, JPEG, BMP, GIF, WebP, or a zip)' : 'Data (CSV)'}
+                {images
+                  ? 'Images (PNG, JPEG, BMP, GIF, WebP, or a zip)'
+                  : command === 'train'
+                    ? 'Data (CSV, or a zip with a folder of images per class)'
+                    : 'Data (CSV)'}
               </span>
               <Dropzone
                 files={files}
                 onChange={setFiles}
-                accept={images ? 'image/*,.zip,application/zip' : '.csv,text/csv'}
+                accept={
+                  images ? 'image/*,.zip,application/zip' : command === 'train' ? '.csv,text/csv,.zip,application/zip' : '.csv,text/csv'
+                }
               />
               {errors.files && <small className="field-error">{errors.files}</small>}
             </div>

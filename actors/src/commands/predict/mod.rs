@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{Command, Params, SubmitError};
 use crate::error::{ErrorCode, JobError};
+use crate::ml::cnn::{self, CnnSpec};
 use crate::ml::image::Region;
-use crate::ml::loaded::Loaded;
+use crate::ml::loaded::{file_size, Loaded};
 use crate::ml::registry::ModelRef;
 use crate::ml::spec::{self, Feature, ModelSpec, ProblemKind, Scale};
 use crate::ml::upload::{InputKind, Output, UploadSpec};
@@ -63,6 +64,10 @@ impl Params for PredictParams {
     fn models(&self) -> Vec<(&'static str, ModelRef)> {
         vec![("model", self.model.clone())]
     }
+
+    fn model_input(&self) -> Option<(&'static str, &'static str)> {
+        self.region.as_ref().map(|_| ("region", "image"))
+    }
 }
 
 /// Images and archives, as browsers and curl label them.
@@ -97,20 +102,30 @@ impl Command for Predict {
     fn run(&self, p: PredictParams, ctx: &JobContext) -> Result<Outcome, JobError> {
         let model = ctx.model(&p.model)?;
         let id = model.record.id;
+        let size = file_size(&model.weights);
         match model.record.format.as_str() {
             spec::FORMAT => {
                 let spec = ModelSpec::from_json(&model.record.spec)?;
                 tabular_only(&p, ctx)?;
                 let mut cache = ctx.cache.borrow_mut();
-                let net =
-                    cache.get_or_load(id, || Loaded::mlp(&spec, &model.weights, ctx.device))?;
+                let net = cache
+                    .get_or_load(id, size, || Loaded::mlp(&spec, &model.weights, ctx.device))?;
                 table::predict(ctx, id, &spec, net, true)
+            }
+            cnn::FORMAT => {
+                let spec = CnnSpec::from_json(&model.record.spec)?;
+                let mut cache = ctx.cache.borrow_mut();
+                let net = cache
+                    .get_or_load(id, size, || Loaded::cnn(&spec, &model.weights, ctx.device))?;
+                let spec = spec.as_image_model();
+                images::predict(&p, ctx, id, &spec, net)
             }
             "torchscript" => {
                 let spec: UploadSpec = serde_json::from_value(model.record.spec.clone())
                     .map_err(|e| incompatible(format!("its spec is unreadable: {e}")))?;
                 let mut cache = ctx.cache.borrow_mut();
-                let net = cache.get_or_load(id, || Loaded::script(&model.weights, ctx.device))?;
+                let net =
+                    cache.get_or_load(id, size, || Loaded::script(&model.weights, ctx.device))?;
                 match spec.input {
                     InputKind::Image => images::predict(&p, ctx, id, &spec, net),
                     InputKind::Tabular => {

@@ -1,34 +1,23 @@
-//! `train`: fits an MLP to one CSV file and registers it as a model.
+//! `train` on a CSV file: fits an MLP to its columns.
 
 use std::collections::BTreeMap;
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
-use uuid::Uuid;
 
-use super::{Command, Params, SubmitError};
+use super::{
+    check_loss, epoch_done, fallible_vec, save, TrainParams, Trained, MAX_BATCH_BYTES,
+    MAX_PARAMETERS,
+};
 use crate::error::{quote, ErrorCode, JobError};
 use crate::ml::network;
 use crate::ml::spec::{self, Feature, ModelSpec, ProblemKind, Scale, FORMAT};
 use crate::ml::table::{self, ColumnData, ColumnKind, ColumnStats, MAX_LEVELS};
-use crate::progress::{Level, Progress};
-use crate::task::{ArtifactFile, JobContext, ModelDraft, Outcome};
-
-pub const MAX_EPOCHS: u32 = 1000;
-pub const MAX_LAYERS: usize = 8;
-pub const MAX_WIDTH: u32 = 1024;
-pub const MAX_BATCH: u32 = 65_536;
-/// Keeps one task from eating a worker's memory: about 200 MB of f32 weights
-/// plus Adam's two moments.
-pub const MAX_PARAMETERS: i64 = 16_000_000;
-/// Most memory one training batch may take: its copy of the inputs, and
-/// each layer's activations, kept for the backward pass with their
-/// gradients.
-pub const MAX_BATCH_BYTES: u64 = 2 << 30;
+use crate::progress::Progress;
+use crate::task::{JobContext, Outcome};
 
 /// About the bytes a batch of `batch` rows takes in training: the batch's
 /// inputs, then per layer its output, the ReLU's and their gradients.
@@ -46,102 +35,49 @@ const EVAL_CHUNK: i64 = 65_536;
 /// as class labels when `kind` is not given.
 const MAX_INFERRED_CLASSES: usize = 20;
 
-#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TrainParams {
-    /// The column to predict.
-    #[schemars(length(min = 1))]
-    pub target: String,
-    /// The registered model's name; versions count up per name. The input
-    /// file's name (without extension) when absent.
-    #[serde(default)]
-    #[schemars(length(min = 1, max = crate::ml::registry::MAX_NAME_CHARS))]
-    pub name: Option<String>,
-    /// Inferred from the target column when absent.
-    #[serde(default)]
-    pub kind: Option<ProblemKind>,
-    #[serde(default = "defaults::epochs")]
-    #[schemars(range(min = 1, max = MAX_EPOCHS))]
-    pub epochs: u32,
-    #[serde(default = "defaults::batch_size")]
-    #[schemars(range(min = 1, max = MAX_BATCH))]
-    pub batch_size: u32,
-    #[serde(default = "defaults::learning_rate")]
-    #[schemars(extend("exclusiveMinimum" = 0), range(max = 1))]
-    pub learning_rate: f64,
-    /// Hidden layer sizes, input side first.
-    #[serde(default = "defaults::hidden")]
-    #[schemars(length(max = MAX_LAYERS), inner(range(min = 1, max = MAX_WIDTH)))]
-    pub hidden: Vec<u32>,
-    /// The share of rows held out to measure the model.
-    #[serde(default = "defaults::validation_split")]
-    #[schemars(range(min = 0, max = 0.5))]
-    pub validation_split: f64,
-    #[serde(default = "defaults::seed")]
-    pub seed: u64,
-    /// Feature columns; all columns but the target when absent.
-    #[serde(default)]
-    #[schemars(length(min = 1))]
-    pub features: Option<Vec<String>>,
-}
-
-mod defaults {
-    pub fn epochs() -> u32 {
-        20
-    }
-    pub fn batch_size() -> u32 {
-        32
-    }
-    pub fn learning_rate() -> f64 {
-        0.01
-    }
-    pub fn hidden() -> Vec<u32> {
-        vec![64, 64]
-    }
-    pub fn validation_split() -> f64 {
-        0.2
-    }
-    pub fn seed() -> u64 {
-        42
-    }
-}
-
-impl Params for TrainParams {
-    fn validate(&self) -> Result<(), SubmitError> {
-        if self.target.trim().is_empty() {
-            return Err(SubmitError::param("target", "must name a column"));
+pub(super) fn train(p: &TrainParams, ctx: &JobContext) -> Result<Outcome, JobError> {
+    for (name, given) in [
+        ("width", p.width.is_some()),
+        ("height", p.height.is_some()),
+        ("channels", p.channels.is_some()),
+        ("resize", p.resize.is_some()),
+    ] {
+        if given {
+            return Err(JobError::new(
+                ErrorCode::InvalidParams,
+                format!("{name}: is for image zips, and the input is a CSV file"),
+            ));
         }
-        if let Some(name) = &self.name {
-            crate::ml::registry::check_name(name).map_err(|m| SubmitError::param("name", m))?;
-        }
-        if let Some(features) = &self.features {
-            if features.contains(&self.target) {
-                return Err(SubmitError::param(
-                    "features",
-                    "must not include the target column",
-                ));
-            }
-        }
-        Ok(())
     }
-}
-
-pub struct Train;
-
-impl Command for Train {
-    const NAME: &'static str = "train";
-    const SUMMARY: &'static str =
-        "Fits a neural network to a CSV file's columns and registers it as a model.";
-    const CONTENT_TYPES: &'static [&'static str] = super::CSV_TYPES;
-    const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
-    const FILES: std::ops::RangeInclusive<usize> = 1..=1;
-    type Params = TrainParams;
-
-    fn run(&self, p: TrainParams, ctx: &JobContext) -> Result<Outcome, JobError> {
-        let prepared = prepare(&p, ctx)?;
-        let (vs, last) = fit(&p, ctx, &prepared)?;
-        save(&p, ctx, prepared, &vs, last)
-    }
+    let target = p.target.as_deref().ok_or_else(|| {
+        JobError::new(
+            ErrorCode::InvalidParams,
+            "target: a CSV file needs the `target` param, the column to predict",
+        )
+    })?;
+    let prepared = prepare(p, target, ctx)?;
+    let (vs, last) = fit(p, ctx, &prepared)?;
+    let Prepared {
+        spec,
+        n_train,
+        n_val,
+        parameters,
+        ..
+    } = prepared;
+    let result = json!({
+        "target": target,
+        "rows": {"train": n_train, "validation": n_val},
+        "parameters": parameters,
+    });
+    let trained = Trained {
+        input: "tabular",
+        format: FORMAT,
+        kind: spec.kind,
+        target: Some(spec.target.clone()),
+        spec: serde_json::to_value(&spec).expect("spec serializes"),
+        metrics: last,
+    };
+    save(p, ctx, &vs, trained, result)
 }
 
 /// The data, encoded and split, and the model's description.
@@ -156,22 +92,18 @@ struct Prepared {
 /// Reads the file twice: a scan that types each column and finds bad
 /// input, then a parse straight into the training matrix. Every size an
 /// uploader controls is checked before the memory it decides is spent.
-fn prepare(p: &TrainParams, ctx: &JobContext) -> Result<Prepared, JobError> {
+fn prepare(p: &TrainParams, target: &str, ctx: &JobContext) -> Result<Prepared, JobError> {
     let path = &ctx.inputs[0].path;
     ctx.report.progress(Progress::new(0.0, "reading data"));
     let headers = table::read_headers(path)?;
     let features: Vec<String> = match &p.features {
         Some(f) => f.clone(),
-        None => headers
-            .iter()
-            .filter(|h| **h != p.target)
-            .cloned()
-            .collect(),
+        None => headers.iter().filter(|h| **h != target).cloned().collect(),
     };
-    if !headers.contains(&p.target) {
+    if !headers.iter().any(|h| h == target) {
         return Err(JobError::new(
             ErrorCode::UnknownColumn,
-            format!("target column {} is not in the file", quote(&p.target)),
+            format!("target column {} is not in the file", quote(target)),
         ));
     }
     if features.is_empty() {
@@ -181,9 +113,9 @@ fn prepare(p: &TrainParams, ctx: &JobContext) -> Result<Prepared, JobError> {
         ));
     }
     let mut names = features.clone();
-    names.push(p.target.clone());
+    names.push(target.to_owned());
     ctx.report.progress(Progress::new(0.0, "scanning data"));
-    let (rows, stats) = table::scan(path, &headers, &names, Some(&p.target), &ctx.cancel)?;
+    let (rows, stats) = table::scan(path, &headers, &names, Some(target), &ctx.cancel)?;
     let min_rows = if p.validation_split > 0.0 { 2 } else { 1 };
     if rows < min_rows {
         return Err(JobError::new(
@@ -195,11 +127,11 @@ fn prepare(p: &TrainParams, ctx: &JobContext) -> Result<Prepared, JobError> {
     // memory is allocated.
     spec::check_cells(rows, features.len())?;
     let target_stats = &stats[features.len()];
-    let kind = problem_kind(p, target_stats)?;
+    let kind = problem_kind(p, target, target_stats)?;
     ctx.report.info(format!(
         "read {rows} rows; {} feature column(s); target {} ({})",
         features.len(),
-        quote(&p.target),
+        quote(target),
         kind.as_str()
     ));
     let mut kinds = Vec::with_capacity(features.len());
@@ -297,12 +229,12 @@ fn prepare(p: &TrainParams, ctx: &JobContext) -> Result<Prepared, JobError> {
     // numeric inputs with their training rows' statistics.
     ctx.report.progress(Progress::new(0.0, "encoding data"));
     let target_kind = kinds_target(kind);
-    let (x, (target, moments)) = network::matrix(rows, width, |out| {
+    let (x, (column, moments)) = network::matrix(rows, width, |out| {
         let loaded = table::load_matrix(
             path,
             &headers,
             &slots,
-            (&p.target, target_kind),
+            (target, target_kind),
             width,
             out,
             |r| place[r] as usize,
@@ -326,12 +258,12 @@ fn prepare(p: &TrainParams, ctx: &JobContext) -> Result<Prepared, JobError> {
         Ok(loaded)
     })?;
     ctx.cancel.check()?;
-    let (y, classes, scale) = encode_target(&target, &place, n_train)?;
-    drop((target, place));
+    let (y, classes, scale) = encode_target(&column, &place, n_train)?;
+    drop((column, place));
     let spec = ModelSpec {
         format: FORMAT.into(),
         kind,
-        target: p.target.clone(),
+        target: target.to_owned(),
         features: slots
             .into_iter()
             .zip(&moments)
@@ -375,7 +307,9 @@ fn fit(
     } = prepared;
     let (kind, n_train) = (spec.kind, *n_train as i64);
     tch::manual_seed(p.seed as i64);
-    let vs = nn::VarStore::new(Device::Cpu);
+    // The data stays on the CPU; each batch goes to the worker's device.
+    let device = ctx.device;
+    let vs = nn::VarStore::new(device);
     let net = network::mlp(
         &vs.root(),
         spec.input_width() as i64,
@@ -396,139 +330,18 @@ fn fit(
         for start in (0..n_train).step_by(batch_size as usize) {
             ctx.cancel.check()?;
             let batch = order.narrow(0, start, batch_size.min(n_train - start));
-            let xb = fit.x_train.index_select(0, &batch);
-            let yb = fit.y_train.index_select(0, &batch);
+            let xb = fit.x_train.index_select(0, &batch).to_device(device);
+            let yb = fit.y_train.index_select(0, &batch).to_device(device);
             let loss = loss(kind, &net.forward(&xb), &yb);
             opt.backward_step(&loss);
             loss_sum += loss.double_value(&[]) * batch.size()[0] as f64;
         }
         let train_loss = loss_sum / n_train as f64;
-        if !train_loss.is_finite() {
-            return Err(JobError::new(
-                ErrorCode::Diverged,
-                format!(
-                    "training diverged in epoch {epoch} (the loss is not a finite number); \
-                     try a lower learning_rate than {}",
-                    p.learning_rate
-                ),
-            ));
-        }
-        last = fit.evaluate(kind, &net, spec, train_loss, &ctx.cancel)?;
-        if let Some((name, value)) = last.iter().find(|(_, v)| !v.is_finite()) {
-            return Err(JobError::new(
-                ErrorCode::NonFiniteResult,
-                format!(
-                    "epoch {epoch}: the validation metric {name} is {value}, not a finite \
-                     number; the validation rows hold values the model cannot score (try a \
-                     lower learning_rate than {}, or scale the data)",
-                    p.learning_rate
-                ),
-            ));
-        }
-        let mut progress = Progress::new(
-            f64::from(epoch) / f64::from(p.epochs),
-            format!("epoch {epoch}/{}", p.epochs),
-        );
-        for (name, value) in &last {
-            progress = progress.with_metric(name, *value);
-        }
-        ctx.report.progress(progress);
-        let summary: Vec<String> = last.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
-        let mut data = json!(last);
-        data["epoch"] = json!(epoch);
-        ctx.report.log(
-            Level::Info,
-            format!("epoch {epoch}/{}: {}", p.epochs, summary.join(", ")),
-            Some(data),
-        );
+        check_loss(p, epoch, train_loss)?;
+        last = fit.evaluate(kind, &net, spec, train_loss, device, &ctx.cancel)?;
+        epoch_done(p, ctx, epoch, &last)?;
     }
     Ok((vs, last))
-}
-
-/// Writes the weights and the spec as artifacts, and describes the model
-/// to register.
-fn save(
-    p: &TrainParams,
-    ctx: &JobContext,
-    prepared: Prepared,
-    vs: &nn::VarStore,
-    last: BTreeMap<String, f64>,
-) -> Result<Outcome, JobError> {
-    let Prepared {
-        spec,
-        n_train,
-        n_val,
-        parameters,
-        ..
-    } = prepared;
-    let mut saving = Progress::new(1.0, "saving model");
-    saving.metrics = last.clone();
-    ctx.report.progress(saving);
-    let model_id = Uuid::new_v4();
-    let weights = ctx.artifact_path("model.safetensors");
-    let spec_path = ctx.artifact_path("model.json");
-    vs.save(&weights)?;
-    let spec_json = serde_json::to_value(&spec).expect("spec serializes");
-    std::fs::write(
-        &spec_path,
-        serde_json::to_vec_pretty(&spec_json).unwrap_or_default(),
-    )
-    .map_err(|e| JobError::storage(format!("writing model.json: {e}")))?;
-
-    let model_name = p
-        .name
-        .clone()
-        .unwrap_or_else(|| crate::ml::registry::name_from_file(&ctx.inputs[0].name));
-    let metrics = json!(last);
-    Ok(Outcome {
-        result: json!({
-            "model_id": model_id,
-            "model_name": model_name,
-            "kind": spec.kind,
-            "target": p.target,
-            "metrics": metrics,
-            "epochs": p.epochs,
-            "rows": {"train": n_train, "validation": n_val},
-            "parameters": parameters,
-        }),
-        artifacts: vec![
-            ArtifactFile {
-                name: "model.safetensors".into(),
-                content_type: "application/octet-stream".into(),
-                path: weights,
-            },
-            ArtifactFile {
-                name: "model.json".into(),
-                content_type: "application/json".into(),
-                path: spec_path,
-            },
-        ],
-        model: Some(ModelDraft {
-            id: model_id,
-            name: model_name.clone(),
-            input: "tabular".into(),
-            format: FORMAT.into(),
-            kind: spec.kind.as_str().into(),
-            target: Some(spec.target.clone()),
-            spec: spec_json,
-            metrics,
-            weights_artifact: "model.safetensors".into(),
-            spec_artifact: "model.json".into(),
-        }),
-    })
-}
-
-/// An empty vector with room for `n` items, or `data_too_large` when the
-/// allocator cannot give it: never an abort.
-fn fallible_vec<T>(n: usize, what: &str) -> Result<Vec<T>, JobError> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| {
-        JobError::new(
-            ErrorCode::DataTooLarge,
-            format!("not enough memory for the {what} of {n} rows"),
-        )
-    })?;
-    Ok(v)
 }
 
 /// The train/validation tensors.
@@ -548,6 +361,7 @@ impl Fit {
         net: &impl Module,
         spec: &ModelSpec,
         train_loss: f64,
+        device: Device,
         cancel: &crate::task::CancelToken,
     ) -> Result<BTreeMap<String, f64>, JobError> {
         let mut m = BTreeMap::from([("train_loss".to_owned(), train_loss)]);
@@ -563,8 +377,8 @@ impl Fit {
                 cancel.check()?;
                 let len = EVAL_CHUNK.min(rows - start);
                 let (x, y) = (
-                    &self.x_val.narrow(0, start, len),
-                    &self.y_val.narrow(0, start, len),
+                    &self.x_val.narrow(0, start, len).to_device(device),
+                    &self.y_val.narrow(0, start, len).to_device(device),
                 );
                 let out = net.forward(x);
                 let n = y.size()[0] as f64;
@@ -611,13 +425,13 @@ fn loss(kind: ProblemKind, out: &Tensor, y: &Tensor) -> Tensor {
 }
 
 /// Decides classification or regression, and rejects unusable targets.
-fn problem_kind(p: &TrainParams, s: &ColumnStats) -> Result<ProblemKind, JobError> {
+fn problem_kind(p: &TrainParams, target: &str, s: &ColumnStats) -> Result<ProblemKind, JobError> {
     if let Some(row) = s.first_missing {
         return Err(JobError::new(
             ErrorCode::MissingValue,
             format!(
                 "row {row}, column {}: the target value is missing",
-                quote(&p.target)
+                quote(target)
             ),
         ));
     }
@@ -630,14 +444,14 @@ fn problem_kind(p: &TrainParams, s: &ColumnStats) -> Result<ProblemKind, JobErro
         None => ProblemKind::Regression,
     };
     if kind == ProblemKind::Classification {
-        s.check_level_lengths(&p.target)?;
+        s.check_level_lengths(target)?;
     }
     match kind {
         ProblemKind::Classification if s.distinct.len() < 2 => Err(JobError::new(
             ErrorCode::SingleClass,
             format!(
                 "target column {} has only one class ({}): classification needs at least two",
-                quote(&p.target),
+                quote(target),
                 quote(s.distinct.iter().next().map(String::as_str).unwrap_or(""))
             ),
         )),
@@ -645,7 +459,7 @@ fn problem_kind(p: &TrainParams, s: &ColumnStats) -> Result<ProblemKind, JobErro
             ErrorCode::TooManyCategories,
             format!(
                 "target column {} has more than {MAX_LEVELS} classes",
-                quote(&p.target)
+                quote(target)
             ),
         )),
         ProblemKind::Regression if s.text > 0 => {
@@ -655,7 +469,7 @@ fn problem_kind(p: &TrainParams, s: &ColumnStats) -> Result<ProblemKind, JobErro
                 format!(
                     "row {row}, column {}: {value} is not a number, and regression needs \
                      a numeric target (use kind \"classification\" for labels)",
-                    quote(&p.target)
+                    quote(target)
                 ),
             ))
         }
