@@ -10,7 +10,7 @@
 //! - Image forward: one TorchScript module, batches of 32 images of
 //!   224×224, through mlq's model loader against `torch.jit.load` under
 //!   `torch.inference_mode`.
-//! - Image predict: a real `predict` task on PNG files through the service
+//! - Image predict: a real `predict` task on PNG files (in a zip) through the service
 //!   (decode, resize, normalise, batch, classify, write results) against
 //!   Pillow, the same preparation and the same module in PyTorch.
 //! - Tabular train: a real `train` task on a CSV (parsing included) against
@@ -320,12 +320,20 @@ async fn main() {
     let images = work.path().join("images");
     std::fs::create_dir_all(&images).unwrap();
     let n_images = scaled(96.0, 32.0) as u32;
-    let mut files = Vec::new();
+    // The same files for both: in a folder for PyTorch, and stored (not
+    // deflated) in a zip for mlq, as one request takes at most 16 files.
+    let zip_path = work.path().join("images.zip");
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(&zip_path).unwrap());
+    let stored = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored);
     for i in 0..n_images {
-        let path = images.join(format!("{i:05}.png"));
-        std::fs::write(&path, photo(320, 240, i)).unwrap();
-        files.push(path);
+        let name = format!("{i:05}.png");
+        let png = photo(320, 240, i);
+        std::fs::write(images.join(&name), &png).unwrap();
+        zip.start_file(name, stored).unwrap();
+        zip.write_all(&png).unwrap();
     }
+    zip.finish().unwrap();
     let spec = json!({
         "name": "bench-cnn", "input": "image", "width": 224, "height": 224,
         "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
@@ -344,13 +352,12 @@ async fn main() {
         assert!(Instant::now() < deadline, "the model did not become ready");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let refs: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
     let mut predict = Pair::new("image predict on 320×240 PNGs, batch 32", "images/s");
     for _ in 0..ROUNDS {
         let id = mlq.submit(
             "predict",
             json!({"model": "bench-cnn", "batch_size": BATCH}),
-            &refs,
+            &[&zip_path],
         );
         let (secs, _) = mlq.job(&id);
         predict.mlq.push(f64::from(n_images) / secs);
