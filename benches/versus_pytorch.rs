@@ -324,8 +324,8 @@ async fn main() {
     // deflated) in a zip for mlq, as one request takes at most 16 files.
     let zip_path = work.path().join("images.zip");
     let mut zip = zip::ZipWriter::new(std::fs::File::create(&zip_path).unwrap());
-    let stored = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Stored);
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     for i in 0..n_images {
         let name = format!("{i:05}.png");
         let png = photo(320, 240, i);

@@ -87,9 +87,13 @@ async fn a_cnn_trained_on_class_folders_reaches_90_percent_and_predicts_regions(
     assert_eq!(result["images"]["skipped"], 2, "{result:#}");
     assert_eq!(result["model_name"], "shapes");
 
-    // Skipped entries are named in the log.
-    let (_, logs) = app.get(&format!("/api/v1/tasks/{id}/logs")).await;
+    // Skipped entries are named in the log, and every epoch is there.
+    let (_, logs) = app.get(&format!("/api/v1/tasks/{id}/logs?limit=200")).await;
     let text = logs.to_string();
+    for epoch in 1..=12 {
+        assert!(text.contains(&format!("epoch {epoch}/12: ")), "{text}");
+    }
+    assert!(text.contains("val_accuracy"), "{text}");
     assert!(text.contains("README.md: skipped"), "{text}");
     assert!(text.contains("disc/notes.txt: skipped"), "{text}");
 
@@ -203,6 +207,28 @@ async fn zips_that_cannot_train_a_classifier_fail_naming_why() {
     assert_eq!(task["status"], "succeeded", "{task:#}");
     assert_eq!(task["result"]["images"]["skipped"], 1);
     assert_eq!(task["result"]["classes"], json!(["bars", "disc"]));
+
+    // Grayscale, nothing held out, a class folder whose files have long
+    // names, and the whole zipped from the dataset's own folder: the
+    // classes are the folders one level down.
+    let long = format!("data/bars/{}.png", "b".repeat(150));
+    let nested = fixtures::zip(&[
+        ("data/disc/a.png", &disc),
+        ("data/disc/b.png", &disc),
+        (long.as_str(), &bars),
+        ("data\\bars\\c.png", &bars),
+    ]);
+    let task = train(
+        &app,
+        json!({"epochs": 1, "validation_split": 0, "channels": 1}),
+        &nested,
+    )
+    .await;
+    assert_eq!(task["status"], "succeeded", "{task:#}");
+    assert_eq!(task["result"]["classes"], json!(["bars", "disc"]));
+    assert_eq!(task["result"]["images"]["validation"], 0);
+    assert_eq!(task["result"]["images"]["train"], 4);
+    assert_eq!(task["result"]["input"]["channels"], 1);
 
     // CSV-only params on a zip are refused, not ignored.
     let task = train(&app, json!({"target": "label"}), &mixed).await;

@@ -33,8 +33,12 @@ pub fn is_zip(path: &std::path::Path) -> bool {
 
 /// One entry's bytes, or why it could not be read.
 pub struct Entry {
-    /// Its path in the archive, as given (shown to users, never opened).
+    /// Its path in the archive as shown to users: control characters
+    /// replaced, long ones shortened. Never opened.
     pub name: String,
+    /// Its path as stored (lossy UTF-8): `train` reads class folders from
+    /// it. Never opened either.
+    pub path: String,
     pub bytes: Result<Vec<u8>, String>,
 }
 
@@ -104,6 +108,7 @@ impl<R: Read + Seek> Entries<R> {
                 Ok(file) => file,
                 Err(zip::result::ZipError::UnsupportedArchive(why)) => {
                     return Some(Ok(Entry {
+                        path: listed.clone(),
                         name: listed,
                         bytes: Err(format!("cannot be read: {why}")),
                     }));
@@ -125,6 +130,7 @@ impl<R: Read + Seek> Entries<R> {
             let compressed = file.compressed_size().max(1);
             if declared > MAX_ENTRY_BYTES {
                 return Some(Ok(Entry {
+                    path: raw.clone(),
                     bytes: Err(format!(
                         "inflates to {declared} bytes; an entry may have at most {MAX_ENTRY_BYTES}"
                     )),
@@ -177,7 +183,11 @@ impl<R: Read + Seek> Entries<R> {
                 }
                 Ok(_) => Ok(bytes),
             };
-            return Some(Ok(Entry { name, bytes }));
+            return Some(Ok(Entry {
+                name,
+                path: raw,
+                bytes,
+            }));
         }
         None
     }
@@ -206,13 +216,22 @@ fn is_clutter(name: &str) -> bool {
             .is_some_and(|last| last.starts_with('.'))
 }
 
-/// The class folder of an entry for `train` (its first path component),
-/// if it sits in one. Only a label: a folder named `../x` is a class named
-/// `../x`, never a path.
-pub fn class_of(name: &str) -> Option<&str> {
-    let name = name.trim_start_matches('/');
-    let (class, rest) = name.split_once('/')?;
-    (!class.is_empty() && !rest.is_empty()).then_some(class)
+/// The folders an entry sits in for `train`: its first and, when there is
+/// one, its second, from its stored path (`/` or `\\` separated). `None`
+/// for a file outside any folder. Only labels: a folder named `..` is a
+/// class named `..`, never a path. Control characters become `?`.
+pub fn class_folders(path: &str) -> Option<(String, Option<String>)> {
+    let parts: Vec<&str> = path.split(['/', '\\']).filter(|p| !p.is_empty()).collect();
+    let clean = |p: &str| -> String {
+        p.chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect()
+    };
+    match parts.as_slice() {
+        [first, _file] => Some((clean(first), None)),
+        [first, second, _, ..] => Some((clean(first), Some(clean(second)))),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -287,11 +306,26 @@ mod tests {
     }
 
     #[test]
-    fn classes_come_from_the_first_folder_only() {
-        assert_eq!(class_of("cats/a.png"), Some("cats"));
-        assert_eq!(class_of("cats/deep/a.png"), Some("cats"));
-        assert_eq!(class_of("a.png"), None);
-        assert_eq!(class_of("../x/a.png"), Some(".."));
+    fn class_folders_come_from_the_stored_path() {
+        let f = |p: &str| class_folders(p);
+        assert_eq!(f("cats/a.png"), Some(("cats".into(), None)));
+        assert_eq!(
+            f("/cats/deep/a.png"),
+            Some(("cats".into(), Some("deep".into())))
+        );
+        assert_eq!(
+            f("cats\\a.png"),
+            Some(("cats".into(), None)),
+            "Windows separators"
+        );
+        assert_eq!(f("a.png"), None);
+        assert_eq!(f("../x/a.png"), Some(("..".into(), Some("x".into()))));
+        let long = format!("cats/{}.png", "x".repeat(300));
+        assert_eq!(
+            f(&long),
+            Some(("cats".into(), None)),
+            "long names keep their class"
+        );
         assert_eq!(display_name("a\nb.png"), "a?b.png");
     }
 }

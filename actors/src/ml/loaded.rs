@@ -226,7 +226,13 @@ impl ModelCache {
         } else {
             self.stats.misses += 1;
             self.shrink_to(self.budget.saturating_sub(expected));
-            let loaded = load()?;
+            let loaded = match load() {
+                Ok(loaded) => loaded,
+                Err(e) => {
+                    self.refresh();
+                    return Err(e);
+                }
+            };
             // Then room for what it really takes. One bigger than the whole
             // budget is used for this job and kept only until the next load.
             self.shrink_to(self.budget.saturating_sub(loaded.bytes));
@@ -322,6 +328,15 @@ mod tests {
             .get_or_load(ids[0], 0, || panic!("model 0 should be cached"))
             .unwrap();
         assert_eq!(cache.stats().hits, 2);
+        // Room is made before a load, by the size expected: a model that
+        // then fails to load leaves the stats true to what is held.
+        let err = cache.get_or_load(Uuid::new_v4(), 100_000, || {
+            Err(JobError::new(ErrorCode::ModelInvalid, "broken"))
+        });
+        assert!(err.is_err());
+        let s = cache.stats();
+        assert_eq!((s.models, s.bytes, s.misses), (0, 0, 4), "{s:?}");
+        assert_eq!(s.evictions, 3, "{s:?}");
         let x = Tensor::ones([4, 5000], (Kind::Float, Device::Cpu));
         let out = cache
             .get_or_load(ids[2], 0, load(2))

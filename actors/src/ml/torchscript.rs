@@ -37,20 +37,50 @@ const MAX_ENTRIES: usize = 100_000;
 /// a denied operator.
 pub fn check(path: &Path) -> Result<(), JobError> {
     let invalid = |m: String| JobError::new(ErrorCode::ModelInvalid, m);
-    let file = std::fs::File::open(path)
+    let mut file = std::fs::File::open(path)
         .map_err(|e| JobError::storage(format!("reading the model: {e}")))?;
+    // libtorch reads a file with `PTMF` at bytes 4..8 as a flatbuffer
+    // module, never as a zip, and a zip reader finds an archive appended
+    // to anything: only a file that is a zip from its first byte is read
+    // the same way by both.
+    let mut head = [0u8; 8];
+    let whole = file.read_exact(&mut head).is_ok();
+    if !whole || &head[..4] != b"PK\x03\x04" || &head[4..] == b"PTMF" {
+        return Err(invalid(
+            "not a TorchScript module (save it with torch.jit.save): the file is not a zip \
+             archive from its first byte"
+                .into(),
+        ));
+    }
     let mut archive = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| {
         invalid(format!(
             "not a TorchScript module (save it with torch.jit.save): the file is not a zip \
              archive ({e})"
         ))
     })?;
-    if archive.len() > MAX_ENTRIES {
+    if archive.len() > MAX_ENTRIES || archive.offset() != 0 {
         return Err(invalid(format!(
-            "not a TorchScript module: the archive has {} entries",
+            "not a TorchScript module: the archive has {} entries, or data before them",
             archive.len()
         )));
     }
+    // libtorch finds entries by name ignoring case: two names that differ
+    // only in case could show this check one entry and libtorch another.
+    let mut names = std::collections::HashSet::new();
+    for index in 0..archive.len() {
+        let name = archive
+            .name_for_index(index)
+            .and_then(Result::ok)
+            .map(|n| n.to_lowercase())
+            .unwrap_or_default();
+        if !names.insert(name.clone()) {
+            return Err(invalid(format!(
+                "not a TorchScript module: two entries are named {} (ignoring case)",
+                quote(&crate::ml::archive::display_name(&name))
+            )));
+        }
+    }
+    let (mut code_entries, mut pickles) = (0, 0);
     let mut read = 0u64;
     let mut code = String::new();
     for index in 0..archive.len() {
@@ -60,10 +90,16 @@ pub fn check(path: &Path) -> Result<(), JobError> {
             ))
         })?;
         let name = String::from_utf8_lossy(entry.name_raw()).into_owned();
-        // libtorch compiles every `.py` under the archive's `code/` folder.
-        if !(name.contains("code/") && name.ends_with(".py")) {
+        let lower = name.to_lowercase();
+        if lower.ends_with("/data.pkl") {
+            pickles += 1;
+        }
+        // libtorch compiles `.py` entries under the archive's `code/`
+        // folder, matching names in any case.
+        if !(lower.contains("code/") && lower.ends_with(".py")) {
             continue;
         }
+        code_entries += 1;
         code.clear();
         let mut bytes = Vec::new();
         (&mut entry)
@@ -93,6 +129,13 @@ pub fn check(path: &Path) -> Result<(), JobError> {
             }
         }
     }
+    if code_entries == 0 || pickles == 0 {
+        return Err(invalid(
+            "not a TorchScript module (save it with torch.jit.save): the archive has no code \
+             or no data.pkl"
+                .into(),
+        ));
+    }
     Ok(())
 }
 
@@ -101,7 +144,7 @@ mod tests {
     use super::*;
     use tch::{CModule, Device, Kind, Tensor};
 
-    fn traced(f: impl Fn(&Tensor) -> Tensor, dir: &Path) -> std::path::PathBuf {
+    fn traced(f: impl Fn(&Tensor) -> Tensor, dir: &Path, name: &str) -> std::path::PathBuf {
         let module = CModule::create_by_tracing(
             "M",
             "forward",
@@ -109,7 +152,7 @@ mod tests {
             &mut |x| vec![f(&x[0])],
         )
         .unwrap();
-        let path = dir.join("m.pt");
+        let path = dir.join(name);
         module.save(&path).unwrap();
         path
     }
@@ -117,7 +160,7 @@ mod tests {
     #[test]
     fn a_module_that_reads_files_is_refused_and_one_that_computes_is_not() {
         let dir = tempfile::tempdir().unwrap();
-        let fine = traced(|x| x.relu() * 2.0, dir.path());
+        let fine = traced(|x| x.relu() * 2.0, dir.path(), "fine.pt");
         check(&fine).unwrap();
 
         let secret = dir.path().join("secret.bin");
@@ -131,6 +174,7 @@ mod tests {
                 x + stolen
             },
             dir.path(),
+            "thief.pt",
         );
         let err = check(&thief).unwrap_err();
         assert_eq!(err.code, ErrorCode::ModelInvalid);
@@ -139,5 +183,61 @@ mod tests {
         let junk = dir.path().join("junk.pt");
         std::fs::write(&junk, b"not a zip").unwrap();
         assert_eq!(check(&junk).unwrap_err().code, ErrorCode::ModelInvalid);
+
+        // The thief's code under an upper-case folder, which libtorch
+        // would still find: the check reads it too.
+        let shouty = rename_entries(&thief, |n| n.replace("/code/", "/CODE/"));
+        let err = check(&shouty).unwrap_err();
+        assert!(err.message.contains("aten::from_file"), "{}", err.message);
+        // Anything in front of the archive (a flatbuffer module, say) is
+        // refused: libtorch would not read it as this zip.
+        let mut prefixed = b"\0\0\0\0PTMF".to_vec();
+        prefixed.extend(std::fs::read(&fine).unwrap());
+        let prefixed_path = dir.path().join("prefixed.pt");
+        std::fs::write(&prefixed_path, prefixed).unwrap();
+        assert!(check(&prefixed_path)
+            .unwrap_err()
+            .message
+            .contains("first byte"));
+        // Two entries whose names differ only in case.
+        let twins = rename_entries(&fine, |n| n.to_owned());
+        let mut z = zip::ZipWriter::new_append(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&twins)
+                .unwrap(),
+        )
+        .unwrap();
+        let first_code = {
+            let a = zip::ZipArchive::new(std::fs::File::open(&fine).unwrap()).unwrap();
+            let upper = a
+                .file_names()
+                .filter_map(Result::ok)
+                .find(|n| n.contains("/code/"))
+                .unwrap()
+                .to_uppercase();
+            upper
+        };
+        z.start_file(first_code, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        z.finish().unwrap();
+        assert!(check(&twins).unwrap_err().message.contains("ignoring case"));
+    }
+
+    /// A copy of a module's archive with each entry's name mapped.
+    fn rename_entries(path: &Path, f: impl Fn(&str) -> String) -> std::path::PathBuf {
+        let mut from = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
+        let out = path.with_extension("renamed.pt");
+        let mut to = zip::ZipWriter::new(std::fs::File::create(&out).unwrap());
+        for i in 0..from.len() {
+            let mut entry = from.by_index(i).unwrap();
+            let name = f(&String::from_utf8_lossy(entry.name_raw()));
+            to.start_file(name, zip::write::SimpleFileOptions::default())
+                .unwrap();
+            std::io::copy(&mut entry, &mut to).unwrap();
+        }
+        to.finish().unwrap();
+        out
     }
 }

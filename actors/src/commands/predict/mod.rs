@@ -114,6 +114,14 @@ impl Command for Predict {
             }
             cnn::FORMAT => {
                 let spec = CnnSpec::from_json(&model.record.spec)?;
+                // A batch's activations, not only its inputs, bound how many
+                // images go through at once.
+                let per_image = cnn::batch_memory(1, &spec.input, &spec.filters).max(1);
+                let cap = (super::train::MAX_BATCH_BYTES / per_image).clamp(1, MAX_BATCH as u64);
+                let p = PredictParams {
+                    batch_size: p.batch_size.min(cap as u32),
+                    ..p.clone()
+                };
                 let mut cache = ctx.cache.borrow_mut();
                 let net = cache
                     .get_or_load(id, size, || Loaded::cnn(&spec, &model.weights, ctx.device))?;

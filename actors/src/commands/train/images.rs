@@ -6,10 +6,12 @@
 //! outside a class folder, is skipped with a warning naming it; the task
 //! fails only when what is left cannot train a classifier.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::BufReader;
 
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
 use serde_json::json;
 use tch::nn::{self, ModuleT, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
@@ -27,7 +29,7 @@ use crate::task::{JobContext, Outcome};
 /// The training size when `width` or `height` is not given.
 const DEFAULT_SIDE: u32 = 32;
 /// Most input values all training images may come to (600 MB of f32; the
-/// tensor is built from them, so the peak is twice that).
+/// tensor is built from them, so the peak while it is built is twice that).
 pub const MAX_VALUES: usize = 150_000_000;
 /// Skipped entries named one by one in the log; the rest are counted.
 const MAX_SKIP_WARNINGS: usize = 20;
@@ -53,22 +55,6 @@ pub(super) fn train(p: &TrainParams, ctx: &JobContext) -> Result<Outcome, JobErr
         .check()
         .map_err(|(field, m)| JobError::new(ErrorCode::InvalidParams, format!("{field}: {m}")))?;
     let filters = cnn::FILTERS.to_vec();
-    let batch_bytes = cnn::batch_memory(u64::from(p.batch_size), &input, &filters);
-    if batch_bytes > MAX_BATCH_BYTES {
-        return Err(JobError::new(
-            ErrorCode::InvalidParams,
-            format!(
-                "a batch of {} images of {}×{} needs about {} MiB in training (limit {} MiB); \
-                 use a smaller `batch_size`, `width` or `height`",
-                p.batch_size,
-                input.width,
-                input.height,
-                batch_bytes >> 20,
-                MAX_BATCH_BYTES >> 20
-            ),
-        ));
-    }
-
     let data = read(ctx, &input)?;
     let n = data.labels.len();
     let n_val = if p.validation_split > 0.0 {
@@ -77,6 +63,26 @@ pub(super) fn train(p: &TrainParams, ctx: &JobContext) -> Result<Outcome, JobErr
         0
     };
     let n_train = n - n_val;
+    let batch_bytes = cnn::batch_memory(
+        u64::from(p.batch_size).min(n_train as u64),
+        &input,
+        &filters,
+    );
+    if batch_bytes > MAX_BATCH_BYTES {
+        return Err(JobError::new(
+            ErrorCode::InvalidParams,
+            format!(
+                "a batch of {} images of {}×{} needs about {} MiB in training (limit {} MiB); \
+                 use a smaller `batch_size`, `width` or `height`",
+                p.batch_size.min(n_train as u32),
+                input.width,
+                input.height,
+                batch_bytes >> 20,
+                MAX_BATCH_BYTES >> 20
+            ),
+        ));
+    }
+
     ctx.report.info(format!(
         "read {n} images in {} classes ({}); {} skipped; {n_train} to train on, {n_val} to \
          validate",
@@ -91,6 +97,9 @@ pub(super) fn train(p: &TrainParams, ctx: &JobContext) -> Result<Outcome, JobErr
 
     // One tensor for every image; training and validation sets are index
     // lists into it, so neither is a copy.
+    // The split and each epoch's order come from the task's own generator:
+    // libtorch's is shared by every worker in the process.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(p.seed);
     tch::manual_seed(p.seed as i64);
     let x = Tensor::f_from_slice(&data.values)
         .and_then(|t| t.f_view(input.shape(n as i64)))
@@ -109,9 +118,10 @@ pub(super) fn train(p: &TrainParams, ctx: &JobContext) -> Result<Outcome, JobErr
     let labels: Vec<i64> = data.labels.iter().map(|&l| i64::from(l)).collect();
     drop(data.values);
     let y = Tensor::from_slice(&labels);
-    let order = Tensor::randperm(n as i64, (Kind::Int64, Device::Cpu));
-    let train_idx = order.narrow(0, 0, n_train as i64);
-    let val_idx = order.narrow(0, n_train as i64, n_val as i64);
+    let mut order: Vec<i64> = (0..n as i64).collect();
+    order.shuffle(&mut rng);
+    let train_idx = Tensor::from_slice(&order[..n_train]);
+    let val_idx = Tensor::from_slice(&order[n_train..]);
     let (mean, std) = standardize(&x, &train_idx, &ctx.cancel)?;
     let input = ImageInput { mean, std, ..input };
 
@@ -121,7 +131,15 @@ pub(super) fn train(p: &TrainParams, ctx: &JobContext) -> Result<Outcome, JobErr
         train: train_idx,
         val: val_idx,
     };
-    let (vs, metrics) = fit(p, ctx, &set, &input, &filters, classes.len() as i64)?;
+    let (vs, metrics) = fit(
+        p,
+        ctx,
+        &set,
+        &input,
+        &filters,
+        classes.len() as i64,
+        &mut rng,
+    )?;
     let parameters = cnn::parameter_count(i64::from(channels), &filters, classes.len() as i64);
     let spec = CnnSpec {
         format: cnn::FORMAT.into(),
@@ -194,10 +212,9 @@ fn read(ctx: &JobContext, input: &ImageInput) -> Result<Data, JobError> {
     let total = entries.len();
     let numel = input.numel();
     let mut values: Vec<f32> = Vec::new();
-    // Classes in the order first seen; sorted at the end.
-    let mut seen: HashMap<String, u32> = HashMap::new();
-    let mut names: Vec<String> = Vec::new();
-    let mut labels: Vec<u32> = Vec::new();
+    // Each kept image's first and second folder; classes are decided once
+    // every entry is read.
+    let mut folders: Vec<(String, Option<String>)> = Vec::new();
     let mut skipped = 0;
     let mut skip = |name: &str, why: &str| {
         skipped += 1;
@@ -220,7 +237,7 @@ fn read(ctx: &JobContext, input: &ImageInput) -> Result<Data, JobError> {
             ));
         }
         let entry = entry?;
-        let Some(class) = archive::class_of(&entry.name) else {
+        let Some(place) = archive::class_folders(&entry.path) else {
             skip(
                 &entry.name,
                 "not in a class folder (put each class's images in a folder named after it)",
@@ -258,16 +275,11 @@ fn read(ctx: &JobContext, input: &ImageInput) -> Result<Data, JobError> {
         if values.try_reserve(numel).is_err() {
             return Err(JobError::new(
                 ErrorCode::DataTooLarge,
-                format!("not enough memory for {} images", labels.len() + 1),
+                format!("not enough memory for {} images", folders.len() + 1),
             ));
         }
         values.extend_from_slice(&encoded);
-        let next = names.len() as u32;
-        let label = *seen.entry(class.to_owned()).or_insert_with(|| {
-            names.push(class.to_owned());
-            next
-        });
-        labels.push(label);
+        folders.push(place);
     }
     if skipped > MAX_SKIP_WARNINGS {
         ctx.report.warn(format!(
@@ -275,23 +287,31 @@ fn read(ctx: &JobContext, input: &ImageInput) -> Result<Data, JobError> {
             skipped - MAX_SKIP_WARNINGS
         ));
     }
-    check_classes(&names, labels.len(), skipped)?;
-
+    // A zip of the dataset's folder rather than of its class folders
+    // (`shapes/disc/1.png`, …): the classes are one level down.
+    let one_root = folders.windows(2).all(|w| w[0].0 == w[1].0);
+    let nested = folders.iter().all(|(_, second)| second.is_some());
+    let class_names: Vec<String> = folders
+        .into_iter()
+        .map(|(first, second)| match second {
+            Some(second) if one_root && nested => second,
+            _ => first,
+        })
+        .collect();
     // Output order is the classes' sorted names, whatever order the zip
     // listed them in.
-    let mut sorted = names.clone();
-    sorted.sort();
-    let rank: Vec<u32> = names
+    let mut classes = class_names.clone();
+    classes.sort();
+    classes.dedup();
+    check_classes(&classes, class_names.len(), skipped)?;
+    let labels = class_names
         .iter()
-        .map(|n| sorted.binary_search(n).expect("a class it holds") as u32)
+        .map(|n| classes.binary_search(n).expect("a class it holds") as u32)
         .collect();
-    for label in &mut labels {
-        *label = rank[*label as usize];
-    }
     Ok(Data {
         values,
         labels,
-        classes: sorted,
+        classes,
         skipped,
     })
 }
@@ -357,17 +377,20 @@ fn standardize(
     let n = train.size()[0];
     let mut sum = Tensor::zeros([channels], (Kind::Double, Device::Cpu));
     let mut squares = Tensor::zeros([channels], (Kind::Double, Device::Cpu));
-    // In chunks: a copy of every training image at once would double the
-    // memory the data takes.
-    for start in (0..n).step_by(1024) {
+    // In chunks of about 4 M values: a copy of every training image at
+    // once would double the memory the data takes.
+    let per_image = (x.numel() as i64 / x.size()[0].max(1)).max(1);
+    let step = ((4 << 20) / per_image).max(1);
+    for start in (0..n).step_by(step as usize) {
         cancel.check()?;
-        let chunk = x
-            .index_select(0, &train.narrow(0, start, 1024.min(n - start)))
+        let chunk = x.index_select(0, &train.narrow(0, start, step.min(n - start)));
+        sum += chunk
+            .sum_dim_intlist([0, 2, 3].as_slice(), false, Kind::Float)
             .to_kind(Kind::Double);
-        sum += chunk.sum_dim_intlist([0, 2, 3].as_slice(), false, Kind::Double);
         squares += chunk
             .square()
-            .sum_dim_intlist([0, 2, 3].as_slice(), false, Kind::Double);
+            .sum_dim_intlist([0, 2, 3].as_slice(), false, Kind::Float)
+            .to_kind(Kind::Double);
     }
     let count = (n * x.size()[2] * x.size()[3]).max(1) as f64;
     let mean = &sum / count;
@@ -402,6 +425,7 @@ fn fit(
     input: &ImageInput,
     filters: &[i64],
     classes: i64,
+    rng: &mut rand::rngs::StdRng,
 ) -> Result<(nn::VarStore, BTreeMap<String, f64>), JobError> {
     let device = ctx.device;
     let vs = nn::VarStore::new(device);
@@ -409,15 +433,19 @@ fn fit(
     let mut opt = nn::Adam::default().build(&vs, p.learning_rate)?;
     let n_train = set.train.size()[0];
     let batch = i64::from(p.batch_size);
+    let mut shuffled = Vec::<i64>::try_from(&set.train)?;
+    // Evaluation keeps no activations for a backward pass, but holds a
+    // chunk's: as many images as a training batch may have.
+    let eval_chunk = (MAX_BATCH_BYTES / cnn::batch_memory(1, input, filters).max(1))
+        .clamp(1, EVAL_CHUNK as u64) as i64;
     let mut last = BTreeMap::new();
     ctx.report.progress(Progress::new(
         0.0,
         format!("training: epoch 1/{}", p.epochs),
     ));
     for epoch in 1..=p.epochs {
-        let order = set
-            .train
-            .index_select(0, &Tensor::randperm(n_train, (Kind::Int64, Device::Cpu)));
+        shuffled.shuffle(rng);
+        let order = Tensor::from_slice(&shuffled);
         let (mut loss_sum, mut hits) = (0.0, 0i64);
         for start in (0..n_train).step_by(batch as usize) {
             ctx.cancel.check()?;
@@ -440,7 +468,7 @@ fn fit(
             ("train_loss".to_owned(), train_loss),
             ("train_accuracy".to_owned(), hits as f64 / n_train as f64),
         ]);
-        evaluate(&net, set, device, &ctx.cancel, &mut last)?;
+        evaluate(&net, set, device, eval_chunk, &ctx.cancel, &mut last)?;
         epoch_done(p, ctx, epoch, &last)?;
     }
     Ok((vs, last))
@@ -452,6 +480,7 @@ fn evaluate(
     net: &Cnn,
     set: &Sets,
     device: Device,
+    chunk: i64,
     cancel: &crate::task::CancelToken,
     metrics: &mut BTreeMap<String, f64>,
 ) -> Result<(), JobError> {
@@ -461,9 +490,9 @@ fn evaluate(
     }
     let (mut loss_sum, mut hits) = (0.0, 0i64);
     tch::no_grad(|| {
-        for start in (0..n).step_by(EVAL_CHUNK as usize) {
+        for start in (0..n).step_by(chunk as usize) {
             cancel.check()?;
-            let idx = set.val.narrow(0, start, EVAL_CHUNK.min(n - start));
+            let idx = set.val.narrow(0, start, chunk.min(n - start));
             let x = set.x.index_select(0, &idx).to_device(device);
             let y = set.y.index_select(0, &idx).to_device(device);
             let out = net.forward_t(&x, false);
