@@ -168,8 +168,12 @@ async fn register(
     form: Form,
     stored: &mut StoredInputs,
 ) -> Result<Accepted, Registered> {
-    let checked = super::command_or_internal(state, &submission.command, form)?
+    let command = super::command_or_internal(state, &submission.command, form)?;
+    let checked = command
         .check(submission.params.clone(), submission.inputs.len())
+        .map_err(ApiError::from)?;
+    command
+        .check_inputs(&checked.params, &submission.inputs)
         .map_err(ApiError::from)?;
     let mut client = state.submissions.get().await.map_err(ApiError::from)?;
     let mut params = checked.params;

@@ -74,7 +74,9 @@ async fn bad_files_fail_the_task_with_a_named_error() {
         ),
         (
             "binary garbage",
-            vec![0x50, 0x4b, 0x03, 0x04, 0x00, 0xff, 0x13, 0x00, 0x00, 0x08],
+            // (Not starting with a zip's `PK\x03\x04`: `train` reads such a
+            // file as a zip of images.)
+            vec![0x7f, 0x45, 0x4c, 0x46, 0x00, 0xff, 0x13, 0x00, 0x00, 0x08],
             json!({"target": "y"}),
             "not_csv",
             "binary",

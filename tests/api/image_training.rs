@@ -244,8 +244,13 @@ async fn zips_that_cannot_train_a_classifier_fail_naming_why() {
 
     // Image params on a CSV, and a CSV without a target, are named.
     let csv = crate::helpers::blobs_csv(20, 1);
+    let (status, body) = app
+        .submit_files("train", json!({"width": 16}), &[("d.csv", &csv)])
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["field"], "width", "{body}");
     let id = app
-        .submit_accepted("train", json!({"width": 16}), &[("d.csv", &csv)])
+        .submit_accepted("train", json!({"width": 16}), &[("rows.dat", &csv)])
         .await;
     let task = app.finished(id, TRAINING).await;
     assert_eq!(task["error"]["code"], "invalid_params", "{task:#}");
@@ -253,8 +258,15 @@ async fn zips_that_cannot_train_a_classifier_fail_naming_why() {
         .as_str()
         .unwrap()
         .starts_with("width"));
+    // A file named as a CSV needs a target when submitted; one named
+    // otherwise is found to be a CSV when it runs.
+    let (status, body) = app
+        .submit_files("train", json!({}), &[("d.csv", &csv)])
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["field"], "target", "{body}");
     let id = app
-        .submit_accepted("train", json!({}), &[("d.csv", &csv)])
+        .submit_accepted("train", json!({}), &[("rows.dat", &csv)])
         .await;
     let task = app.finished(id, TRAINING).await;
     assert_eq!(task["error"]["code"], "invalid_params", "{task:#}");

@@ -24,7 +24,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::{ErrorCode, JobError};
-use crate::task::{JobContext, Outcome};
+use crate::task::{InputFile, JobContext, Outcome};
 
 /// Why a submission was refused before it became a task.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,6 +66,12 @@ pub trait Params: DeserializeOwned + Serialize + schemars::JsonSchema {
     /// task.
     fn model_input(&self) -> Option<(&'static str, &'static str)> {
         None
+    }
+
+    /// Checks against the uploaded files' names and declared types (the
+    /// bytes are not read at submission).
+    fn validate_inputs(&self, _inputs: &[InputFile]) -> Result<(), SubmitError> {
+        Ok(())
     }
 }
 
@@ -143,6 +149,9 @@ pub trait AnyCommand: Send + Sync {
     /// Its facts, for users and the dashboard.
     fn describe(&self) -> CommandInfo;
     fn check(&self, params: Value, files: usize) -> Result<Checked, SubmitError>;
+    /// Checks params (as `check` returned them) against the uploaded
+    /// files' names and declared types.
+    fn check_inputs(&self, params: &Value, inputs: &[InputFile]) -> Result<(), SubmitError>;
     fn run(&self, params: Value, ctx: &JobContext) -> Result<Outcome, JobError>;
 }
 
@@ -220,6 +229,11 @@ impl<C: Command> AnyCommand for C {
             params: normalized,
             timeout,
         })
+    }
+
+    fn check_inputs(&self, params: &Value, inputs: &[InputFile]) -> Result<(), SubmitError> {
+        let (params, _) = split_timeout(params.clone())?;
+        parse_params::<C::Params>(params)?.validate_inputs(inputs)
     }
 
     fn run(&self, params: Value, ctx: &JobContext) -> Result<Outcome, JobError> {

@@ -39,6 +39,9 @@ const EVAL_CHUNK: i64 = 256;
 const MAX_CLASS_BYTES: usize = 1 << 20;
 
 pub(super) fn train(p: &TrainParams, ctx: &JobContext) -> Result<Outcome, JobError> {
+    // A file that only starts like a zip is a corrupt archive, whatever
+    // the params: say that first.
+    open(ctx)?;
     refuse_table_params(p)?;
     let channels = p.channels.unwrap_or(3);
     let input = ImageInput {
@@ -203,12 +206,17 @@ struct Data {
     skipped: usize,
 }
 
-fn read(ctx: &JobContext, input: &ImageInput) -> Result<Data, JobError> {
+/// The task's zip, its central directory read.
+fn open(ctx: &JobContext) -> Result<Entries<BufReader<File>>, JobError> {
     let local = &ctx.inputs[0];
     let file = File::open(&local.path)
         .map_err(|e| JobError::storage(format!("reading {}: {e}", local.name)))?;
     let size = file.metadata().map_or(0, |m| m.len());
-    let mut entries = Entries::open(BufReader::new(file), size)?;
+    Entries::open(BufReader::new(file), size)
+}
+
+fn read(ctx: &JobContext, input: &ImageInput) -> Result<Data, JobError> {
+    let mut entries = open(ctx)?;
     let total = entries.len();
     let numel = input.numel();
     let mut values: Vec<f32> = Vec::new();

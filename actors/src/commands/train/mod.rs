@@ -163,6 +163,37 @@ impl Params for TrainParams {
         }
         Ok(())
     }
+
+    /// A file named as a CSV needs a target. Which kind a file is is
+    /// decided by its bytes when it runs; here a `.csv` name (not the
+    /// declared type, which clients get wrong both ways) is held to it, so
+    /// the common mistake is a 422 rather than a failed task.
+    fn validate_inputs(&self, inputs: &[crate::task::InputFile]) -> Result<(), SubmitError> {
+        let named_csv = |f: &crate::task::InputFile| f.name.to_ascii_lowercase().ends_with(".csv");
+        if !inputs.iter().any(named_csv) {
+            return Ok(());
+        }
+        for (name, given) in [
+            ("width", self.width.is_some()),
+            ("height", self.height.is_some()),
+            ("channels", self.channels.is_some()),
+            ("resize", self.resize.is_some()),
+        ] {
+            if given {
+                return Err(SubmitError::param(
+                    name,
+                    "is for zips of images, and the file is a CSV",
+                ));
+            }
+        }
+        if self.target.is_none() {
+            return Err(SubmitError::param(
+                "target",
+                "is required for a CSV file: name the column to predict",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A CSV file, or a zip of images in class folders.
