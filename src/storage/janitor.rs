@@ -44,10 +44,22 @@ impl Janitor {
         }
     }
 
-    /// Waits until every handed-over key is deleted, or `within` passes.
+    /// Waits until every handed-over key is deleted, and none has come for
+    /// a moment, or `within` passes. The moment matters at shutdown: an
+    /// upload stopped by the drain drops its request (and hands over its
+    /// stored files) on an HTTP worker thread that may still be winding
+    /// down after the server has returned, so an empty queue seen once is
+    /// not yet the end.
     pub async fn settle(&self, within: Duration) {
+        const QUIET: Duration = Duration::from_millis(300);
         let deadline = tokio::time::Instant::now() + within;
-        while self.pending.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+        let mut quiet_since = tokio::time::Instant::now();
+        while tokio::time::Instant::now() < deadline {
+            if self.pending.load(Ordering::Acquire) > 0 {
+                quiet_since = tokio::time::Instant::now();
+            } else if quiet_since.elapsed() >= QUIET {
+                return;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
