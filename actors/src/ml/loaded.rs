@@ -48,24 +48,11 @@ impl Loaded {
             &spec.hidden,
             spec.output_width() as i64,
         );
-        vars.load(weights).map_err(|e| {
-            JobError::new(
-                ErrorCode::ModelIncompatible,
-                format!(
-                    "model weights do not fit the model spec: {}",
-                    first_line(&e.to_string())
-                ),
-            )
-        })?;
-        let params: u64 = vars
-            .trainable_variables()
-            .iter()
-            .map(|t| t.numel() as u64 * 4)
-            .sum();
+        let bytes = load_weights(&mut vars, weights)?;
         Ok(Self {
             net: Net::Mlp { _vars: vars, seq },
             device,
-            bytes: params.max(file_size(weights)),
+            bytes,
         })
     }
 
@@ -77,24 +64,11 @@ impl Loaded {
             &spec.filters,
             spec.classes.len() as i64,
         );
-        vars.load(weights).map_err(|e| {
-            JobError::new(
-                ErrorCode::ModelIncompatible,
-                format!(
-                    "model weights do not fit the model spec: {}",
-                    first_line(&e.to_string())
-                ),
-            )
-        })?;
-        let params: u64 = vars
-            .variables()
-            .values()
-            .map(|t| t.numel() as u64 * 4)
-            .sum();
+        let bytes = load_weights(&mut vars, weights)?;
         Ok(Self {
             net: Net::Cnn { _vars: vars, net },
             device,
-            bytes: params.max(file_size(weights)),
+            bytes,
         })
     }
 
@@ -157,6 +131,27 @@ impl Loaded {
             Ok(out.f_to_device(Device::Cpu)?)
         })
     }
+}
+
+/// Loads mlq's own safetensors weights into the network `vars` was built
+/// for; what they hold in memory, about: every variable (batch-norm
+/// statistics too), or the file's size if larger.
+fn load_weights(vars: &mut nn::VarStore, weights: &Path) -> Result<u64, JobError> {
+    vars.load(weights).map_err(|e| {
+        JobError::new(
+            ErrorCode::ModelIncompatible,
+            format!(
+                "model weights do not fit the model spec: {}",
+                first_line(&e.to_string())
+            ),
+        )
+    })?;
+    let held: u64 = vars
+        .variables()
+        .values()
+        .map(|t| t.numel() as u64 * t.kind().elt_size_in_bytes() as u64)
+        .sum();
+    Ok(held.max(file_size(weights)))
 }
 
 pub fn file_size(path: &Path) -> u64 {

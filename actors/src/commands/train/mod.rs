@@ -103,6 +103,20 @@ pub struct TrainParams {
     pub resize: Option<Resize>,
 }
 
+impl TrainParams {
+    /// The first image-only param given, if any.
+    fn image_param(&self) -> Option<&'static str> {
+        [
+            ("width", self.width.is_some()),
+            ("height", self.height.is_some()),
+            ("channels", self.channels.is_some()),
+            ("resize", self.resize.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(name, given)| given.then_some(name))
+    }
+}
+
 mod defaults {
     pub fn epochs() -> u32 {
         20
@@ -146,11 +160,7 @@ impl Params for TrainParams {
             return Err(SubmitError::param("channels", "must be 1 or 3, got 2"));
         }
         let csv = self.target.is_some() || self.features.is_some();
-        let image = self.width.is_some()
-            || self.height.is_some()
-            || self.channels.is_some()
-            || self.resize.is_some();
-        if csv && image {
+        if csv && self.image_param().is_some() {
             return Err(SubmitError::param(
                 if self.target.is_some() {
                     "target"
@@ -173,18 +183,11 @@ impl Params for TrainParams {
         if !inputs.iter().any(named_csv) {
             return Ok(());
         }
-        for (name, given) in [
-            ("width", self.width.is_some()),
-            ("height", self.height.is_some()),
-            ("channels", self.channels.is_some()),
-            ("resize", self.resize.is_some()),
-        ] {
-            if given {
-                return Err(SubmitError::param(
-                    name,
-                    "is for zips of images, and the file is a CSV",
-                ));
-            }
+        if let Some(name) = self.image_param() {
+            return Err(SubmitError::param(
+                name,
+                "is for zips of images, and the file is a CSV",
+            ));
         }
         if self.target.is_none() {
             return Err(SubmitError::param(

@@ -36,18 +36,11 @@ const EVAL_CHUNK: i64 = 65_536;
 const MAX_INFERRED_CLASSES: usize = 20;
 
 pub(super) fn train(p: &TrainParams, ctx: &JobContext) -> Result<Outcome, JobError> {
-    for (name, given) in [
-        ("width", p.width.is_some()),
-        ("height", p.height.is_some()),
-        ("channels", p.channels.is_some()),
-        ("resize", p.resize.is_some()),
-    ] {
-        if given {
-            return Err(JobError::new(
-                ErrorCode::InvalidParams,
-                format!("{name}: is for image zips, and the input is a CSV file"),
-            ));
-        }
+    if let Some(name) = p.image_param() {
+        return Err(JobError::new(
+            ErrorCode::InvalidParams,
+            format!("{name}: is for image zips, and the input is a CSV file"),
+        ));
     }
     let target = p.target.as_deref().ok_or_else(|| {
         JobError::new(
