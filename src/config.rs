@@ -152,6 +152,28 @@ pub struct Settings {
     /// this far behind on events that cannot be coalesced is closed, and
     /// its client resumes from its last sequence number.
     pub ws_buffer: usize,
+    /// `MLQ_PUBLIC_URL`: the address users reach mlq at, e.g.
+    /// `https://mlq.example.com` (the first run's login link uses it; its
+    /// host is allowed). Default: the bind address.
+    pub public_url: Option<String>,
+    /// `MLQ_ALLOWED_HOSTS`: `Host` header values mlq answers (ports aside;
+    /// `.example.com` allows its subdomains, `*` any host), against DNS
+    /// rebinding. `localhost`, the loopback addresses, the bind address and
+    /// the public URL's host are always allowed. `/healthz` and `/readyz`
+    /// answer any host, for probes.
+    #[serde(deserialize_with = "string_list")]
+    pub allowed_hosts: Vec<String>,
+    /// `MLQ_ALLOWED_ORIGINS`: web origins besides mlq's own (e.g.
+    /// `https://app.example.com`) whose pages may call the API from a
+    /// browser (CORS) and open the live feed. Closed by default.
+    #[serde(deserialize_with = "string_list")]
+    pub allowed_origins: Vec<String>,
+    /// `MLQ_FIRST_RUN_LOGIN`: with no users yet, create the admin `admin`
+    /// and print a one-time login link at start.
+    pub first_run_login: bool,
+    /// `MLQ_SESSION_TTL`: how long a dashboard login lasts.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
     /// `MLQ_WEB_DIR`: the built dashboard, served at `/` when present.
     pub web_dir: PathBuf,
     /// `MLQ_DIAGNOSTICS`: enables the `sleep` command (tests, benchmarks).
@@ -210,11 +232,35 @@ impl Default for Settings {
             ws_timeout: Duration::from_secs(15),
             max_sockets: 10_000,
             ws_buffer: 256,
+            public_url: None,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            first_run_login: true,
+            session_ttl: Duration::from_secs(7 * 86_400),
             web_dir: PathBuf::from("web/dist"),
             diagnostics: false,
             log: "info".into(),
         }
     }
+}
+
+/// A list given as a list (TOML) or as one comma-separated string
+/// (`MLQ_ALLOWED_HOSTS=a.example,b.example`).
+fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum List {
+        Many(Vec<String>),
+        One(String),
+    }
+    Ok(match List::deserialize(d)? {
+        List::Many(items) => items,
+        List::One(text) => text
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect(),
+    })
 }
 
 /// A map of durations written the human way (`{train = "4h"}`).
@@ -302,6 +348,11 @@ const ENV_KEYS: &[&str] = &[
     "ws_timeout",
     "max_sockets",
     "ws_buffer",
+    "public_url",
+    "allowed_hosts",
+    "allowed_origins",
+    "first_run_login",
+    "session_ttl",
     "web_dir",
     "diagnostics",
     "log",
@@ -354,6 +405,7 @@ impl Settings {
             ("upload_idle", self.upload_idle),
             ("stuck_after", self.stuck_after),
             ("max_task_timeout", self.max_task_timeout),
+            ("session_ttl", self.session_ttl),
         ];
         if let Some((command, _)) = self.task_timeouts.iter().find(|(_, d)| d.is_zero()) {
             return Err(format!("task_timeouts.{command} must be longer than zero"));
@@ -381,6 +433,18 @@ impl Settings {
         }
         if self.max_attempts < 1 {
             return Err("max_attempts must be at least 1".into());
+        }
+        if let Some(url) = &self.public_url {
+            crate::http::origin::Origins::parse_origin(url)
+                .ok_or_else(|| format!("public_url {url:?} is not an http(s) URL"))?;
+        }
+        for origin in &self.allowed_origins {
+            crate::http::origin::Origins::parse_origin(origin).ok_or_else(|| {
+                format!(
+                    "allowed_origins: {origin:?} is not an origin (scheme://host[:port], \
+                     e.g. https://app.example.com)"
+                )
+            })?;
         }
         if self.database_pool_size < 1
             || self.max_request_bytes < 1

@@ -2,6 +2,7 @@
 //! them and follow each task's progress; Postgres is the durable queue and a
 //! supervised pool of libtorch workers does the work.
 //!
+//! - [`auth`]: users' credentials, and who each request comes from.
 //! - [`config`]: layered settings.
 //! - [`startup`]: builds the application (shared by `main` and the tests).
 //! - [`http`]: the REST API, one module per resource.
@@ -12,6 +13,7 @@
 //! The actor system itself (dispatcher, ML pool, commands) lives in the
 //! `mlq-actors` crate.
 
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod events;

@@ -43,6 +43,32 @@ enum Command {
     Migrate,
     /// Print, as JSON, whether libtorch sees CUDA and how many GPUs.
     Devices,
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user and print a new API token for it (only the token, on
+    /// stdout, once: it is not stored).
+    Create {
+        name: String,
+        /// An admin sees and manages every user's tasks and models.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List users.
+    List,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Revoke an API token (or a dashboard session) by id.
+    Revoke { id: uuid::Uuid },
 }
 
 fn main() -> ExitCode {
@@ -78,6 +104,18 @@ fn main() -> ExitCode {
                 app.run_until_stopped().await.map_err(|e| e.to_string())
             }
             Command::Devices => unreachable!("answered before configuration"),
+            Command::User(command) => users(&settings, command).await,
+            Command::Token(TokenCommand::Revoke { id }) => {
+                let client = connect(&settings).await?;
+                match mlq::db::users::revoke(&client, id, mlq::db::users::Viewer::SYSTEM).await {
+                    Ok(Some(_)) => {
+                        eprintln!("revoked {id}");
+                        Ok(())
+                    }
+                    Ok(None) => Err(format!("no token with id {id}")),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
             Command::Migrate => match db::PgConfig::from_settings(&settings) {
                 Ok(pg) => db::connect(&pg, 1)
                     .await
@@ -92,6 +130,48 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("mlq: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// A database connection for the management commands (migrating first).
+async fn connect(settings: &Settings) -> Result<deadpool_postgres::Object, String> {
+    let pg = db::PgConfig::from_settings(settings).map_err(|e| e.to_string())?;
+    let pool = db::connect(&pg, 1).await.map_err(|e| e.to_string())?;
+    pool.get().await.map_err(|e| e.to_string())
+}
+
+async fn users(settings: &Settings, command: UserCommand) -> Result<(), String> {
+    let client = connect(settings).await?;
+    match command {
+        UserCommand::Create { name, admin } => {
+            mlq::auth::check_user_name(&name)?;
+            match mlq::auth::create_user(&client, &name, admin).await {
+                Ok(Some((_, token))) => {
+                    // Only the token on stdout, so `$(mlq user create …)`
+                    // captures it.
+                    println!("{token}");
+                    Ok(())
+                }
+                Ok(None) => Err(format!("a user named {name:?} already exists")),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        UserCommand::List => {
+            let users = mlq::db::users::list_users(&client)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("{:<36}  {:<24}  {:<5}  created", "id", "name", "admin");
+            for u in users {
+                println!(
+                    "{:<36}  {:<24}  {:<5}  {}",
+                    u.id,
+                    u.name,
+                    if u.admin { "yes" } else { "no" },
+                    u.created_at.format("%Y-%m-%d %H:%M:%S UTC")
+                );
+            }
+            Ok(())
         }
     }
 }

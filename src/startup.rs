@@ -166,6 +166,7 @@ impl Application {
         let stopping = Arc::new(AtomicBool::new(false));
         let uploads = Arc::new(Semaphore::new(settings.max_uploads));
         let janitor = Janitor::start(objects.clone());
+        let state_db = pool.clone();
         let state = web::Data::new(AppState {
             uploads: uploads.clone(),
             max_uploads: settings.max_uploads,
@@ -184,6 +185,8 @@ impl Application {
             submissions,
             announcer,
             hub,
+            origins: http::origin::Origins::from_settings(&settings),
+            session_ttl: settings.session_ttl,
             feed: FeedSettings {
                 ping_every: settings.ws_ping_every,
                 timeout: settings.ws_timeout,
@@ -199,6 +202,7 @@ impl Application {
         let stalled_peer = settings.ws_timeout;
         let mut server = HttpServer::new(move || {
             App::new()
+                .wrap(actix_web::middleware::from_fn(http::origin::check_host))
                 .wrap(actix_web::middleware::from_fn(http::request_id::tag))
                 .wrap(TracingLogger::default())
                 .app_data(state.clone())
@@ -233,6 +237,9 @@ impl Application {
             })?
             .run();
         tracing::info!(port, "mlq listening");
+        if settings.first_run_login {
+            first_run(&state_db, &settings, port).await?;
+        }
         Ok(Self {
             port,
             server,
@@ -306,6 +313,42 @@ impl Application {
         self.janitor.settle(Duration::from_secs(10)).await;
         result
     }
+}
+
+/// Prints the first run's one-time login link, as Jupyter does, so a
+/// newcomer's first `make run` ends in a working dashboard.
+async fn first_run(
+    pool: &deadpool_postgres::Pool,
+    settings: &Settings,
+    port: u16,
+) -> Result<(), StartupError> {
+    let client = pool.get().await.map_err(DbError::from)?;
+    let Some(code) = crate::auth::first_run(&client).await? else {
+        return Ok(());
+    };
+    let base = match &settings.public_url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => {
+            let host = settings
+                .bind
+                .rsplit_once(':')
+                .map_or("127.0.0.1", |(h, _)| h);
+            let host = match host {
+                "0.0.0.0" | "[::]" | "" => "127.0.0.1",
+                h => h,
+            };
+            format!("http://{host}:{port}")
+        }
+    };
+    // The code travels in the fragment: browsers do not send it to the
+    // server, so it stays out of access logs and Referer headers.
+    println!(
+        "\n    mlq is running with a new admin user. To open the dashboard, visit this\n    \
+         one-time login link (it works once, within 24 hours):\n\n        \
+         {base}/login#code={code}\n"
+    );
+    tracing::info!("first run: printed a one-time login link for the admin user");
+    Ok(())
 }
 
 /// Where the ML workers run, per the `device` setting.

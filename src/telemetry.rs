@@ -39,6 +39,9 @@ pub fn redact(text: &str) -> String {
                 "$1:[redacted]@",
             ),
             (r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+", "$1 [redacted]"),
+            // mlq's own credentials (tokens, sessions, tickets, login
+            // codes) wherever they appear, e.g. a `?ticket=` in a logged URL.
+            (r"\b(mlq[slt]?_[0-9a-f]{32})_[A-Za-z0-9_-]{43}", "${1}_[redacted]"),
             // `key=value` and `"key": "value"` secrets, `s3_secret_key` too
             // (but not `lease_token`: leases are not secrets).
             (

@@ -7,6 +7,7 @@ use serde_json::Value;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+use super::users::Viewer;
 use super::DbError;
 use crate::events::{FeedEvent, Kind};
 
@@ -71,10 +72,12 @@ pub async fn progress(
 }
 
 /// Events numbered after `after`, oldest first: one task's status changes
-/// and log lines, or (no task) every task's status changes.
+/// and log lines, or (no task) the status changes of every task the viewer
+/// may see.
 pub async fn replay(
     client: &impl GenericClient,
     task: Option<Uuid>,
+    viewer: Viewer,
     after: i64,
     limit: i64,
 ) -> Result<Vec<EventRow>, DbError> {
@@ -82,22 +85,28 @@ pub async fn replay(
         Some(task) => {
             client
                 .query(
-                    "SELECT seq, task_id, kind, data, at FROM task_events
-                     WHERE task_id = $1 AND seq > $2
-                     ORDER BY seq
+                    "SELECT e.seq, e.task_id, e.kind, e.data, e.at
+                     FROM task_events AS e
+                     JOIN tasks AS t ON t.id = e.task_id
+                     WHERE e.task_id = $1 AND e.seq > $2
+                       AND ($4::uuid IS NULL OR t.owner = $4)
+                     ORDER BY e.seq
                      LIMIT $3",
-                    &[&task, &after, &limit],
+                    &[&task, &after, &limit, &viewer.owner()],
                 )
                 .await?
         }
         None => {
             client
                 .query(
-                    "SELECT seq, task_id, kind, data, at FROM task_events
-                     WHERE seq > $1 AND kind = 'status'
-                     ORDER BY seq
+                    "SELECT e.seq, e.task_id, e.kind, e.data, e.at
+                     FROM task_events AS e
+                     JOIN tasks AS t ON t.id = e.task_id
+                     WHERE e.seq > $1 AND e.kind = 'status'
+                       AND ($3::uuid IS NULL OR t.owner = $3)
+                     ORDER BY e.seq
                      LIMIT $2",
-                    &[&after, &limit],
+                    &[&after, &limit, &viewer.owner()],
                 )
                 .await?
         }
@@ -124,14 +133,20 @@ pub async fn logs(
     rows.iter().map(EventRow::try_from).collect()
 }
 
-/// How many log lines of a task were dropped over the cap; `None` if the
-/// task does not exist.
-pub async fn log_dropped(client: &impl GenericClient, task: Uuid) -> Result<Option<i32>, DbError> {
+/// How many log lines of a task were dropped over the cap; `None` if there
+/// is no such task the viewer may see.
+pub async fn log_dropped(
+    client: &impl GenericClient,
+    task: Uuid,
+    viewer: Viewer,
+) -> Result<Option<i32>, DbError> {
     let statement = client
-        .prepare_cached("SELECT log_dropped FROM tasks WHERE id = $1")
+        .prepare_cached(
+            "SELECT log_dropped FROM tasks WHERE id = $1 AND ($2::uuid IS NULL OR owner = $2)",
+        )
         .await?;
     Ok(client
-        .query_opt(&statement, &[&task])
+        .query_opt(&statement, &[&task, &viewer.owner()])
         .await?
         .map(|row| row.get(0)))
 }

@@ -114,7 +114,7 @@ async fn publish(mut announced: mpsc::Receiver<String>, hub: Arc<Hub>, pool: Poo
         } else {
             FeedEvent::new(a.seq, a.task, kind, a.at, a.data)
         };
-        hub.publish(event);
+        hub.publish(event.owned_by(a.owner));
     }
 }
 

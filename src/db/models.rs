@@ -11,6 +11,7 @@ use mlq_actors::ml::upload::UploadSpec;
 use mlq_actors::task::InputFile;
 
 use super::tasks::Deleted;
+use super::users::Viewer;
 use super::DbError;
 
 #[derive(Debug, Clone)]
@@ -34,6 +35,7 @@ pub struct ModelRow {
     pub error: Option<Value>,
     pub weights_key: String,
     pub size: Option<i64>,
+    pub owner: Option<Uuid>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -57,6 +59,7 @@ impl TryFrom<Row> for ModelRow {
             error: row.try_get("error")?,
             weights_key: row.try_get("weights_key")?,
             size: row.try_get("size")?,
+            owner: row.try_get("owner")?,
             created_at: row.try_get("created_at")?,
         })
     }
@@ -70,10 +73,11 @@ pub async fn get(client: &impl GenericClient, id: Uuid) -> Result<Option<ModelRo
         .transpose()
 }
 
-/// One page of models, newest first, created before the model `before`;
-/// only versions of `name` when given.
+/// One page of the models the viewer may see, newest first, created before
+/// the model `before`; only versions of `name` when given.
 pub async fn list(
     client: &impl GenericClient,
+    viewer: Viewer,
     name: Option<&str>,
     before: Option<Uuid>,
     limit: i64,
@@ -81,7 +85,7 @@ pub async fn list(
     client
         .query(
             include_str!("sql/list_models.sql"),
-            &[&name, &before, &limit],
+            &[&name, &before, &limit, &viewer.owner()],
         )
         .await?
         .into_iter()
@@ -89,23 +93,28 @@ pub async fn list(
         .collect()
 }
 
-/// The model a reference names: by id, a name's latest ready version, or
+/// The model a reference names: by id (one the viewer may see), or among
+/// the viewer's own models by name: its latest ready version, or
 /// `name@version`.
 pub async fn resolve(
     client: &impl GenericClient,
     model: &ModelRef,
+    viewer: Viewer,
 ) -> Result<Option<ModelRow>, DbError> {
     let row = match model {
         ModelRef::Id(id) => {
             client
-                .query_opt("SELECT * FROM models WHERE id = $1", &[id])
+                .query_opt(
+                    "SELECT * FROM models WHERE id = $1 AND ($2::uuid IS NULL OR owner = $2)",
+                    &[id, &viewer.owner()],
+                )
                 .await?
         }
         ModelRef::Version(name, version) => {
             client
                 .query_opt(
-                    "SELECT * FROM models WHERE name = $1 AND version = $2",
-                    &[name, version],
+                    "SELECT * FROM models WHERE owner = $3 AND name = $1 AND version = $2",
+                    &[name, version, &viewer.user],
                 )
                 .await?
         }
@@ -113,10 +122,10 @@ pub async fn resolve(
             client
                 .query_opt(
                     "SELECT * FROM models
-                     WHERE name = $1 AND status = 'ready'
+                     WHERE owner = $2 AND name = $1 AND status = 'ready'
                      ORDER BY version DESC
                      LIMIT 1",
-                    &[name],
+                    &[name, &viewer.user],
                 )
                 .await?
         }
@@ -217,7 +226,8 @@ pub async fn delete(client: &mut deadpool_postgres::Client, id: Uuid) -> Result<
     }
     let (source, task): (String, Uuid) = (row.try_get(0)?, row.try_get(1)?);
     let deleted = if source == "uploaded" {
-        super::tasks::delete_in(&tx, task).await?
+        // The caller found the model, so may delete what goes with it.
+        super::tasks::delete_in(&tx, task, Viewer::SYSTEM).await?
     } else {
         tx.execute("DELETE FROM models WHERE id = $1", &[&id])
             .await?;

@@ -9,6 +9,7 @@ use uuid::Uuid;
 use mlq_actors::task::{InputFile, StoredArtifact, TaskStatus};
 
 use super::listener::{CANCEL_CHANNEL, TASKS_CHANNEL};
+use super::users::Viewer;
 use super::DbError;
 
 /// A task row with its inputs and artifacts.
@@ -74,6 +75,7 @@ pub(crate) fn json_column<T: serde::de::DeserializeOwned>(
 /// A task to create.
 pub struct NewTask<'a> {
     pub id: Uuid,
+    pub owner: Uuid,
     pub command: &'a str,
     pub params: &'a Value,
     pub max_attempts: i32,
@@ -103,26 +105,36 @@ pub async fn insert(
                 &task.max_attempts,
                 &inputs,
                 &task.models,
+                &task.owner,
             ],
         )
         .await?;
     row.map(TaskRecord::try_from).transpose()
 }
 
-pub async fn get(client: &impl GenericClient, id: Uuid) -> Result<Option<TaskRecord>, DbError> {
+/// The task `id`, if the viewer may see it.
+pub async fn get(
+    client: &impl GenericClient,
+    id: Uuid,
+    viewer: Viewer,
+) -> Result<Option<TaskRecord>, DbError> {
     let statement = client
-        .prepare_cached("SELECT * FROM task_details WHERE id = $1")
+        .prepare_cached(
+            "SELECT * FROM task_details WHERE id = $1 AND ($2::uuid IS NULL OR owner = $2)",
+        )
         .await?;
     client
-        .query_opt(&statement, &[&id])
+        .query_opt(&statement, &[&id, &viewer.owner()])
         .await?
         .map(TaskRecord::try_from)
         .transpose()
 }
 
-/// One page of tasks, newest first, created before the task `before`.
+/// One page of the tasks the viewer may see, newest first, created before
+/// the task `before`.
 pub async fn list(
     client: &impl GenericClient,
+    viewer: Viewer,
     status: Option<TaskStatus>,
     before: Option<Uuid>,
     limit: i64,
@@ -131,7 +143,7 @@ pub async fn list(
     client
         .query(
             include_str!("sql/list_tasks.sql"),
-            &[&status, &before, &limit],
+            &[&status, &before, &limit, &viewer.owner()],
         )
         .await?
         .into_iter()
@@ -140,16 +152,20 @@ pub async fn list(
 }
 
 /// Locks a task's row for the rest of the transaction and reads its
-/// status; `None` if there is no such task.
+/// status; `None` if there is no such task the viewer may see.
 async fn locked_status(
     tx: &deadpool_postgres::Transaction<'_>,
     id: Uuid,
+    viewer: Viewer,
 ) -> Result<Option<TaskStatus>, DbError> {
-    tx.query_opt("SELECT status FROM tasks WHERE id = $1 FOR UPDATE", &[&id])
-        .await?
-        .as_ref()
-        .map(status)
-        .transpose()
+    tx.query_opt(
+        "SELECT status FROM tasks WHERE id = $1 AND ($2::uuid IS NULL OR owner = $2) FOR UPDATE",
+        &[&id, &viewer.owner()],
+    )
+    .await?
+    .as_ref()
+    .map(status)
+    .transpose()
 }
 
 /// What a cancel request did.
@@ -166,9 +182,13 @@ pub enum Cancel {
 
 /// Cancels a queued task at once, or asks the process running it to stop
 /// (through `mlq_cancel` notifications, with heartbeats as the backstop).
-pub async fn cancel(client: &mut deadpool_postgres::Client, id: Uuid) -> Result<Cancel, DbError> {
+pub async fn cancel(
+    client: &mut deadpool_postgres::Client,
+    id: Uuid,
+    viewer: Viewer,
+) -> Result<Cancel, DbError> {
     let tx = client.transaction().await?;
-    let status = locked_status(&tx, id).await?;
+    let status = locked_status(&tx, id, viewer).await?;
     let outcome = match status {
         None => Cancel::NotFound,
         Some(TaskStatus::Queued) => {
@@ -216,9 +236,13 @@ pub enum Retry {
 /// over, and its log says a user asked for it. The processes it crashed
 /// are kept: a retried task that killed processes runs alone, and one more
 /// crash fails it, so a retry cannot take down process after process.
-pub async fn retry(client: &mut deadpool_postgres::Client, id: Uuid) -> Result<Retry, DbError> {
+pub async fn retry(
+    client: &mut deadpool_postgres::Client,
+    id: Uuid,
+    viewer: Viewer,
+) -> Result<Retry, DbError> {
     let tx = client.transaction().await?;
-    let status = locked_status(&tx, id).await?;
+    let status = locked_status(&tx, id, viewer).await?;
     let outcome = match status {
         None => Retry::NotFound,
         Some(TaskStatus::Failed | TaskStatus::Cancelled) if !models_ready(&tx, id).await? => {
@@ -283,9 +307,13 @@ async fn models_ready(tx: &deadpool_postgres::Transaction<'_>, id: Uuid) -> Resu
 /// Deletes a task with its inputs, artifacts and model, unless that model
 /// is in use. A running task is told to stop first; whatever its worker
 /// writes afterwards is fenced out, as its row is gone.
-pub async fn delete(client: &mut deadpool_postgres::Client, id: Uuid) -> Result<Deleted, DbError> {
+pub async fn delete(
+    client: &mut deadpool_postgres::Client,
+    id: Uuid,
+    viewer: Viewer,
+) -> Result<Deleted, DbError> {
     let tx = client.transaction().await?;
-    let deleted = delete_in(&tx, id).await?;
+    let deleted = delete_in(&tx, id, viewer).await?;
     if matches!(deleted, Deleted::Done { .. }) {
         tx.commit().await?;
     }
@@ -296,8 +324,9 @@ pub async fn delete(client: &mut deadpool_postgres::Client, id: Uuid) -> Result<
 pub async fn delete_in(
     tx: &deadpool_postgres::Transaction<'_>,
     id: Uuid,
+    viewer: Viewer,
 ) -> Result<Deleted, DbError> {
-    let Some(status) = locked_status(tx, id).await? else {
+    let Some(status) = locked_status(tx, id, viewer).await? else {
         return Ok(Deleted::Gone);
     };
     // The model it made goes with it: not while a task reads that model.
@@ -336,17 +365,22 @@ pub async fn delete_in(
     Ok(Deleted::Done { objects })
 }
 
-/// An input file of a task, in the shape of an artifact (for download).
+/// An input file of a task the viewer may see, in the shape of an
+/// artifact (for download).
 pub async fn input(
     client: &impl GenericClient,
     task: Uuid,
     position: i32,
+    viewer: Viewer,
 ) -> Result<Option<StoredArtifact>, DbError> {
     let row = client
         .query_opt(
-            "SELECT name, size, sha256, content_type, object_key AS key
-             FROM task_inputs WHERE task_id = $1 AND position = $2",
-            &[&task, &position],
+            "SELECT i.name, i.size, i.sha256, i.content_type, i.object_key AS key
+             FROM task_inputs AS i
+             JOIN tasks AS t ON t.id = i.task_id
+             WHERE i.task_id = $1 AND i.position = $2
+               AND ($3::uuid IS NULL OR t.owner = $3)",
+            &[&task, &position, &viewer.owner()],
         )
         .await?;
     row.map(stored_object).transpose()
@@ -362,16 +396,21 @@ fn stored_object(r: Row) -> Result<StoredArtifact, DbError> {
     })
 }
 
+/// A result file of a task the viewer may see.
 pub async fn artifact(
     client: &impl GenericClient,
     task: Uuid,
     name: &str,
+    viewer: Viewer,
 ) -> Result<Option<StoredArtifact>, DbError> {
     let row = client
         .query_opt(
-            "SELECT name, size, sha256, content_type, object_key AS key
-             FROM artifacts WHERE task_id = $1 AND name = $2",
-            &[&task, &name],
+            "SELECT a.name, a.size, a.sha256, a.content_type, a.object_key AS key
+             FROM artifacts AS a
+             JOIN tasks AS t ON t.id = a.task_id
+             WHERE a.task_id = $1 AND a.name = $2
+               AND ($3::uuid IS NULL OR t.owner = $3)",
+            &[&task, &name, &viewer.owner()],
         )
         .await?;
     row.map(stored_object).transpose()

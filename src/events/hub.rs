@@ -19,9 +19,11 @@ use super::{FeedEvent, Kind};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
     Task(Uuid),
-    /// Every task; log lines only when asked for.
+    /// Every task of `owner` (of everyone when `None`: an admin's feed);
+    /// log lines only when asked for.
     All {
         logs: bool,
+        owner: Option<Uuid>,
     },
 }
 
@@ -29,7 +31,9 @@ impl Scope {
     fn wants(&self, event: &FeedEvent) -> bool {
         match self {
             Self::Task(id) => *id == event.task,
-            Self::All { logs } => *logs || event.kind != Kind::Log,
+            Self::All { logs, owner } => {
+                (*logs || event.kind != Kind::Log) && (owner.is_none() || *owner == event.owner)
+            }
         }
     }
 }
@@ -280,7 +284,10 @@ mod tests {
         let hub = Hub::new(16);
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
         let sub = hub.subscribe(Scope::Task(a));
-        let all = hub.subscribe(Scope::All { logs: false });
+        let all = hub.subscribe(Scope::All {
+            logs: false,
+            owner: None,
+        });
         hub.publish(event(1, a, Kind::Progress));
         hub.publish(event(2, b, Kind::Progress));
         hub.publish(event(3, b, Kind::Log));
@@ -311,7 +318,10 @@ mod tests {
         let hub = Hub::new(4);
         let task = Uuid::new_v4();
         let other = Uuid::new_v4();
-        let sub = hub.subscribe(Scope::All { logs: true });
+        let sub = hub.subscribe(Scope::All {
+            logs: true,
+            owner: None,
+        });
         for seq in 1..=100 {
             hub.publish(event(seq, task, Kind::Progress));
             hub.publish(event(1000 + seq, other, Kind::Progress));

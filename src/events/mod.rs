@@ -63,6 +63,9 @@ impl Kind {
 pub struct FeedEvent {
     pub seq: i64,
     pub task: Uuid,
+    /// The task's owner: the all-tasks feed of a user who is not an admin
+    /// gets only that user's events.
+    pub owner: Option<Uuid>,
     pub kind: Kind,
     /// A terminal status or a deletion.
     pub last: bool,
@@ -91,10 +94,18 @@ impl FeedEvent {
         Self {
             seq,
             task,
+            owner: None,
             kind,
             last,
             json: Value::Object(message).to_string(),
         }
+    }
+}
+
+impl FeedEvent {
+    pub fn owned_by(mut self, owner: Option<Uuid>) -> Self {
+        self.owner = owner;
+        self
     }
 }
 
@@ -107,6 +118,8 @@ pub struct Announcement {
     #[serde(rename = "type")]
     pub kind: String,
     pub at: DateTime<Utc>,
+    #[serde(default)]
+    pub owner: Option<Uuid>,
     #[serde(default)]
     pub data: Value,
     #[serde(default)]

@@ -6,10 +6,11 @@ use serde::{Deserialize, Serialize};
 
 use mlq_actors::commands::CommandInfo;
 
+use super::routes::Router;
 use super::AppState;
 
-pub fn config(cfg: &mut web::ServiceConfig) {
-    cfg.route("/commands", web::get().to(list));
+pub fn config(r: &mut Router) {
+    r.get("/commands", list);
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -63,6 +63,12 @@ pub enum ApiError {
     #[error("unsupported content type {0:?}: send multipart/form-data or application/json")]
     UnsupportedMediaType(String),
     #[error("{0}")]
+    Unauthorized(crate::auth::Unauthorized),
+    /// Authenticated, or not needing to be, but refused all the same (a
+    /// missing CSRF token, an Origin or Host not allowed).
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
+    #[error("{0}")]
     NotFound(String),
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
@@ -84,7 +90,10 @@ impl ApiError {
 
     pub fn code(&self) -> &'static str {
         match self {
-            Self::BadRequest { code, .. } | Self::Conflict { code, .. } => code,
+            Self::BadRequest { code, .. }
+            | Self::Conflict { code, .. }
+            | Self::Forbidden { code, .. } => code,
+            Self::Unauthorized(_) => "unauthorized",
             Self::UnknownCommand { .. } => "unknown_command",
             Self::InvalidParams { .. } => "invalid_params",
             Self::MissingFile(_) => "missing_file",
@@ -116,6 +125,12 @@ impl From<SubmitError> for ApiError {
     }
 }
 
+impl From<crate::auth::Unauthorized> for ApiError {
+    fn from(e: crate::auth::Unauthorized) -> Self {
+        Self::Unauthorized(e)
+    }
+}
+
 impl From<deadpool_postgres::PoolError> for ApiError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         Self::Db(e.into())
@@ -137,6 +152,8 @@ impl ResponseError for ApiError {
             Self::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::ChecksumMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
@@ -177,6 +194,14 @@ impl ResponseError for ApiError {
             }
             body
         };
+        if let Self::Unauthorized(why) = self {
+            // RFC 6750: say the scheme, and whether what was sent was bad.
+            let challenge = match why {
+                crate::auth::Unauthorized::Missing => r#"Bearer realm="mlq""#,
+                _ => r#"Bearer realm="mlq", error="invalid_token""#,
+            };
+            response.insert_header((actix_web::http::header::WWW_AUTHENTICATE, challenge));
+        }
         if let Self::RangeNotSatisfiable { size } = self {
             response.insert_header((
                 actix_web::http::header::CONTENT_RANGE,

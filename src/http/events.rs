@@ -24,10 +24,12 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::error::ApiError;
+use super::routes::Router;
 use super::tasks::TaskView;
 use super::AppState;
 use super::{no_task, page_limit};
-use crate::db;
+use crate::auth::Caller;
+use crate::db::{self, users::Viewer};
 use crate::events::{Scope, Subscription};
 
 /// Stored events read per query while replaying.
@@ -36,10 +38,10 @@ const REPLAY_PAGE: i64 = 1000;
 /// behind relies on the snapshot (it holds every listed task's state).
 const REPLAY_ALL_MAX: i64 = 10_000;
 
-pub fn config(cfg: &mut web::ServiceConfig) {
-    cfg.route("/events", web::get().to(follow_all))
-        .route("/tasks/{id}/events", web::get().to(follow_task))
-        .route("/tasks/{id}/logs", web::get().to(logs));
+pub fn config(r: &mut Router) {
+    r.get("/events", follow_all)
+        .get("/tasks/{id}/events", follow_task)
+        .get("/tasks/{id}/logs", logs);
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,12 +62,21 @@ pub(super) struct AllFeedQuery {
 
 /// Where a connection starts.
 enum Start {
-    Task { id: Uuid, after: Option<i64> },
-    All { after: Option<i64>, limit: i64 },
+    Task {
+        id: Uuid,
+        after: Option<i64>,
+        viewer: Viewer,
+    },
+    All {
+        after: Option<i64>,
+        limit: i64,
+        viewer: Viewer,
+    },
 }
 
 /// `GET /api/v1/tasks/{id}/events?after=`
 async fn follow_task(
+    caller: Caller,
     req: HttpRequest,
     body: web::Payload,
     id: web::Path<Uuid>,
@@ -75,7 +86,7 @@ async fn follow_task(
     let id = id.into_inner();
     // Answer a missing task with a plain 404 before upgrading.
     let client = state.db.get().await?;
-    db::tasks::get(&client, id)
+    db::tasks::get(&client, id, caller.viewer())
         .await?
         .ok_or_else(|| no_task(id))?;
     drop(client);
@@ -83,12 +94,14 @@ async fn follow_task(
     let start = Start::Task {
         id,
         after: query.after,
+        viewer: caller.viewer(),
     };
     upgrade(&req, body, state, subscription, start)
 }
 
 /// `GET /api/v1/events?after=&limit=&logs=`
 async fn follow_all(
+    caller: Caller,
     req: HttpRequest,
     body: web::Payload,
     query: web::Query<AllFeedQuery>,
@@ -96,10 +109,15 @@ async fn follow_all(
 ) -> Result<HttpResponse, ApiError> {
     let q = query.into_inner();
     let limit = page_limit(q.limit)?;
-    let subscription = state.hub.subscribe(Scope::All { logs: q.logs });
+    let viewer = caller.viewer();
+    let subscription = state.hub.subscribe(Scope::All {
+        logs: q.logs,
+        owner: viewer.owner(),
+    });
     let start = Start::All {
         after: q.after,
         limit,
+        viewer,
     };
     upgrade(&req, body, state, subscription, start)
 }
@@ -111,6 +129,9 @@ fn upgrade(
     subscription: Subscription,
     start: Start,
 ) -> Result<HttpResponse, ApiError> {
+    // Browsers send cookies with cross-site upgrades, and CORS does not
+    // cover WebSockets: only mlq's own pages and listed origins get in.
+    state.origins.check_origin(req)?;
     // One slot per connection, held until it ends: a flood of sockets is
     // refused with a clear error rather than exhausting the process.
     let slot = state
@@ -196,10 +217,10 @@ impl Feed {
     /// Sends the snapshot, then the replay. Database connections are held
     /// only while querying, never while a (possibly slow) client reads.
     async fn begin(&mut self, state: &AppState, start: Start) -> Result<(), Ended> {
-        let (task, after) = match start {
-            Start::Task { id, after } => {
+        let (task, after, viewer) = match start {
+            Start::Task { id, after, viewer } => {
                 let client = state.db.get().await.map_err(db::DbError::from)?;
-                let found = db::tasks::get(&client, id).await?;
+                let found = db::tasks::get(&client, id, viewer).await?;
                 drop(client);
                 let Some(task) = found else {
                     // Deleted after the check before the upgrade.
@@ -212,11 +233,15 @@ impl Feed {
                 let task = TaskView::from(task);
                 self.text(json!({"type": "snapshot", "seq": seq, "task": task}).to_string())
                     .await?;
-                (Some(id), after)
+                (Some(id), after, viewer)
             }
-            Start::All { after, limit } => {
+            Start::All {
+                after,
+                limit,
+                viewer,
+            } => {
                 let client = state.db.get().await.map_err(db::DbError::from)?;
-                let tasks = db::tasks::list(&client, None, None, limit).await?;
+                let tasks = db::tasks::list(&client, viewer, None, None, limit).await?;
                 drop(client);
                 let seq = tasks
                     .iter()
@@ -230,7 +255,7 @@ impl Feed {
                 let tasks: Vec<TaskView> = tasks.into_iter().map(TaskView::from).collect();
                 self.text(json!({"type": "snapshot", "seq": seq, "tasks": tasks}).to_string())
                     .await?;
-                (None, after)
+                (None, after, viewer)
             }
         };
         let Some(mut after) = after else {
@@ -239,7 +264,7 @@ impl Feed {
         let mut replayed = 0;
         loop {
             let client = state.db.get().await.map_err(db::DbError::from)?;
-            let rows = db::events::replay(&client, task, after, REPLAY_PAGE).await?;
+            let rows = db::events::replay(&client, task, viewer, after, REPLAY_PAGE).await?;
             drop(client);
             let n = rows.len() as i64;
             for row in rows {
@@ -368,6 +393,7 @@ pub(super) struct LogQuery {
 /// `GET /api/v1/tasks/{id}/logs?after=&limit=`: log lines oldest first.
 /// Pass the returned `next_after` as `after` to tail.
 async fn logs(
+    caller: Caller,
     id: web::Path<Uuid>,
     query: web::Query<LogQuery>,
     state: web::Data<AppState>,
@@ -384,7 +410,7 @@ async fn logs(
         }
     };
     let client = state.db.get().await?;
-    let dropped = db::events::log_dropped(&client, id)
+    let dropped = db::events::log_dropped(&client, id, caller.viewer())
         .await?
         .ok_or_else(|| no_task(id))?;
     let rows = db::events::logs(&client, id, after, limit).await?;

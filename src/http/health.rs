@@ -6,18 +6,20 @@ use std::time::Duration;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
+use super::routes::Router;
 use super::AppState;
 
-pub fn config(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz));
+pub fn config(r: &mut Router) {
+    r.get("/healthz", healthz).get("/readyz", readyz);
 }
 
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+/// Anyone (a load balancer, a probe) gets the summary; the per-worker
+/// detail names running tasks, so only an admin's credential gets it.
+async fn readyz(req: actix_web::HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     if state.stopping.load(std::sync::atomic::Ordering::Relaxed) {
         return HttpResponse::ServiceUnavailable().json(json!({
             "status": "stopping",
@@ -43,7 +45,10 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let alive = state.board.alive();
     let stuck = state.board.stuck();
     let ready = database.is_ok() && alive == state.workers && stuck <= state.max_stuck_workers;
-    let body = json!({
+    let admin = crate::auth::caller_if_any(&req, &state)
+        .await
+        .is_some_and(|c| c.user.admin);
+    let mut body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         // The reason goes to the log, not to whoever probes.
         "database": if database.is_ok() { "ok" } else { "unavailable" },
@@ -52,7 +57,6 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             "alive": alive,
             "stuck": stuck,
             "max_stuck": state.max_stuck_workers,
-            "detail": state.board.snapshot(),
         },
         "feed": {
             "connections": state.hub.subscribers(),
@@ -63,6 +67,9 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             "max": state.max_uploads,
         },
     });
+    if admin {
+        body["workers"]["detail"] = json!(state.board.snapshot());
+    }
     if ready {
         HttpResponse::Ok().json(body)
     } else {

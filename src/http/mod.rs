@@ -9,9 +9,13 @@ pub mod error;
 mod events;
 pub mod health;
 pub mod models;
+pub mod origin;
 pub mod request_id;
+pub mod routes;
+mod session;
 mod submit;
 pub mod tasks;
+mod tokens;
 
 use std::sync::Arc;
 
@@ -24,6 +28,7 @@ use mlq_actors::ports::ObjectStore;
 
 use self::error::{extractor_error, ApiError};
 pub use self::events::FeedSettings;
+use self::routes::Router;
 use crate::db::announcer::Announcer;
 use crate::events::Hub;
 
@@ -55,6 +60,10 @@ pub struct AppState {
     pub max_sockets: usize,
     /// Deletes what dropped requests stored.
     pub janitor: crate::storage::Janitor,
+    /// Hosts answered and browser origins let in.
+    pub origins: origin::Origins,
+    /// How long a dashboard login lasts.
+    pub session_ttl: std::time::Duration,
 }
 
 /// What one submission may upload.
@@ -90,20 +99,30 @@ pub fn config(cfg: &mut web::ServiceConfig, web_dir: &std::path::Path) {
         web::PathConfig::default().error_handler(|e, _| extractor_error("invalid_path", e)),
     )
     .app_data(web::QueryConfig::default().error_handler(|e, _| extractor_error("invalid_query", e)))
-    .app_data(web::JsonConfig::default().error_handler(|e, _| extractor_error("invalid_json", e)))
-    .configure(health::config)
-    .service(
+    .app_data(web::JsonConfig::default().error_handler(|e, _| extractor_error("invalid_json", e)));
+    // What is mounted here is listed by `routes::table` the same way.
+    let mut table = Vec::new();
+    health::config(&mut Router::new(cfg, "", &mut table));
+    cfg.service(
         web::scope("/api/v1")
-            .configure(submit::config)
-            .configure(tasks::config)
-            .configure(models::config)
-            .configure(commands::config)
-            .configure(events::config)
+            .wrap(actix_web::middleware::from_fn(crate::auth::authenticate))
+            .configure(|cfg| api_routes(&mut Router::new(cfg, "/api/v1", &mut table)))
             .default_service(web::to(not_found)),
     );
     if !dashboard::config(cfg, web_dir) {
         cfg.default_service(web::to(not_found));
     }
+}
+
+/// Every `/api/v1` route.
+fn api_routes(r: &mut Router) {
+    session::config(r);
+    tokens::config(r);
+    submit::config(r);
+    tasks::config(r);
+    models::config(r);
+    commands::config(r);
+    events::config(r);
 }
 
 /// The command called `name`, if users may submit it.

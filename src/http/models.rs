@@ -13,19 +13,18 @@ use uuid::Uuid;
 use mlq_actors::ml::registry::{self, ModelRef};
 
 use super::error::ApiError;
+use super::routes::Router;
 use super::submit::{self, Form};
 use super::{download, page_limit, AppState};
-use crate::db::{self, models::ModelRow, tasks::Deleted};
+use crate::auth::Caller;
+use crate::db::{self, models::ModelRow, tasks::Deleted, users::Viewer};
 
-pub fn config(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::scope("/models")
-            .route("", web::get().to(list))
-            .route("", web::post().to(upload))
-            .route("/{model}", web::get().to(get))
-            .route("/{model}", web::delete().to(delete))
-            .route("/{model}/download", web::get().to(download)),
-    );
+pub fn config(r: &mut Router) {
+    r.get("/models", list)
+        .post("/models", upload)
+        .get("/models/{model}", get)
+        .delete("/models/{model}", delete)
+        .get("/models/{model}/download", download);
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -101,6 +100,7 @@ pub struct ModelPage {
 }
 
 async fn list(
+    caller: Caller,
     query: web::Query<ListQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -109,7 +109,14 @@ async fn list(
         registry::check_name(name).map_err(|m| ApiError::bad_request("invalid_query", m))?;
     }
     let client = state.db.get().await?;
-    let models = db::models::list(&client, query.name.as_deref(), query.before, limit).await?;
+    let models = db::models::list(
+        &client,
+        caller.viewer(),
+        query.name.as_deref(),
+        query.before,
+        limit,
+    )
+    .await?;
     let next_before = (models.len() as i64 == limit)
         .then(|| models.last().map(|m| m.id))
         .flatten();
@@ -125,13 +132,13 @@ async fn list(
     }))
 }
 
-/// The model a path segment names, or 404.
-async fn find(state: &AppState, segment: &str) -> Result<ModelRow, ApiError> {
+/// The model a path segment names, among those the viewer may see, or 404.
+async fn find(state: &AppState, segment: &str, viewer: Viewer) -> Result<ModelRow, ApiError> {
     let model: ModelRef = segment
         .parse()
         .map_err(|m: String| ApiError::bad_request("invalid_model", m))?;
     let client = state.db.get().await?;
-    db::models::resolve(&client, &model)
+    db::models::resolve(&client, &model, viewer)
         .await?
         .ok_or_else(|| match &model {
             ModelRef::Latest(name) => ApiError::NotFound(format!("no ready model named {name}")),
@@ -140,23 +147,25 @@ async fn find(state: &AppState, segment: &str) -> Result<ModelRow, ApiError> {
 }
 
 async fn get(
+    caller: Caller,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let model = find(&state, &path).await?;
+    let model = find(&state, &path, caller.viewer()).await?;
     Ok(HttpResponse::Ok().json(ModelView::from(model)))
 }
 
 /// `POST /api/v1/models`: a TorchScript file (`file`) and its JSON `spec`.
 /// Answers 202 with the model, `validating`; its task runs it once.
 async fn upload(
+    caller: Caller,
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     submit::refuse_when_stopping(&state)?;
     let task = Uuid::new_v4();
-    let accepted = submit::accept(&req, payload, &state, task, Form::Model).await?;
+    let accepted = submit::accept(&req, payload, &state, &caller, task, Form::Model).await?;
     let model = accepted.model.ok_or_else(|| {
         ApiError::bad_request(
             "missing_file",
@@ -171,17 +180,18 @@ async fn upload(
 /// Streams the model's weights: the TorchScript file as uploaded, or a
 /// trained model's safetensors.
 async fn download(
+    caller: Caller,
     req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let model = find(&state, &path).await?;
+    let model = find(&state, &path, caller.viewer()).await?;
     let client = state.db.get().await?;
     // The weights are the upload's input file, or the train task's artifact.
     let stored = if model.source == "uploaded" {
-        db::tasks::input(&client, model.task_id, 0).await?
+        db::tasks::input(&client, model.task_id, 0, Viewer::SYSTEM).await?
     } else {
-        db::tasks::artifact(&client, model.task_id, "model.safetensors").await?
+        db::tasks::artifact(&client, model.task_id, "model.safetensors", Viewer::SYSTEM).await?
     };
     drop(client);
     let mut object = stored
@@ -201,10 +211,11 @@ async fn download(
 /// reads it. An uploaded model goes with its validation task and file; a
 /// trained model's weights stay with its `train` task, as its artifacts.
 async fn delete(
+    caller: Caller,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let model = find(&state, &path).await?;
+    let model = find(&state, &path, caller.viewer()).await?;
     let mut client = state.db.get().await?;
     let deleted = db::models::delete(&mut client, model.id).await?;
     drop(client);

@@ -29,24 +29,27 @@ use mlq_actors::ports::{ObjectKey, ObjectStore, Upload};
 use mlq_actors::task::InputFile;
 
 use super::error::ApiError;
+use super::routes::Router;
 use super::tasks::TaskView;
 use super::AppState;
-use crate::db::{self, models::ModelRow, tasks::TaskRecord, DbError};
+use crate::auth::Caller;
+use crate::db::{self, models::ModelRow, tasks::TaskRecord, users::Viewer, DbError};
 use crate::storage::Janitor;
 
-pub fn config(cfg: &mut web::ServiceConfig) {
-    cfg.route("/tasks", web::post().to(create));
+pub fn config(r: &mut Router) {
+    r.post("/tasks", create);
 }
 
 /// `POST /api/v1/tasks`: validates, stores the inputs and queues the task.
 async fn create(
+    caller: Caller,
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     refuse_when_stopping(&state)?;
     let id = Uuid::new_v4();
-    let accepted = accept(&req, payload, &state, id, Form::Task).await?;
+    let accepted = accept(&req, payload, &state, &caller, id, Form::Task).await?;
     Ok(HttpResponse::Accepted()
         .insert_header((header::LOCATION, format!("/api/v1/tasks/{id}")))
         .json(TaskView::from(accepted.task)))
@@ -87,6 +90,7 @@ pub(super) async fn accept(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
+    caller: &Caller,
     id: Uuid,
     form: Form,
 ) -> Result<Accepted, ApiError> {
@@ -101,7 +105,7 @@ pub(super) async fn accept(
                 state.limits.max_upload_time,
             )));
         }
-        register(state, id, &submission, form, &mut stored).await
+        register(state, caller, id, &submission, form, &mut stored).await
     }
     .await;
     match result {
@@ -152,7 +156,7 @@ impl<E: Into<ApiError>> From<E> for Registered {
 /// there now, `None` when that cannot be told either.
 async fn committed(state: &AppState, id: Uuid) -> Option<Option<Accepted>> {
     let client = state.db.get().await.ok()?;
-    let Some(task) = db::tasks::get(&client, id).await.ok()? else {
+    let Some(task) = db::tasks::get(&client, id, Viewer::SYSTEM).await.ok()? else {
         return Some(None);
     };
     // The task is there, so its model is too (one transaction); a failed
@@ -163,6 +167,7 @@ async fn committed(state: &AppState, id: Uuid) -> Option<Option<Accepted>> {
 
 async fn register(
     state: &AppState,
+    caller: &Caller,
     id: Uuid,
     submission: &Submission,
     form: Form,
@@ -177,7 +182,14 @@ async fn register(
         .map_err(ApiError::from)?;
     let mut client = state.submissions.get().await.map_err(ApiError::from)?;
     let mut params = checked.params;
-    let models = pin_models(&client, &checked.models, checked.model_input, &mut params).await?;
+    let models = pin_models(
+        &client,
+        caller.viewer(),
+        &checked.models,
+        checked.model_input,
+        &mut params,
+    )
+    .await?;
     // The model an upload registers, with its spec's defaults filled in.
     let upload = match form {
         Form::Task => None,
@@ -205,6 +217,7 @@ async fn register(
         &tx,
         db::tasks::NewTask {
             id,
+            owner: caller.user.id,
             command: &submission.command,
             params: &params,
             max_attempts: state.max_attempts,
@@ -235,7 +248,7 @@ async fn register(
             tracing::info!(task = %id, model = %m.id, name = %m.name, version = m.version, "model uploaded; validating")
         }
         None => {
-            tracing::info!(task = %id, command = %submission.command, inputs = submission.inputs.len(), "task queued")
+            tracing::info!(task = %id, user = %caller.user.name, command = %submission.command, inputs = submission.inputs.len(), "task queued")
         }
     }
     Ok(Accepted { task, model })
@@ -246,22 +259,22 @@ async fn register(
 /// submitted with whatever is registered meanwhile.
 async fn pin_models(
     client: &deadpool_postgres::Client,
+    viewer: Viewer,
     models: &[(&'static str, ModelRef)],
     model_input: Option<(&'static str, &'static str)>,
     params: &mut Value,
 ) -> Result<Vec<Uuid>, ApiError> {
     let mut ids = Vec::with_capacity(models.len());
     for (field, model) in models {
-        let row =
-            db::models::resolve(client, model)
-                .await?
-                .ok_or_else(|| ApiError::InvalidParams {
-                    field: (*field).into(),
-                    message: match model {
-                        ModelRef::Latest(name) => format!("no ready model named {name}"),
-                        other => format!("no model {other}"),
-                    },
-                })?;
+        let row = db::models::resolve(client, model, viewer)
+            .await?
+            .ok_or_else(|| ApiError::InvalidParams {
+                field: (*field).into(),
+                message: match model {
+                    ModelRef::Latest(name) => format!("no ready model named {name}"),
+                    other => format!("no model {other}"),
+                },
+            })?;
         if row.status != "ready" {
             return Err(ApiError::Conflict {
                 code: "model_not_ready",

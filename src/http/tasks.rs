@@ -11,17 +11,19 @@ use uuid::Uuid;
 use mlq_actors::task::{InputFile, StoredArtifact, TaskStatus};
 
 use super::error::ApiError;
+use super::routes::Router;
 use super::{download, no_task, page_limit, AppState};
+use crate::auth::Caller;
 use crate::db::{self, tasks::Cancel, tasks::Retry, tasks::TaskRecord};
 
-pub fn config(cfg: &mut web::ServiceConfig) {
-    cfg.route("/tasks", web::get().to(list))
-        .route("/tasks/{id}", web::get().to(get))
-        .route("/tasks/{id}", web::delete().to(delete))
-        .route("/tasks/{id}/cancel", web::post().to(cancel))
-        .route("/tasks/{id}/retry", web::post().to(retry))
-        .route("/tasks/{id}/artifacts/{name}", web::get().to(artifact))
-        .route("/tasks/{id}/inputs/{n}", web::get().to(input));
+pub fn config(r: &mut Router) {
+    r.get("/tasks", list)
+        .get("/tasks/{id}", get)
+        .delete("/tasks/{id}", delete)
+        .post("/tasks/{id}/cancel", cancel)
+        .post("/tasks/{id}/retry", retry)
+        .get("/tasks/{id}/artifacts/{name}", artifact)
+        .get("/tasks/{id}/inputs/{n}", input);
 }
 
 /// A task as the API shows it.
@@ -115,10 +117,14 @@ impl ArtifactView {
     }
 }
 
-async fn get(id: web::Path<Uuid>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn get(
+    caller: Caller,
+    id: web::Path<Uuid>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     let client = state.db.get().await?;
-    let task = db::tasks::get(&client, id)
+    let task = db::tasks::get(&client, id, caller.viewer())
         .await?
         .ok_or_else(|| no_task(id))?;
     Ok(HttpResponse::Ok().json(TaskView::from(task)))
@@ -141,6 +147,7 @@ pub struct TaskPage {
 
 /// `GET /api/v1/tasks?status=&limit=&before=`: newest first.
 async fn list(
+    caller: Caller,
     query: web::Query<ListQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -160,7 +167,7 @@ async fn list(
         .transpose()?;
     let limit = page_limit(q.limit)?;
     let client = state.db.get().await?;
-    let tasks = db::tasks::list(&client, status, q.before, limit).await?;
+    let tasks = db::tasks::list(&client, caller.viewer(), status, q.before, limit).await?;
     let next_before = (tasks.len() as i64 == limit)
         .then(|| tasks.last().map(|t| t.id))
         .flatten();
@@ -172,10 +179,14 @@ async fn list(
 
 /// `POST /api/v1/tasks/{id}/cancel`: a queued task is cancelled at once; a
 /// running one stops at its next check (between batches).
-async fn cancel(id: web::Path<Uuid>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn cancel(
+    caller: Caller,
+    id: web::Path<Uuid>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     let mut client = state.db.get().await?;
-    match db::tasks::cancel(&mut client, id).await? {
+    match db::tasks::cancel(&mut client, id, caller.viewer()).await? {
         Cancel::NotFound => return Err(no_task(id)),
         Cancel::AlreadyFinished => {
             return Err(ApiError::Conflict {
@@ -185,7 +196,7 @@ async fn cancel(id: web::Path<Uuid>, state: web::Data<AppState>) -> Result<HttpR
         }
         Cancel::Cancelled | Cancel::Requested => {}
     }
-    let task = db::tasks::get(&client, id)
+    let task = db::tasks::get(&client, id, caller.viewer())
         .await?
         .ok_or_else(|| no_task(id))?;
     Ok(HttpResponse::Ok().json(TaskView::from(task)))
@@ -193,10 +204,14 @@ async fn cancel(id: web::Path<Uuid>, state: web::Data<AppState>) -> Result<HttpR
 
 /// `POST /api/v1/tasks/{id}/retry`: queues a failed or cancelled task
 /// again, keeping its id, inputs and log.
-async fn retry(id: web::Path<Uuid>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn retry(
+    caller: Caller,
+    id: web::Path<Uuid>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     let mut client = state.db.get().await?;
-    match db::tasks::retry(&mut client, id).await? {
+    match db::tasks::retry(&mut client, id, caller.viewer()).await? {
         Retry::NotFound => return Err(no_task(id)),
         Retry::NotRetryable(status) => {
             return Err(ApiError::Conflict {
@@ -215,7 +230,7 @@ async fn retry(id: web::Path<Uuid>, state: web::Data<AppState>) -> Result<HttpRe
         }
         Retry::Queued => {}
     }
-    let task = db::tasks::get(&client, id)
+    let task = db::tasks::get(&client, id, caller.viewer())
         .await?
         .ok_or_else(|| no_task(id))?;
     tracing::info!(task = %id, "task retried");
@@ -225,10 +240,14 @@ async fn retry(id: web::Path<Uuid>, state: web::Data<AppState>) -> Result<HttpRe
 /// `DELETE /api/v1/tasks/{id}`: removes the task, its inputs and artifacts
 /// (objects included) and the model it trained. A running task is
 /// cancelled first.
-async fn delete(id: web::Path<Uuid>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn delete(
+    caller: Caller,
+    id: web::Path<Uuid>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     let mut client = state.db.get().await?;
-    let keys = match db::tasks::delete(&mut client, id).await? {
+    let keys = match db::tasks::delete(&mut client, id, caller.viewer()).await? {
         db::tasks::Deleted::Gone => return Err(no_task(id)),
         db::tasks::Deleted::InUse(tasks) => {
             return Err(model_in_use("the model this task made", &tasks))
@@ -265,13 +284,14 @@ pub(super) fn model_in_use(what: &str, tasks: &[Uuid]) -> ApiError {
 /// `GET /api/v1/tasks/{id}/artifacts/{name}`: streams a result file, or
 /// one byte range of it.
 async fn artifact(
+    caller: Caller,
     req: HttpRequest,
     path: web::Path<(Uuid, String)>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let (id, name) = path.into_inner();
     let client = state.db.get().await?;
-    let artifact = db::tasks::artifact(&client, id, &name)
+    let artifact = db::tasks::artifact(&client, id, &name, caller.viewer())
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("task {id} has no artifact {name:?}")))?;
     drop(client);
@@ -281,13 +301,14 @@ async fn artifact(
 /// `GET /api/v1/tasks/{id}/inputs/{n}`: streams an uploaded input (numbered
 /// from 0, in upload order), or one byte range of it.
 async fn input(
+    caller: Caller,
     req: HttpRequest,
     path: web::Path<(Uuid, i32)>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let (id, position) = path.into_inner();
     let client = state.db.get().await?;
-    let input = db::tasks::input(&client, id, position)
+    let input = db::tasks::input(&client, id, position, caller.viewer())
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("task {id} has no input {position}")))?;
     drop(client);

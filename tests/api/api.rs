@@ -13,7 +13,7 @@ async fn health_and_readiness_report_the_pool() {
     let (status, body) = app.get("/healthz").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "ok");
-    let (status, body) = app.get("/readyz").await;
+    let (status, body) = app.admin.get("/readyz").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["database"], "ok");
     assert_eq!(body["workers"]["configured"], 1);

@@ -2,7 +2,9 @@
 //! chromium through playwright-core against this app (upload and train
 //! with live progress and charts, predict and download, a cut WebSocket
 //! recovering, uploading a TorchScript model and predicting on a region
-//! drawn with the mouse). Screenshots land in `web/e2e-results/`.
+//! drawn with the mouse), after logging in with a one-time code; the
+//! session cookie's flags, CSRF refusal, minting a token, logging out and
+//! back in with it. Screenshots land in `web/e2e-results/`.
 //!
 //! `make test` builds the dashboard and installs chromium first; missing
 //! either fails this test rather than skipping it.
@@ -38,6 +40,20 @@ async fn dashboard_scenarios_pass_in_a_real_browser() {
         s.progress_every = Duration::from_millis(100);
     })
     .await;
+    // The scenarios log in as alice with a one-time login code, as the
+    // first run's link does.
+    let code = {
+        let client = app.db.get().await.unwrap();
+        let alice: uuid::Uuid = client
+            .query_one("SELECT id FROM users WHERE name = 'alice'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        mlq::auth::issue(&client, alice, mlq::db::users::Kind::Login, "e2e", None)
+            .await
+            .unwrap()
+            .1
+    };
     let results = web.join("e2e-results");
     let base = app.url("");
     // A TorchScript model and an image for the upload-and-region scenario.
@@ -63,6 +79,7 @@ async fn dashboard_scenarios_pass_in_a_real_browser() {
             .arg(&results)
             .env("CHROMIUM", chromium)
             .env("MODEL_FIXTURE", &model)
+            .env("LOGIN_CODE", &code)
             .env("IMAGE_FIXTURE", &image)
             .current_dir(&web)
             .output();

@@ -24,9 +24,11 @@ pub struct Feed {
 impl Feed {
     pub async fn connect(app: &Api, path: &str) -> Self {
         let url = app.url(path).replacen("http://", "ws://", 1);
-        let (_, conn) = awc::Client::new()
-            .ws(url)
-            .max_frame_size(64 << 20)
+        let mut request = awc::Client::new().ws(url).max_frame_size(64 << 20);
+        if let Some(token) = &app.token {
+            request = request.bearer_auth(token);
+        }
+        let (_, conn) = request
             .connect()
             .await
             .expect("the feed accepts the connection");

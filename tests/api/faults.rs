@@ -448,11 +448,7 @@ async fn a_postgres_restart_under_load_loses_and_duplicates_nothing() {
     let accepted = std::rc::Rc::new(std::cell::RefCell::new(Vec::<Uuid>::new()));
     let refused = std::rc::Rc::new(std::cell::Cell::new(0usize));
     let submitting = {
-        let (api, accepted, refused) = (
-            crate::helpers::Api::new(app.address.clone()),
-            accepted.clone(),
-            refused.clone(),
-        );
+        let (api, accepted, refused) = (app.api.clone(), accepted.clone(), refused.clone());
         actix_web::rt::spawn(async move {
             for i in 0..120 {
                 let (status, body) = api

@@ -26,17 +26,23 @@ pub fn server_url() -> String {
 static TRACING: Once = Once::new();
 
 pub struct TestApp {
+    /// As the user `alice`, who is not an admin.
     pub api: Api,
+    /// As the admin `root`.
+    pub admin: Api,
     pub settings: Settings,
     pub db: Pool,
     pub handle: actix_web::dev::ServerHandle,
     _data: tempfile::TempDir,
 }
 
-/// Talking to one mlq over HTTP, in-process or not.
+/// Talking to one mlq over HTTP, in-process or not, as one user.
+#[derive(Clone)]
 pub struct Api {
     pub address: String,
     pub client: awc::Client,
+    /// The API token every request sends, if any.
+    pub token: Option<String>,
 }
 
 impl std::ops::Deref for TestApp {
@@ -62,6 +68,8 @@ pub fn test_settings(database: &str) -> Settings {
         retry_base: Duration::from_millis(50),
         progress_every: Duration::from_millis(50),
         diagnostics: true,
+        // Tests make their own users; the first-run admin has its own test.
+        first_run_login: false,
         // API tests see the API alone, whether or not web/dist was built.
         web_dir: std::env::temp_dir().join("mlq-no-dashboard"),
         ..Settings::default()
@@ -100,8 +108,11 @@ pub async fn spawn_app_on(database: &str, configure: impl FnOnce(&mut Settings))
     let db = db::connect(&db::PgConfig::from_settings(&settings).unwrap(), 8)
         .await
         .expect("test pool");
+    let alice = create_user(&db, "alice", false).await;
+    let root = create_user(&db, "root", true).await;
     TestApp {
-        api: Api::new(address),
+        api: Api::with_token(address.clone(), &alice),
+        admin: Api::with_token(address, &root),
         settings,
         db,
         handle,
@@ -136,14 +147,80 @@ pub fn multipart(fields: &[(&str, &str)], files: &[(&str, &[u8])]) -> (String, V
     (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
+/// Creates a user in the app's database; returns its API token.
+pub async fn create_user(db: &Pool, name: &str, admin: bool) -> String {
+    let client = db.get().await.expect("a connection");
+    let (_, token) = mlq::auth::create_user(&client, name, admin)
+        .await
+        .expect("user created")
+        .expect("a new name");
+    token
+}
+
+/// A new API token for the user `name` of the database at `url`, creating
+/// the user (not an admin) if it is not there yet.
+pub async fn token_for(url: &str, name: &str) -> String {
+    let mut settings = test_settings("unused");
+    settings.database_url = SecretString::from(url.to_owned());
+    let pool = db::connect(&db::PgConfig::from_settings(&settings).unwrap(), 1)
+        .await
+        .expect("test pool");
+    let client = pool.get().await.expect("a connection");
+    if let Some((_, token)) = mlq::auth::create_user(&client, name, false).await.unwrap() {
+        return token;
+    }
+    let user: Uuid = client
+        .query_one("SELECT id FROM users WHERE name = $1", &[&name])
+        .await
+        .unwrap()
+        .get(0);
+    let (_, token) = mlq::auth::issue(&client, user, mlq::db::users::Kind::Token, "test", None)
+        .await
+        .unwrap();
+    token
+}
+
+impl TestApp {
+    /// A new user, and a client that calls as that user.
+    pub async fn user(&self, name: &str, admin: bool) -> Api {
+        Api::with_token(
+            self.address.clone(),
+            &create_user(&self.db, name, admin).await,
+        )
+    }
+}
+
 impl Api {
+    /// Without credentials.
     pub fn new(address: String) -> Self {
         Self {
             address,
             client: awc::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .finish(),
+            token: None,
         }
+    }
+
+    /// Sending `token` with every request.
+    pub fn with_token(address: String, token: &str) -> Self {
+        Self {
+            address,
+            client: awc::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .add_default_header(("authorization", format!("Bearer {token}")))
+                .finish(),
+            token: Some(token.to_owned()),
+        }
+    }
+
+    /// The `Authorization` header line for hand-written requests ("" when
+    /// there is no token).
+    pub fn auth_line(&self) -> String {
+        self.token
+            .as_deref()
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default()
     }
 
     pub fn url(&self, path: &str) -> String {

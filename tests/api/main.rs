@@ -2,6 +2,7 @@
 //! own fresh Postgres database and talks to it over HTTP.
 
 mod api;
+mod auth;
 mod bad_input;
 mod cli;
 mod dashboard;

@@ -144,7 +144,7 @@ async fn an_uploaded_model_is_validated_then_predicts_by_name_and_version() {
         .submit_accepted("predict", json!({"model": "colours@1"}), &files[..1])
         .await;
     assert_eq!(app.finished(id, WITHIN).await["status"], "succeeded");
-    let (_, ready) = app.get("/readyz").await;
+    let (_, ready) = app.admin.get("/readyz").await;
     let cache = &ready["workers"]["detail"][0]["cache"];
     assert!(cache["hits"].as_u64().unwrap() >= 1, "{ready:#}");
     assert!(cache["hit_rate"].as_f64().unwrap() > 0.0, "{ready:#}");

@@ -61,7 +61,7 @@ impl MlqProcess {
             command.env(key, value);
         }
         let child = command.spawn().expect("mlq starts");
-        let process = Self {
+        let mut process = Self {
             api: Api::new(format!("http://127.0.0.1:{port}")),
             child,
             log,
@@ -78,6 +78,9 @@ impl MlqProcess {
             );
             actix_web::rt::time::sleep(Duration::from_millis(50)).await;
         }
+        // Every process of a test calls as the same user, `alice`.
+        let token = crate::helpers::token_for(database_url, "alice").await;
+        process.api = Api::with_token(process.api.address.clone(), &token);
         process
     }
 

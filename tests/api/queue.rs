@@ -111,7 +111,7 @@ async fn a_panicking_job_fails_its_task_and_the_pool_stays_whole() {
         before,
         "pool size before == after"
     );
-    let (_, ready) = app.get("/readyz").await;
+    let (_, ready) = app.admin.get("/readyz").await;
     assert_eq!(ready["workers"]["detail"][0]["panics"], 1);
     let next = app.submit("sleep", json!({})).await;
     assert_eq!(app.finished(next, WITHIN).await["status"], "succeeded");
@@ -297,7 +297,7 @@ async fn a_worker_that_loses_its_lease_stops_and_writes_nothing() {
         .unwrap();
     // The heartbeat notices, the job stops, and the worker is free again.
     eventually(WITHIN, || async {
-        let (_, ready) = app.get("/readyz").await;
+        let (_, ready) = app.admin.get("/readyz").await;
         (ready["workers"]["detail"][0]["state"] == "idle").then_some(())
     })
     .await;

@@ -31,10 +31,11 @@ impl SlowUpload {
     /// declared chunked, so nothing says how much is still to come.
     async fn start(api: &Api, command: &str) -> Self {
         let host = api.address.trim_start_matches("http://").to_owned();
+        let auth = api.auth_line();
         let mut stream = TcpStream::connect(&host).await.unwrap();
         let boundary = format!("slow-{}", uuid::Uuid::new_v4().simple());
         let head = format!(
-            "POST /api/v1/tasks HTTP/1.1\r\nHost: {host}\r\n\
+            "POST /api/v1/tasks HTTP/1.1\r\nHost: {host}\r\n{auth}\
              Content-Type: multipart/form-data; boundary={boundary}\r\n\
              Transfer-Encoding: chunked\r\n\r\n"
         );
@@ -220,11 +221,12 @@ async fn a_feed_client_that_stops_reading_is_dropped() {
     // A client that upgrades, then never reads a byte, with a small receive
     // buffer: the server's sends back up.
     let host = app.address.trim_start_matches("http://");
+    let auth = app.auth_line();
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stream = socket.connect(host.parse().unwrap()).await.unwrap();
     let request = format!(
-        "GET /api/v1/tasks/{id}/events HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n\
+        "GET /api/v1/tasks/{id}/events HTTP/1.1\r\nHost: {host}\r\n{auth}Upgrade: websocket\r\n\
          Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
          Sec-WebSocket-Version: 13\r\n\r\n"
     );

@@ -336,11 +336,13 @@ async fn the_collector_removes_writes_a_dead_process_left_unfinished() {
 async fn upload_and_disconnect(app: &crate::helpers::TestApp, bytes: usize) {
     use tokio::io::AsyncWriteExt;
     let boundary = "mlq-disconnect";
+    let host = app.address.trim_start_matches("http://");
+    let auth = app.auth_line();
     let mut stream = tokio::net::TcpStream::connect(app.address.trim_start_matches("http://"))
         .await
         .unwrap();
     let head = format!(
-        "POST /api/v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n\
+        "POST /api/v1/tasks HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: multipart/form-data; boundary={boundary}\r\n\
          Content-Length: {}\r\n\r\n\
          --{boundary}\r\nContent-Disposition: form-data; name=\"command\"\r\n\r\nsleep\r\n\
          --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.csv\"\r\n\

@@ -2,7 +2,21 @@
 // to show: the server's own words when it sent a JSON error.
 
 import type { CommandInfo } from './schema';
-import type { ErrorBody, LogLine, Model, Task } from './types';
+import type { ApiToken, ErrorBody, LogLine, Me, Model, Task } from './types';
+
+// The session's CSRF token: every write the session cookie authenticates
+// must carry it, so a form another site posts cannot act for the user.
+let csrfToken = '';
+export function setCsrfToken(token: string | undefined) {
+  csrfToken = token ?? '';
+}
+
+// Called when the server says the session is gone (401), so the shell can
+// show the login page.
+let onUnauthorized: () => void = () => undefined;
+export function whenUnauthorized(handler: () => void) {
+  onUnauthorized = handler;
+}
 
 export class ApiError extends Error {
   readonly status: number;
@@ -32,11 +46,15 @@ async function failure(res: Response): Promise<ApiError> {
 
 async function request<T>(path: string, init?: RequestInit): Promise<T> {
   let res: Response;
+  const method = (init?.method ?? 'GET').toUpperCase();
+  const headers = new Headers(init?.headers);
+  if (method !== 'GET' && method !== 'HEAD' && csrfToken) headers.set('x-csrf-token', csrfToken);
   try {
-    res = await fetch(path, init);
+    res = await fetch(path, { ...init, headers, credentials: 'same-origin' });
   } catch {
     throw new ApiError(0, { code: 'network', message: 'cannot reach mlq; check your connection' });
   }
+  if (res.status === 401 && path !== '/api/v1/session') onUnauthorized();
   if (!res.ok) throw await failure(res);
   if (res.status === 204) return undefined as T;
   return res.json() as Promise<T>;
@@ -49,6 +67,17 @@ const json = (body: unknown): RequestInit => ({
 });
 
 export const api = {
+  me: () => request<Me>('/api/v1/me'),
+  login: (credential: { token: string } | { code: string }) =>
+    request<Me>('/api/v1/session', json(credential)),
+  logout: () => request<void>('/api/v1/session', { method: 'DELETE' }),
+  tokens: () => request<{ tokens: ApiToken[] }>('/api/v1/tokens'),
+  mintToken: (name: string, expiresIn?: string) =>
+    request<ApiToken & { token: string }>(
+      '/api/v1/tokens',
+      json(expiresIn ? { name, expires_in: expiresIn } : { name }),
+    ),
+  revokeToken: (id: string) => request<void>(`/api/v1/tokens/${id}`, { method: 'DELETE' }),
   tasks: (status?: string, limit = 100) =>
     request<{ tasks: Task[]; next_before: string | null }>(
       `/api/v1/tasks?limit=${limit}${status ? `&status=${status}` : ''}`,
@@ -92,6 +121,7 @@ function postForm<T>(url: string, form: FormData, onProgress: (sent: number, tot
       if (e.lengthComputable) onProgress(e.loaded, e.total);
     };
     xhr.onload = () => {
+      if (xhr.status === 401) onUnauthorized();
       let body: any = null;
       try {
         body = JSON.parse(xhr.responseText);
@@ -106,6 +136,7 @@ function postForm<T>(url: string, form: FormData, onProgress: (sent: number, tot
     xhr.onabort = () => reject(new ApiError(0, { code: 'aborted', message: 'upload cancelled' }));
   });
   xhr.open('POST', url);
+  if (csrfToken) xhr.setRequestHeader('x-csrf-token', csrfToken);
   xhr.send(form);
   return { done, cancel: () => xhr.abort() };
 }

@@ -1,4 +1,4 @@
-// A small history router: the dashboard has four pages, which does not
+// A small history router: the dashboard has a handful of pages, which does not
 // warrant a routing library. mlq serves index.html for every page path.
 
 import { useEffect, useState } from 'react';
@@ -7,13 +7,17 @@ export type Route =
   | { page: 'tasks' }
   | { page: 'new' }
   | { page: 'task'; id: string }
-  | { page: 'models' };
+  | { page: 'models' }
+  | { page: 'tokens' }
+  | { page: 'login' };
 
 export function parse(path: string): Route {
   const task = path.match(/^\/tasks\/([0-9a-f-]{36})\/?$/i);
   if (task) return { page: 'task', id: task[1] };
   if (path.startsWith('/new')) return { page: 'new' };
   if (path.startsWith('/models')) return { page: 'models' };
+  if (path.startsWith('/tokens')) return { page: 'tokens' };
+  if (path.startsWith('/login')) return { page: 'login' };
   return { page: 'tasks' };
 }
 
@@ -25,6 +29,10 @@ export function href(route: Route): string {
       return '/new';
     case 'models':
       return '/models';
+    case 'tokens':
+      return '/tokens';
+    case 'login':
+      return '/login';
     default:
       return '/';
   }

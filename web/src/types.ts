@@ -101,3 +101,29 @@ export type FeedMessage =
   | (Numbered & { type: 'progress'; progress: Progress })
   | (Numbered & { type: 'log'; level: LogLine['level']; message: string; data?: Record<string, unknown> })
   | (Numbered & { type: 'deleted' });
+
+export interface User {
+  id: string;
+  name: string;
+  admin: boolean;
+  created_at: string;
+}
+
+/** Who the dashboard acts as (`GET /api/v1/me`, `POST /api/v1/session`). */
+export interface Me {
+  user: User;
+  via: 'token' | 'session' | 'ticket';
+  csrf_token?: string;
+  expires_at?: string;
+}
+
+/** An API token as listed: never its secret. */
+export interface ApiToken {
+  id: string;
+  user_id: string;
+  name: string;
+  created_at: string;
+  expires_at: string | null;
+  last_used_at: string | null;
+  revoked_at: string | null;
+}

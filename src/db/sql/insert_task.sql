@@ -1,4 +1,4 @@
--- Creates a task and its inputs in one statement, so they commit together:
+-- Creates a task for its owner ($7) and its inputs in one statement, so they commit together:
 -- inserting the row is the enqueue. $5 is a JSON array of inputs shaped as
 -- the task_details view shows them. Foreign keys are checked at the end of
 -- the statement, after both inserts.
@@ -18,7 +18,7 @@ WITH pinned AS (
         AS i (position integer, name text, size bigint, sha256 text, content_type text, key text)
     WHERE (SELECT count(*) FROM pinned) = cardinality($6::uuid[])
 )
-INSERT INTO tasks (id, command, params, max_attempts, models)
-SELECT $1, $2, $3, $4, $6
+INSERT INTO tasks (id, command, params, max_attempts, models, owner)
+SELECT $1, $2, $3, $4, $6, $7
 WHERE (SELECT count(*) FROM pinned) = cardinality($6::uuid[])
 RETURNING *, $5::jsonb AS inputs, '[]'::jsonb AS artifacts

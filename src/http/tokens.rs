@@ -1,0 +1,112 @@
+//! `/api/v1/tokens`: users mint, list and revoke their own API tokens;
+//! `POST /api/v1/ws-ticket` hands out a single-use WebSocket ticket.
+
+use std::time::Duration;
+
+use actix_web::http::header;
+use actix_web::{web, HttpResponse};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::routes::Router;
+use super::AppState;
+use crate::auth::{self, Caller, TICKET_TTL};
+use crate::db::users::{self, Kind};
+
+/// Longest a token may be minted for; without `expires_in` it never
+/// expires.
+const MAX_TOKEN_LIFE: Duration = Duration::from_secs(10 * 366 * 86_400);
+
+pub fn config(r: &mut Router) {
+    r.get("/tokens", list)
+        .post("/tokens", create)
+        .delete("/tokens/{id}", revoke)
+        .post("/ws-ticket", ticket);
+}
+
+async fn list(caller: Caller, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let client = state.db.get().await?;
+    let tokens = users::list_tokens(&client, caller.user.id).await?;
+    Ok(HttpResponse::Ok().json(json!({ "tokens": tokens })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    /// What it is for, e.g. `laptop` or `ci`.
+    #[serde(default)]
+    name: String,
+    /// How long it lasts, e.g. `30d` or `12h`; forever when absent.
+    expires_in: Option<String>,
+}
+
+/// `POST /api/v1/tokens`: the token is in the answer, and only there.
+async fn create(
+    caller: Caller,
+    body: web::Json<NewToken>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let name = body.name.trim();
+    if name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(ApiError::InvalidParams {
+            field: "name".into(),
+            message: "must be at most 100 characters, none of them control characters".into(),
+        });
+    }
+    let expires_at = match &body.expires_in {
+        None => None,
+        Some(text) => {
+            let life = humantime::parse_duration(text.trim())
+                .ok()
+                .filter(|d| !d.is_zero() && *d <= MAX_TOKEN_LIFE)
+                .ok_or_else(|| ApiError::InvalidParams {
+                    field: "expires_in".into(),
+                    message: format!(
+                        "must be a duration such as 30d or 12h, above zero and at most 10 \
+                         years; got {text:?}"
+                    ),
+                })?;
+            Some(Utc::now() + chrono::Duration::from_std(life).unwrap_or(chrono::Duration::MAX))
+        }
+    };
+    let client = state.db.get().await?;
+    let (credential, token) =
+        auth::issue(&client, caller.user.id, Kind::Token, name, expires_at).await?;
+    tracing::info!(user = %caller.user.name, token = %credential.id, "token minted");
+    let mut body = serde_json::to_value(&credential).unwrap_or_default();
+    body["token"] = json!(token);
+    Ok(HttpResponse::Created()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(body))
+}
+
+/// `DELETE /api/v1/tokens/{id}`: one's own token (an admin: anyone's).
+async fn revoke(
+    caller: Caller,
+    id: web::Path<Uuid>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    let client = state.db.get().await?;
+    users::revoke(&client, id, caller.viewer())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no token with id {id}")))?;
+    tracing::info!(user = %caller.user.name, token = %id, "token revoked");
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// `POST /api/v1/ws-ticket`: a ticket for one WebSocket upgrade within
+/// 30 seconds (`?ticket=`), for clients that cannot send a header or
+/// cookie with the upgrade.
+async fn ticket(caller: Caller, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let expires_at = Utc::now() + chrono::Duration::from_std(TICKET_TTL).unwrap_or_default();
+    let client = state.db.get().await?;
+    let (_, ticket) =
+        auth::issue(&client, caller.user.id, Kind::Ticket, "", Some(expires_at)).await?;
+    Ok(HttpResponse::Created()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(json!({ "ticket": ticket, "expires_at": expires_at })))
+}
