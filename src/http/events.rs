@@ -48,6 +48,9 @@ pub fn config(r: &mut Router) {
 #[serde(deny_unknown_fields)]
 pub(super) struct TaskFeedQuery {
     after: Option<i64>,
+    /// A WebSocket ticket: read by `auth` before the handler runs.
+    #[allow(dead_code)]
+    ticket: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -58,6 +61,9 @@ pub(super) struct AllFeedQuery {
     limit: Option<i64>,
     #[serde(default)]
     logs: bool,
+    /// A WebSocket ticket: read by `auth` before the handler runs.
+    #[allow(dead_code)]
+    ticket: Option<String>,
 }
 
 /// Where a connection starts.
