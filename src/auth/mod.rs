@@ -14,7 +14,7 @@
 
 pub mod secret;
 
-use actix_web::body::MessageBody;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{header, Method};
 use actix_web::middleware::Next;
@@ -110,17 +110,25 @@ impl std::fmt::Display for Unauthorized {
 pub async fn authenticate(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     let login = req.method() == Method::POST && req.path() == "/api/v1/session";
     if !login {
         let state = req
             .app_data::<web::Data<AppState>>()
             .expect("AppState is registered")
             .clone();
-        let caller = identify(req.request(), &state).await?;
-        req.extensions_mut().insert(caller);
+        match identify(req.request(), &state).await {
+            Ok(caller) => {
+                req.extensions_mut().insert(caller);
+            }
+            // Answered here, inside the request id's scope, so a 503's
+            // body names the request id its log lines carry.
+            Err(e) => return Ok(req.error_response(e).map_into_right_body()),
+        }
     }
-    next.call(req).await
+    next.call(req)
+        .await
+        .map(ServiceResponse::map_into_left_body)
 }
 
 /// The caller, for a route open to anyone that shows more to some.

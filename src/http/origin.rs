@@ -10,7 +10,7 @@
 //!   send cookies with cross-site WebSocket upgrades, and CORS does not
 //!   apply to them.
 
-use actix_web::body::MessageBody;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header;
 use actix_web::middleware::Next;
@@ -150,7 +150,7 @@ fn bind_host(bind: &str) -> Option<String> {
 pub async fn check_host(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     let probe = matches!(req.path(), "/healthz" | "/readyz");
     if !probe {
         let state = req
@@ -158,17 +158,19 @@ pub async fn check_host(
             .expect("AppState is registered");
         let host = request_host(req.request());
         if !state.origins.host_allowed(host) {
-            return Err(ApiError::Forbidden {
+            let refused = ApiError::Forbidden {
                 code: "host_not_allowed",
                 message: format!(
                     "this mlq does not answer to host {host:?}; add it to allowed_hosts \
                      (MLQ_ALLOWED_HOSTS) or set public_url"
                 ),
-            }
-            .into());
+            };
+            return Ok(req.error_response(refused).map_into_right_body());
         }
     }
-    next.call(req).await
+    next.call(req)
+        .await
+        .map(ServiceResponse::map_into_left_body)
 }
 
 #[cfg(test)]

@@ -512,14 +512,14 @@ async fn websocket_tickets_work_once_and_foreign_pages_are_refused() {
     // Spent: the same ticket again is refused before the upgrade.
     let ws = |path: &str| awc::Client::new().ws(app.url(path).replacen("http://", "ws://", 1));
     let err = ws(&path).connect().await.err().expect("refused");
-    assert!(err.to_string().contains("401"), "{err}");
+    assert!(format!("{err:?}").contains("401"), "{err:?}");
     // Without any credential, and with a ticket on a plain GET.
     let err = ws(&format!("/api/v1/tasks/{id}/events"))
         .connect()
         .await
         .err()
         .expect("refused");
-    assert!(err.to_string().contains("401"), "{err}");
+    assert!(format!("{err:?}").contains("401"), "{err:?}");
     let (_, fresh) = app.post_json("/api/v1/ws-ticket", &json!({})).await;
     let fresh = fresh["ticket"].as_str().unwrap();
     let (status, _) = anonymous
@@ -539,7 +539,7 @@ async fn websocket_tickets_work_once_and_foreign_pages_are_refused() {
         .await
         .err()
         .expect("refused");
-    assert!(err.to_string().contains("403"), "{err}");
+    assert!(format!("{err:?}").contains("403"), "{err:?}");
     // mlq's own pages can.
     let own = app.address.clone();
     let (res, _) = ws("/api/v1/events")

@@ -27,9 +27,10 @@ async fn insert_ghost_claim(app: &crate::helpers::TestApp, attempts: i32) -> Lea
     client
         .execute(
             "INSERT INTO tasks (id, command, params, status, attempts, lease_token,
-                                lease_expires_at, claimed_by, started_at)
+                                lease_expires_at, claimed_by, started_at, owner)
              VALUES ($1, 'sleep', '{\"ms\": 20}', 'running', $2, $3,
-                     now() - interval '1 second', 'ghost', now())",
+                     now() - interval '1 second', 'ghost', now(),
+                     (SELECT id FROM users WHERE name = 'alice'))",
             &[&lease.task_id, &attempts, &lease.token],
         )
         .await
