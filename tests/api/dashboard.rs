@@ -80,6 +80,7 @@ async fn dashboard_scenarios_pass_in_a_real_browser() {
             .env("CHROMIUM", chromium)
             .env("MODEL_FIXTURE", &model)
             .env("LOGIN_CODE", &code)
+            .env("MLQ_TOKEN", app.api.token.clone().unwrap())
             .env("IMAGE_FIXTURE", &image)
             .current_dir(&web)
             .output();

@@ -18,6 +18,8 @@ if (!base) {
 }
 mkdirSync(shots, { recursive: true });
 const chromiumPath = process.env.CHROMIUM ?? '/usr/bin/chromium';
+// Requests this script makes itself, outside the browser, use alice's token.
+const bearer = { authorization: `Bearer ${process.env.MLQ_TOKEN}` };
 
 /** Two well-separated blobs in 4 dimensions: a model learns them easily. */
 function blobsCsv(rows) {
@@ -163,11 +165,11 @@ await step('03-feed-recovers', async () => {
   // The page reconnects by itself, and live updates flow again.
   await page.getByText('live', { exact: true }).waitFor({ timeout: 20_000 });
   check((await page.getByRole('status').filter({ hasText: 'Connection to mlq lost' }).count()) === 0, 'the banner goes away');
-  const res = await fetch(`${base}/api/v1/tasks/${modelTask}`);
+  const res = await fetch(`${base}/api/v1/tasks/${modelTask}`, { headers: bearer });
   check(res.ok, 'the train task is still there');
   const created = await fetch(`${base}/api/v1/tasks`, {
     method: 'POST',
-    headers: { 'content-type': 'application/json' },
+    headers: { 'content-type': 'application/json', ...bearer },
     body: JSON.stringify({ command: 'sleep', params: { ms: 300 } }),
   });
   check(created.status === 202, `a new task is accepted (${created.status})`);
@@ -204,6 +206,7 @@ await step('06-upload-draw-region-predict', async () => {
   const image = process.env.IMAGE_FIXTURE;
   check(model && image, 'MODEL_FIXTURE and IMAGE_FIXTURE name the TorchScript model and the image');
   // Upload the model with its spec, and watch it validate.
+  await page.getByRole('navigation').getByRole('link', { name: 'Models' }).click();
   await page.getByText('Upload a TorchScript model').click();
   await page.getByLabel('Model file').setInputFiles(model);
   await page.getByLabel('Name').fill('colours');
