@@ -176,19 +176,7 @@ pub async fn token_for(url: &str, name: &str) -> String {
     let pool = db::connect(&db::PgConfig::from_settings(&settings).unwrap(), 1)
         .await
         .expect("test pool");
-    let client = pool.get().await.expect("a connection");
-    if let Some((_, token)) = mlq::auth::create_user(&client, name, false).await.unwrap() {
-        return token;
-    }
-    let user: Uuid = client
-        .query_one("SELECT id FROM users WHERE name = $1", &[&name])
-        .await
-        .unwrap()
-        .get(0);
-    let (_, token) = mlq::auth::issue(&client, user, mlq::db::users::Kind::Token, "test", None)
-        .await
-        .unwrap();
-    token
+    create_user(&pool, name, false).await
 }
 
 impl TestApp {
