@@ -146,23 +146,33 @@ async fn soak(cycles: usize) -> Report {
             }
         }
         actix_web::rt::time::sleep(Duration::from_millis(1200)).await;
-        // Kill one of them, noting the leases it held.
+        // Kill one of them, noting the leases it held. On a loaded machine
+        // the victim may not have claimed anything yet (the other process
+        // took the batch), and killing an idle process proves nothing, so
+        // wait a little for it to hold a lease.
         let victim = cycle % 2;
         let pid = processes[victim].pid();
-        let held: Vec<(Uuid, Uuid)> = pool
-            .get()
-            .await
-            .unwrap()
-            .query(
-                "SELECT id, lease_token FROM tasks
-                 WHERE status = 'running' AND claimed_by LIKE '%:' || $1 || ':%'",
-                &[&pid.to_string()],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
+        let mut held: Vec<(Uuid, Uuid)> = vec![];
+        let waiting = Instant::now();
+        while held.is_empty() && waiting.elapsed() < Duration::from_secs(10) {
+            held = pool
+                .get()
+                .await
+                .unwrap()
+                .query(
+                    "SELECT id, lease_token FROM tasks
+                     WHERE status = 'running' AND claimed_by LIKE '%:' || $1 || ':%'",
+                    &[&pid.to_string()],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            if held.is_empty() {
+                actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
         processes[victim].kill9();
         let killed = Instant::now();
         let (watch_pool, rescues) = (pool.clone(), rescues.clone());
