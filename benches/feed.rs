@@ -115,9 +115,10 @@ fn progress_times(text: &[u8]) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
     Some((time_at(text, body)?, time_at(text, 0)?))
 }
 
-async fn subscribe(url: String, sink: Arc<Sink>) {
+async fn subscribe(url: String, token: Arc<str>, sink: Arc<Sink>) {
     let (_, mut conn) = match awc::Client::new()
         .ws(url)
+        .bearer_auth(&*token)
         .max_frame_size(16 << 20)
         .connect()
         .await
@@ -151,14 +152,15 @@ async fn subscribe(url: String, sink: Arc<Sink>) {
 
 /// Runs `urls` as subscribers on `threads` client threads, each its own
 /// single-threaded runtime, for as long as the process lives.
-fn start_clients(urls: Vec<String>, threads: usize, sink: &Arc<Sink>) {
+fn start_clients(urls: Vec<String>, token: &str, threads: usize, sink: &Arc<Sink>) {
+    let token: Arc<str> = token.into();
     for t in 0..threads {
         let mine: Vec<String> = urls.iter().skip(t).step_by(threads).cloned().collect();
-        let sink = sink.clone();
+        let (sink, token) = (sink.clone(), token.clone());
         std::thread::spawn(move || {
             actix_rt::System::new().block_on(async move {
                 for (i, url) in mine.into_iter().enumerate() {
-                    actix_rt::spawn(subscribe(url, sink.clone()));
+                    actix_rt::spawn(subscribe(url, token.clone(), sink.clone()));
                     if i % 100 == 99 {
                         actix_rt::time::sleep(Duration::from_millis(20)).await;
                     }
@@ -237,7 +239,7 @@ fn main() {
         )
         .await;
         let pid = server.child.id();
-        let client = awc::Client::default();
+        let client = server.client();
         let secs = phase_seconds();
         let subscribers = subscribers();
         let (_, rss_before) = usage(pid);
@@ -261,7 +263,7 @@ fn main() {
                 }
             })
             .collect();
-        start_clients(urls, CLIENT_THREADS, &sink);
+        start_clients(urls, &server.token, CLIENT_THREADS, &sink);
         let deadline = Instant::now() + Duration::from_secs(60);
         while sink.connected.load(Ordering::Relaxed) < subscribers {
             assert!(Instant::now() < deadline, "subscribers did not all connect");

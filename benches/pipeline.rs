@@ -97,9 +97,7 @@ fn multipart(command: &str, params: &Value, file: &[u8]) -> (String, Vec<u8>) {
 }
 
 async fn latency_bench(server: &Server) -> Value {
-    let client = awc::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .finish();
+    let client = server.client();
     let tasks = format!("{}/api/v1/tasks", server.base);
     let probe = post_json(
         &client,
@@ -216,9 +214,7 @@ async fn throughput_round(server: &Server, db: &tokio_postgres::Client) -> Value
     use futures_util::StreamExt;
     let n = scale(3000);
     let concurrency = 32;
-    let client = awc::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .finish();
+    let client = server.client();
     let tasks = format!("{}/api/v1/tasks", server.base);
     let count = "SELECT count(*) FROM tasks WHERE status = 'succeeded' AND command = 'sleep'";
     let before: i64 = db.query_one(count, &[]).await.unwrap().get(0);

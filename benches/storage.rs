@@ -252,6 +252,7 @@ fn summarize(rounds: &[Value]) -> Value {
 struct Mlq {
     process: Proc,
     base: String,
+    token: String,
 }
 
 fn start_mlq(work: &Path, name: &str, s3: Option<&str>) -> Mlq {
@@ -278,7 +279,12 @@ fn start_mlq(work: &Path, name: &str, s3: Option<&str>) -> Mlq {
     let process = Proc(cmd.spawn().expect("mlq starts"));
     let base = format!("http://127.0.0.1:{port}");
     wait_for(&format!("{base}/readyz"));
-    Mlq { process, base }
+    let token = support::create_user(&format!("{}/{database}", admin_url()));
+    Mlq {
+        process,
+        base,
+        token,
+    }
 }
 
 fn mbps(bytes: u64, secs: f64) -> f64 {
@@ -290,6 +296,8 @@ fn through_mlq(mlq: &Mlq, file: &Path, size: u64) -> Value {
     let pid = mlq.process.0.id();
     let form = format!("file=@{};type=text/csv", file.display());
     let url = format!("{}/api/v1/tasks", mlq.base);
+    let [h, auth] = support::bearer(&mlq.token);
+    let curl = |args: &[&str]| curl(&[&[h.as_str(), auth.as_str()], args].concat());
     let ((secs, status, body), up_rss) =
         peak_growth(pid, || curl(&["-F", "command=sleep", "-F", &form, &url]));
     assert_eq!(status, 202, "upload failed: {body}");

@@ -98,6 +98,8 @@ fn main() {
         assert!(Instant::now() < deadline, "mlq did not become ready");
         std::thread::sleep(Duration::from_millis(100));
     }
+    let [h, auth] = support::bearer(&support::create_user(&format!("{admin}/{database}")));
+    let curl = |args: &[&str]| curl(&[&[h.as_str(), auth.as_str()], args].concat());
     let pid = mlq.0.id();
     let before = status_kib(pid, "VmRSS:");
     let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");

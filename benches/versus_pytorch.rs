@@ -101,6 +101,8 @@ fn curl(args: &[&str]) -> String {
 struct Mlq {
     _proc: Proc,
     base: String,
+    /// `curl` arguments sending an admin's token.
+    auth: [String; 2],
 }
 
 impl Mlq {
@@ -128,11 +130,21 @@ impl Mlq {
             assert!(Instant::now() < deadline, "mlq did not become ready");
             std::thread::sleep(Duration::from_millis(100));
         }
-        Self { _proc: proc, base }
+        let token = support::create_user(&format!("{}/{database}", admin_url()));
+        Self {
+            _proc: proc,
+            base,
+            auth: support::bearer(&token),
+        }
+    }
+
+    /// curl with the token.
+    fn curl(&self, args: &[&str]) -> String {
+        curl(&[&[self.auth[0].as_str(), self.auth[1].as_str()], args].concat())
     }
 
     fn get(&self, path: &str) -> Value {
-        serde_json::from_str(&curl(&[&format!("{}{path}", self.base)])).unwrap()
+        serde_json::from_str(&self.curl(&[&format!("{}{path}", self.base)])).unwrap()
     }
 
     /// Submits a task with files; its id.
@@ -149,7 +161,7 @@ impl Mlq {
         }
         args.push(format!("{}/api/v1/tasks", self.base));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let body = curl(&refs);
+        let body = self.curl(&refs);
         let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
         v["id"]
             .as_str()
@@ -338,7 +350,7 @@ async fn main() {
         "name": "bench-cnn", "input": "image", "width": 224, "height": 224,
         "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
     });
-    let body = curl(&[
+    let body = mlq.curl(&[
         "-F",
         &format!("spec={spec}"),
         "-F",

@@ -124,11 +124,14 @@ for _ in $(seq 1 120); do
 done
 curl -sf "$base/readyz" | "$python" -c 'import json, sys; r = json.load(sys.stdin); print(json.dumps({"status": r.get("status"), "workers": r.get("workers")}, indent=1))' \
     || { echo "gpu-check: mlq did not start:" >&2; tail -20 "$work/mlq.log" >&2; exit 1; }
+# Every API call carries an admin's token, made as an operator would.
+token=$("$mlq" user create "gpu-check-$$" --admin) || { echo "gpu-check: mlq user create failed" >&2; exit 1; }
+auth=(-H "Authorization: Bearer $token")
 
 job() { # id → the finished task, or a failure
     local id=$1 task status
     for _ in $(seq 1 1200); do
-        task=$(curl -s "$base/api/v1/tasks/$id")
+        task=$(curl -s "${auth[@]}" "$base/api/v1/tasks/$id")
         status=$(echo "$task" | "$python" -c 'import json, sys; print(json.load(sys.stdin)["status"])')
         case $status in
             succeeded) echo "$task"; return 0 ;;
@@ -151,26 +154,26 @@ print(json.dumps({"check": sys.argv[1], "job_seconds": round(secs, 3), "metrics"
 id_of() { "$python" -c 'import json, sys; b = json.load(sys.stdin); print(b["id"]) if "id" in b else sys.exit("refused: " + json.dumps(b))'; }
 
 echo "== 5. an uploaded TorchScript model, validated on $device; image predict (a zip of 64 images, batch 32)"
-model=$(curl -s -F 'spec={"name":"gpu-check","input":"image","width":224,"height":224,"mean":[0.5,0.5,0.5],"std":[0.25,0.25,0.25]}' \
+model=$(curl -s "${auth[@]}" -F 'spec={"name":"gpu-check","input":"image","width":224,"height":224,"mean":[0.5,0.5,0.5],"std":[0.25,0.25,0.25]}' \
     -F "file=@$work/model.pt" "$base/api/v1/models" | id_of)
 for _ in $(seq 1 240); do
-    status=$(curl -s "$base/api/v1/models/$model" | "$python" -c 'import json, sys; print(json.load(sys.stdin)["status"])')
+    status=$(curl -s "${auth[@]}" "$base/api/v1/models/$model" | "$python" -c 'import json, sys; print(json.load(sys.stdin)["status"])')
     [ "$status" != validating ] && break
     sleep 0.25
 done
-[ "$status" = ready ] || { echo "gpu-check: the model is $status: $(curl -s "$base/api/v1/models/$model")" >&2; exit 1; }
-id=$(curl -s -F command=predict -F 'params={"model":"gpu-check","batch_size":32}' -F "file=@$work/images.zip" "$base/api/v1/tasks" | id_of)
+[ "$status" = ready ] || { echo "gpu-check: the model is $status: $(curl -s "${auth[@]}" "$base/api/v1/models/$model")" >&2; exit 1; }
+id=$(curl -s "${auth[@]}" -F command=predict -F 'params={"model":"gpu-check","batch_size":32}' -F "file=@$work/images.zip" "$base/api/v1/tasks" | id_of)
 job "$id" | summary "image predict on $device"
 
 echo "== 6. train on a CSV (20,000 rows, 5 epochs) on $device"
-id=$(curl -s -F command=train -F 'params={"target":"label","epochs":5,"batch_size":256}' -F "file=@$work/blobs.csv" "$base/api/v1/tasks" | id_of)
+id=$(curl -s "${auth[@]}" -F command=train -F 'params={"target":"label","epochs":5,"batch_size":256}' -F "file=@$work/blobs.csv" "$base/api/v1/tasks" | id_of)
 job "$id" | summary "tabular train on $device"
 
 echo "== 7. train a CNN on a zip of class folders (120 images, 8 epochs) on $device"
-id=$(curl -s -F command=train -F 'params={"epochs":8,"batch_size":16}' -F "file=@$work/shapes.zip" "$base/api/v1/tasks" | id_of)
+id=$(curl -s "${auth[@]}" -F command=train -F 'params={"epochs":8,"batch_size":16}' -F "file=@$work/shapes.zip" "$base/api/v1/tasks" | id_of)
 job "$id" | summary "image train on $device"
 
 echo "== 8. where the workers ran"
-curl -s "$base/readyz" | "$python" -c 'import json, sys; print(json.dumps(json.load(sys.stdin).get("workers"), indent=1))'
+curl -s "${auth[@]}" "$base/readyz" | "$python" -c 'import json, sys; print(json.dumps(json.load(sys.stdin).get("workers"), indent=1))'
 grep -i "cuda" "$work/mlq.log" | head -5 || true
 echo "gpu-check: passed"

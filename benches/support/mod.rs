@@ -21,6 +21,36 @@ pub fn scaled(n: f64, min: f64) -> f64 {
     (n * s).max(min)
 }
 
+/// A new admin in the database at `database_url`, made with `mlq user
+/// create` as an operator would; its API token. Run once the server has
+/// migrated the database.
+pub fn create_user(database_url: &str) -> String {
+    static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let out = Command::new(env!("CARGO_BIN_EXE_mlq"))
+        .args([
+            "user",
+            "create",
+            &format!("bench-{}-{n}", std::process::id()),
+            "--admin",
+        ])
+        .env("MLQ_DATABASE_URL", database_url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("mlq user create runs");
+    assert!(
+        out.status.success(),
+        "mlq user create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// curl arguments that send `token`.
+pub fn bearer(token: &str) -> [String; 2] {
+    ["-H".to_owned(), format!("Authorization: Bearer {token}")]
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -52,6 +82,8 @@ impl Drop for Proc {
 pub struct Server {
     pub child: Child,
     pub base: String,
+    /// An admin's API token.
+    pub token: String,
     _data: tempfile::TempDir,
 }
 
@@ -94,10 +126,22 @@ pub async fn start_server(database: &str, env: &[(&str, &str)]) -> Server {
         assert!(Instant::now() < deadline, "mlq did not become ready");
         actix_rt::time::sleep(Duration::from_millis(100)).await;
     }
+    let token = create_user(&format!("{}/{database}", admin_url()));
     Server {
         child,
         base,
+        token,
         _data: data,
+    }
+}
+
+impl Server {
+    /// A client that sends the server's admin token.
+    pub fn client(&self) -> awc::Client {
+        awc::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .bearer_auth(&self.token)
+            .finish()
     }
 }
 
