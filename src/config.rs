@@ -119,6 +119,11 @@ pub struct Settings {
     pub max_file_bytes: u64,
     /// `MLQ_MAX_FILES`: most file parts in one request.
     pub max_files: usize,
+    /// `MLQ_REQUEST_HEAD_TIMEOUT`: how long a client may take to send a
+    /// request's line and headers before the connection is closed (against
+    /// slow-drip clients holding connections).
+    #[serde(with = "humantime_serde")]
+    pub request_head_timeout: Duration,
     /// `MLQ_UPLOAD_IDLE`: how long an upload may send nothing before it is
     /// refused with 408 and what it stored is removed.
     #[serde(with = "humantime_serde")]
@@ -174,6 +179,22 @@ pub struct Settings {
     /// `MLQ_SESSION_TTL`: how long a dashboard login lasts.
     #[serde(with = "humantime_serde")]
     pub session_ttl: Duration,
+    /// `MLQ_QUOTA_QUEUED_TASKS`: tasks one user may have waiting; more are
+    /// refused with 429. 0: no limit. (Every quota is per user.)
+    pub quota_queued_tasks: u64,
+    /// `MLQ_QUOTA_RUNNING_TASKS`: tasks of one user that run at once,
+    /// across all processes; the rest wait their turn. 0: no limit.
+    pub quota_running_tasks: u64,
+    /// `MLQ_QUOTA_UPLOAD_BYTES_PER_DAY`: bytes one user may upload per UTC
+    /// day (deleting them does not give the allowance back). 0: no limit.
+    pub quota_upload_bytes_per_day: u64,
+    /// `MLQ_QUOTA_STORED_BYTES`: bytes one user's tasks may hold in the
+    /// object store (inputs and artifacts, models among them); uploads past
+    /// it are refused. 0: no limit.
+    pub quota_stored_bytes: u64,
+    /// `MLQ_QUOTA_REQUESTS_PER_SECOND`: API requests one user may send each
+    /// process per second, in bursts of up to twice that. 0: no limit.
+    pub quota_requests_per_second: u32,
     /// `MLQ_WEB_DIR`: the built dashboard, served at `/` when present.
     pub web_dir: PathBuf,
     /// `MLQ_DIAGNOSTICS`: enables the `sleep` command (tests, benchmarks).
@@ -223,6 +244,7 @@ impl Default for Settings {
             max_request_bytes: 1 << 30,
             max_file_bytes: 1 << 30,
             max_files: 16,
+            request_head_timeout: Duration::from_secs(5),
             upload_idle: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
             max_uploads: 64,
@@ -237,6 +259,11 @@ impl Default for Settings {
             allowed_origins: Vec::new(),
             first_run_login: true,
             session_ttl: Duration::from_secs(7 * 86_400),
+            quota_queued_tasks: 10_000,
+            quota_running_tasks: 16,
+            quota_upload_bytes_per_day: 100 << 30,
+            quota_stored_bytes: 500 << 30,
+            quota_requests_per_second: 100,
             web_dir: PathBuf::from("web/dist"),
             diagnostics: false,
             log: "info".into(),
@@ -337,6 +364,7 @@ const ENV_KEYS: &[&str] = &[
     "max_request_bytes",
     "max_file_bytes",
     "max_files",
+    "request_head_timeout",
     "upload_idle",
     "drain_timeout",
     "max_uploads",
@@ -353,6 +381,11 @@ const ENV_KEYS: &[&str] = &[
     "allowed_origins",
     "first_run_login",
     "session_ttl",
+    "quota_queued_tasks",
+    "quota_running_tasks",
+    "quota_upload_bytes_per_day",
+    "quota_stored_bytes",
+    "quota_requests_per_second",
     "web_dir",
     "diagnostics",
     "log",
@@ -403,6 +436,7 @@ impl Settings {
             ("database_wait_timeout", self.database_wait_timeout),
             ("statement_timeout", self.statement_timeout),
             ("upload_idle", self.upload_idle),
+            ("request_head_timeout", self.request_head_timeout),
             ("stuck_after", self.stuck_after),
             ("max_task_timeout", self.max_task_timeout),
             ("session_ttl", self.session_ttl),

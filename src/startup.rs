@@ -127,12 +127,15 @@ impl Application {
             // Its own connections, opened and driven on the dispatcher's
             // arbiter: busy HTTP handlers cannot starve the queue, and
             // stopping the HTTP workers does not close them.
-            Arc::new(PgTaskStore::with_pools(
-                db::queue_pool(&pg, pool_config.workers + 2, QueueConn::Outcomes)?,
-                db::queue_pool(&pg, 2, QueueConn::Claims)?,
-                db::queue_pool(&pg, pool_config.workers + 2, QueueConn::Fast)?,
-                announcer.clone(),
-            )),
+            Arc::new(
+                PgTaskStore::with_pools(
+                    db::queue_pool(&pg, pool_config.workers + 2, QueueConn::Outcomes)?,
+                    db::queue_pool(&pg, 2, QueueConn::Claims)?,
+                    db::queue_pool(&pg, pool_config.workers + 2, QueueConn::Fast)?,
+                    announcer.clone(),
+                )
+                .running_per_owner(settings.quota_running_tasks),
+            ),
             objects.clone(),
             commands.clone(),
             ml,
@@ -187,6 +190,8 @@ impl Application {
             hub,
             origins: http::origin::Origins::from_settings(&settings),
             session_ttl: settings.session_ttl,
+            quotas: (&settings).into(),
+            rate: crate::http::quota::RateLimiter::new(settings.quota_requests_per_second),
             feed: FeedSettings {
                 ping_every: settings.ws_ping_every,
                 timeout: settings.ws_timeout,
@@ -203,6 +208,7 @@ impl Application {
         let mut server = HttpServer::new(move || {
             App::new()
                 .wrap(actix_web::middleware::from_fn(http::origin::check_host))
+                .wrap(actix_web::middleware::from_fn(http::headers::secure))
                 .wrap(actix_web::middleware::from_fn(http::request_id::tag))
                 .wrap(TracingLogger::default())
                 .app_data(state.clone())
@@ -225,6 +231,10 @@ impl Application {
         // Signals are handled in `run_until_stopped`: readiness goes first,
         // then uploads get their drain, then the server stops.
         .disable_signals()
+        // A client must send its request head within this, or the
+        // connection is closed (408): slow-drip clients cannot hold
+        // connections open.
+        .client_request_timeout(settings.request_head_timeout)
         .shutdown_timeout(5);
         if let Some(n) = settings.http_workers {
             server = server.workers(n.max(1));

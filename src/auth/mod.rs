@@ -117,7 +117,14 @@ pub async fn authenticate(
             .app_data::<web::Data<AppState>>()
             .expect("AppState is registered")
             .clone();
-        match identify(req.request(), &state).await {
+        let admitted = identify(req.request(), &state).await.and_then(|caller| {
+            state
+                .rate
+                .check(&caller.user)
+                .map_err(ApiError::OverQuota)?;
+            Ok(caller)
+        });
+        match admitted {
             Ok(caller) => {
                 req.extensions_mut().insert(caller);
             }

@@ -10,6 +10,7 @@ pub mod listener;
 pub mod models;
 pub mod queue;
 pub mod tasks;
+pub mod usage;
 pub mod users;
 
 use std::time::Duration;

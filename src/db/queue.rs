@@ -38,6 +38,8 @@ pub struct PgTaskStore {
     claims: Pool,
     fast: Pool,
     announcer: Option<Announcer>,
+    /// Most tasks one owner runs at once, across processes (0: no limit).
+    running_per_owner: i64,
 }
 
 // Each ends an attempt, fenced by its lease ($1 task, $2 token), keeping
@@ -182,7 +184,15 @@ impl PgTaskStore {
             claims: pool.clone(),
             fast: pool,
             announcer: None,
+            running_per_owner: 0,
         }
+    }
+
+    /// Claims leave an owner's tasks queued while `n` of them run (0: no
+    /// limit; `quota_running_tasks`).
+    pub fn running_per_owner(mut self, n: u64) -> Self {
+        self.running_per_owner = i64::try_from(n).unwrap_or(i64::MAX);
+        self
     }
 
     /// The dispatcher's store: pools made by [`super::queue_pool`] for each
@@ -193,6 +203,7 @@ impl PgTaskStore {
             durable: outcomes,
             claims,
             fast,
+            running_per_owner: 0,
         }
     }
 
@@ -365,6 +376,7 @@ impl TaskStore for PgTaskStore {
                     &millis(lease),
                     &worker,
                     &suspects,
+                    &self.running_per_owner,
                 ],
             )
             .await

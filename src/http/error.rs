@@ -32,6 +32,10 @@ pub enum ApiError {
     TooManyFiles(String),
     #[error("request body is larger than the limit of {limit} bytes (max_request_bytes)")]
     TooLarge { limit: u64 },
+    #[error("the request's headers take more than {limit} bytes")]
+    HeadersTooLarge { limit: usize },
+    #[error("the JSON body is larger than this endpoint's limit of {limit} bytes")]
+    JsonTooLarge { limit: usize },
     #[error("file {name:?} is larger than the limit of {limit} bytes per file (max_file_bytes)")]
     FileTooLarge { name: String, limit: u64 },
     #[error("a request may carry at most {limit} files (max_files)")]
@@ -47,6 +51,10 @@ pub enum ApiError {
         message: String,
         retry_after: u32,
     },
+    /// The caller is over one of their own limits (`quota_*`); the message
+    /// names it, and `Retry-After` says when to try again.
+    #[error("{0}")]
+    OverQuota(crate::http::quota::Exceeded),
     #[error("{command} does not accept files of type {content_type:?}; accepted: {}", allowed.join(", "))]
     UnsupportedFileType {
         command: String,
@@ -98,12 +106,14 @@ impl ApiError {
             Self::InvalidParams { .. } => "invalid_params",
             Self::MissingFile(_) => "missing_file",
             Self::TooManyFiles(_) => "too_many_files",
-            Self::TooLarge { .. } => "payload_too_large",
+            Self::TooLarge { .. } | Self::JsonTooLarge { .. } => "payload_too_large",
+            Self::HeadersTooLarge { .. } => "headers_too_large",
             Self::FileTooLarge { .. } => "file_too_large",
             Self::TooManyParts { .. } => "too_many_parts",
             Self::UploadTimeout(_) => "upload_timeout",
             Self::UploadIdle(_) => "upload_idle",
             Self::Busy { code, .. } => code,
+            Self::OverQuota(e) => e.code(),
             Self::UnsupportedFileType { .. } => "unsupported_file_type",
             Self::ChecksumMismatch { .. } => "checksum_mismatch",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
@@ -144,12 +154,15 @@ impl ResponseError for ApiError {
             Self::InvalidParams { .. } | Self::MissingFile(_) | Self::TooManyFiles(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            Self::TooLarge { .. } | Self::FileTooLarge { .. } | Self::TooManyParts { .. } => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
+            Self::TooLarge { .. }
+            | Self::JsonTooLarge { .. }
+            | Self::FileTooLarge { .. }
+            | Self::TooManyParts { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedFileType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::UploadTimeout(_) | Self::UploadIdle(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::OverQuota(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::ChecksumMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -191,6 +204,13 @@ impl ResponseError for ApiError {
             let mut body = json!({ "code": self.code(), "message": message });
             if let Self::InvalidParams { field, .. } = self {
                 body["field"] = json!(truncate(field.clone(), 256));
+            }
+            if let Self::OverQuota(e) = self {
+                body["limit"] = json!(e.limit);
+                response.insert_header((
+                    actix_web::http::header::RETRY_AFTER,
+                    e.retry_after.to_string(),
+                ));
             }
             body
         };

@@ -7,9 +7,11 @@ mod dashboard;
 mod download;
 pub mod error;
 mod events;
+pub mod headers;
 pub mod health;
 pub mod models;
 pub mod origin;
+pub mod quota;
 pub mod request_id;
 pub mod routes;
 mod session;
@@ -31,6 +33,9 @@ pub use self::events::FeedSettings;
 use self::routes::Router;
 use crate::db::announcer::Announcer;
 use crate::events::Hub;
+
+/// Largest JSON body the small endpoints (tokens, login, cancel) read.
+const MAX_JSON_BYTES: usize = 64 << 10;
 
 /// What handlers share.
 pub struct AppState {
@@ -64,6 +69,10 @@ pub struct AppState {
     pub origins: origin::Origins,
     /// How long a dashboard login lasts.
     pub session_ttl: std::time::Duration,
+    /// Each user's limits on what they queue, upload and store.
+    pub quotas: quota::Quotas,
+    /// Each user's requests per second.
+    pub rate: quota::RateLimiter,
 }
 
 /// What one submission may upload.
@@ -99,7 +108,20 @@ pub fn config(cfg: &mut web::ServiceConfig, web_dir: &std::path::Path) {
         web::PathConfig::default().error_handler(|e, _| extractor_error("invalid_path", e)),
     )
     .app_data(web::QueryConfig::default().error_handler(|e, _| extractor_error("invalid_query", e)))
-    .app_data(web::JsonConfig::default().error_handler(|e, _| extractor_error("invalid_json", e)));
+    .app_data(
+        // JSON bodies are small (task submissions read their own); a
+        // larger one is refused before it is read.
+        web::JsonConfig::default()
+            .limit(MAX_JSON_BYTES)
+            .error_handler(|e, _| match e {
+                actix_web::error::JsonPayloadError::OverflowKnownLength { .. }
+                | actix_web::error::JsonPayloadError::Overflow { .. } => ApiError::JsonTooLarge {
+                    limit: MAX_JSON_BYTES,
+                }
+                .into(),
+                e => extractor_error("invalid_json", e),
+            }),
+    );
     // What is mounted here is listed by `routes::table` the same way.
     let mut table = Vec::new();
     health::config(&mut Router::new(cfg, "", &mut table));

@@ -99,6 +99,16 @@ impl Origins {
         authority == host.to_ascii_lowercase() || self.origins.contains(&origin)
     }
 
+    /// `origin` as listed in `allowed_origins`, if it is: its pages may
+    /// read the API's answers (CORS).
+    pub fn listed(&self, origin: &str) -> Option<String> {
+        Self::parse_origin(origin).filter(|o| self.origins.contains(o))
+    }
+
+    pub fn lists_any(&self) -> bool {
+        !self.origins.is_empty()
+    }
+
     /// Refuses a request from a page of an origin not allowed; a request
     /// without `Origin` (not from a browser page) passes.
     pub fn check_origin(&self, req: &HttpRequest) -> Result<(), ApiError> {

@@ -97,7 +97,7 @@ pub(super) async fn accept(
     let started = Instant::now();
     let mut stored = StoredInputs::new(state);
     let result = async {
-        let submission = read(req, payload, state, id, form, &mut stored).await?;
+        let submission = read(req, payload, state, caller, id, form, &mut stored).await?;
         // Checked again at the last moment: a file stored early in an upload
         // that took longer could already have been collected as an orphan.
         if started.elapsed() > state.limits.max_upload_time {
@@ -213,6 +213,12 @@ async fn register(
         e => Registered::Refused(e.into()),
     };
     let tx = client.transaction().await.map_err(|e| unknown(e.into()))?;
+    let bytes: i64 = submission.inputs.iter().map(|i| i.size).sum();
+    state
+        .quotas
+        .admit(&tx, &caller.user, bytes.max(0) as u64)
+        .await
+        .map_err(Registered::Refused)?;
     let task = db::tasks::insert(
         &tx,
         db::tasks::NewTask {
@@ -381,6 +387,7 @@ async fn read(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
+    caller: &Caller,
     task: Uuid,
     form: Form,
     stored: &mut StoredInputs,
@@ -408,6 +415,14 @@ async fn read(
         .to_ascii_lowercase();
     match essence.as_str() {
         "multipart/form-data" => {
+            // A caller already at their upload or storage limit is told so
+            // before sending the bytes.
+            let client = state.db.get().await?;
+            state
+                .quotas
+                .before_upload(&client, &caller.user, declared)
+                .await?;
+            drop(client);
             // Each upload to S3 buffers a few parts: cap how many run at once.
             let _slot = state
                 .uploads

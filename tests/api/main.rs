@@ -1,6 +1,7 @@
 //! Integration tests: each starts the real application on port 0 against its
 //! own fresh Postgres database and talks to it over HTTP.
 
+mod access;
 mod api;
 mod auth;
 mod bad_input;
@@ -9,6 +10,7 @@ mod dashboard;
 mod events;
 mod faults;
 mod fixtures;
+mod hardening;
 mod helpers;
 mod image_training;
 mod limits;
@@ -17,6 +19,7 @@ mod models;
 mod process;
 mod proxy;
 mod queue;
+mod quotas;
 mod s3;
 mod soak;
 mod stalls;

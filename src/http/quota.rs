@@ -1,0 +1,282 @@
+//! Per-user limits: tasks waiting, bytes uploaded per UTC day, bytes
+//! stored, and requests per second. Each answers 429 with `Retry-After`
+//! and names the limit. Running tasks are limited where tasks are claimed
+//! (`db/sql/claim.sql`): over that limit a task waits in the queue.
+//!
+//! Counts live in Postgres, so they hold across processes; the request
+//! rate is counted by each process on its own (a token bucket per user).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use chrono::{Timelike, Utc};
+use deadpool_postgres::GenericClient;
+use uuid::Uuid;
+
+use super::error::ApiError;
+use crate::config::Settings;
+use crate::db::{self, users::User};
+
+/// A limit a caller went over.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct Exceeded {
+    /// The setting's name without `quota_`, e.g. `queued_tasks`.
+    pub limit: &'static str,
+    /// Seconds until trying again can succeed.
+    pub retry_after: u64,
+    message: String,
+}
+
+impl Exceeded {
+    pub fn code(&self) -> &'static str {
+        if self.limit == "requests_per_second" {
+            "rate_limited"
+        } else {
+            "quota_exceeded"
+        }
+    }
+}
+
+/// The limits, each per user; 0 means none.
+#[derive(Debug, Clone, Copy)]
+pub struct Quotas {
+    pub queued_tasks: u64,
+    pub upload_bytes_per_day: u64,
+    pub stored_bytes: u64,
+}
+
+impl From<&Settings> for Quotas {
+    fn from(s: &Settings) -> Self {
+        Self {
+            queued_tasks: s.quota_queued_tasks,
+            upload_bytes_per_day: s.quota_upload_bytes_per_day,
+            stored_bytes: s.quota_stored_bytes,
+        }
+    }
+}
+
+/// Seconds to the next UTC midnight, when the day's uploads start afresh.
+fn until_tomorrow() -> u64 {
+    let now = Utc::now();
+    86_400 - u64::from(now.num_seconds_from_midnight()).min(86_399)
+}
+
+impl Quotas {
+    /// Before an upload is read: refuses at once a caller already at a
+    /// limit the upload would pass (or that its declared size would), so
+    /// no bytes are sent for nothing. [`Quotas::admit`] makes the exact
+    /// check once the size is known.
+    pub async fn before_upload(
+        &self,
+        client: &impl GenericClient,
+        user: &User,
+        declared: Option<u64>,
+    ) -> Result<(), ApiError> {
+        let declared = declared.unwrap_or(0);
+        if self.upload_bytes_per_day > 0 {
+            let today = db::usage::uploaded_today(client, user.id).await? as u64;
+            self.check_upload(user, today, declared)?;
+        }
+        if self.stored_bytes > 0 {
+            let stored = db::usage::stored_bytes(client, user.id).await? as u64;
+            self.check_stored(user, stored, declared)?;
+        }
+        Ok(())
+    }
+
+    /// In the submission's transaction: locks the user's submissions,
+    /// checks every limit with the submission's `bytes`, and counts them
+    /// against today's uploads.
+    pub async fn admit(
+        &self,
+        tx: &impl GenericClient,
+        user: &User,
+        bytes: u64,
+    ) -> Result<(), ApiError> {
+        db::usage::lock_user(tx, user.id).await?;
+        if self.queued_tasks > 0 {
+            let queued = db::usage::queued(tx, user.id).await? as u64;
+            if queued >= self.queued_tasks {
+                return Err(ApiError::OverQuota(Exceeded {
+                    limit: "queued_tasks",
+                    retry_after: 30,
+                    message: format!(
+                        "{} has {queued} tasks waiting, the most one user may have \
+                         (quota_queued_tasks = {}); submit more as they start",
+                        user.name, self.queued_tasks
+                    ),
+                }));
+            }
+        }
+        if bytes == 0 {
+            return Ok(());
+        }
+        if self.stored_bytes > 0 {
+            let stored = db::usage::stored_bytes(tx, user.id).await? as u64;
+            self.check_stored(user, stored, bytes)?;
+        }
+        let today = db::usage::add_upload(tx, user.id, bytes as i64).await? as u64;
+        if self.upload_bytes_per_day > 0 {
+            self.check_upload(user, today - bytes, bytes)?;
+        }
+        Ok(())
+    }
+
+    fn check_upload(&self, user: &User, today: u64, more: u64) -> Result<(), ApiError> {
+        let limit = self.upload_bytes_per_day;
+        if today.saturating_add(more) > limit || (more == 0 && today >= limit) {
+            return Err(ApiError::OverQuota(Exceeded {
+                limit: "upload_bytes_per_day",
+                retry_after: until_tomorrow(),
+                message: format!(
+                    "{} uploaded {today} bytes today (UTC); with this upload's {more} that \
+                     passes the daily limit of {limit} bytes (quota_upload_bytes_per_day)",
+                    user.name
+                ),
+            }));
+        }
+        Ok(())
+    }
+
+    fn check_stored(&self, user: &User, stored: u64, more: u64) -> Result<(), ApiError> {
+        let limit = self.stored_bytes;
+        if stored.saturating_add(more) > limit || (more == 0 && stored >= limit) {
+            return Err(ApiError::OverQuota(Exceeded {
+                limit: "stored_bytes",
+                retry_after: 60,
+                message: format!(
+                    "{}'s tasks hold {stored} bytes; with this upload's {more} that passes \
+                     the limit of {limit} bytes (quota_stored_bytes): delete tasks or models \
+                     to make room",
+                    user.name
+                ),
+            }));
+        }
+        Ok(())
+    }
+}
+
+/// Requests per second per user, as a token bucket: `rate` a second, up to
+/// a burst of two seconds' worth.
+pub struct RateLimiter {
+    rate: f64,
+    buckets: Mutex<HashMap<Uuid, Bucket>>,
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Buckets kept before full (idle) ones are dropped.
+const MAX_BUCKETS: usize = 10_000;
+
+impl RateLimiter {
+    /// `rate` requests a second per user; 0: no limit.
+    pub fn new(rate: u32) -> Self {
+        Self {
+            rate: f64::from(rate),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn burst(&self) -> f64 {
+        (self.rate * 2.0).max(1.0)
+    }
+
+    /// Takes one request from `user`'s allowance.
+    pub fn check(&self, user: &User) -> Result<(), Exceeded> {
+        if self.rate == 0.0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let burst = self.burst();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(&user.id) {
+            let rate = self.rate;
+            buckets.retain(|_, b| b.tokens + rate * now.duration_since(b.at).as_secs_f64() < burst);
+        }
+        let bucket = buckets.entry(user.id).or_insert(Bucket {
+            tokens: burst,
+            at: now,
+        });
+        bucket.tokens =
+            (bucket.tokens + self.rate * now.duration_since(bucket.at).as_secs_f64()).min(burst);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            return Ok(());
+        }
+        let wait = Duration::from_secs_f64((1.0 - bucket.tokens) / self.rate);
+        Err(Exceeded {
+            limit: "requests_per_second",
+            retry_after: wait.as_secs().max(1),
+            message: format!(
+                "{} sent more than {} requests a second (quota_requests_per_second); \
+                 slow down",
+                user.name, self.rate
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user() -> User {
+        User {
+            id: Uuid::new_v4(),
+            name: "alice".into(),
+            admin: false,
+            created_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn the_rate_allows_a_burst_then_refuses_naming_the_limit() {
+        let limiter = RateLimiter::new(5);
+        let (alice, bob) = (user(), user());
+        for _ in 0..10 {
+            limiter.check(&alice).expect("within the burst");
+        }
+        let refused = limiter.check(&alice).unwrap_err();
+        assert_eq!(refused.limit, "requests_per_second");
+        assert_eq!(refused.code(), "rate_limited");
+        assert!(refused.retry_after >= 1);
+        assert!(refused.to_string().contains("alice"), "{refused}");
+        // Another user's allowance is their own.
+        limiter.check(&bob).expect("bob is not alice");
+    }
+
+    #[test]
+    fn no_rate_means_no_limit() {
+        let limiter = RateLimiter::new(0);
+        let alice = user();
+        for _ in 0..10_000 {
+            limiter.check(&alice).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_daily_upload_limit_counts_what_was_sent_today() {
+        let quotas = Quotas {
+            queued_tasks: 0,
+            upload_bytes_per_day: 100,
+            stored_bytes: 0,
+        };
+        let alice = user();
+        quotas.check_upload(&alice, 60, 40).unwrap();
+        let refused = quotas.check_upload(&alice, 60, 41).unwrap_err();
+        let ApiError::OverQuota(e) = refused else {
+            panic!("{refused:?}")
+        };
+        assert_eq!(e.limit, "upload_bytes_per_day");
+        assert!(e.retry_after >= 1 && e.retry_after <= 86_400);
+        // At the limit, even an upload of unknown size is refused early.
+        assert!(quotas.check_upload(&alice, 100, 0).is_err());
+        assert!(quotas.check_upload(&alice, 99, 0).is_ok());
+    }
+}
