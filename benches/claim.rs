@@ -59,6 +59,10 @@ fn main() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let (mut db, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
         actix_rt::spawn(conn);
+        // As mlq's claim connections are set (db::queue_pool).
+        db.batch_execute("SET enable_sort = off; SET jit = off; SET synchronous_commit = off")
+            .await
+            .unwrap();
         let filled = Instant::now();
         db.batch_execute(&format!(
             "INSERT INTO users (id, name)

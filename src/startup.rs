@@ -55,6 +55,7 @@ pub struct Application {
     max_uploads: usize,
     drain_timeout: Duration,
     janitor: Janitor,
+    _listener: db::listener::Listener,
 }
 
 impl Application {
@@ -142,7 +143,7 @@ impl Application {
             pool_config.workers,
         )
         .start();
-        db::listener::spawn(
+        let notifications = db::listener::spawn(
             pg.config.clone(),
             dispatcher.clone(),
             hub.clone(),
@@ -259,6 +260,7 @@ impl Application {
             max_uploads: settings.max_uploads,
             drain_timeout: settings.drain_timeout,
             janitor,
+            _listener: notifications,
         })
     }
 

@@ -48,8 +48,9 @@ pub fn spawn(
     dispatcher: Addr<Dispatcher>,
     hub: Arc<Hub>,
     pool: Pool,
-) {
+) -> Listener {
     let arbiter = actix::Arbiter::new();
+    let listener = Listener(arbiter.handle());
     let (events, announced) = mpsc::channel(ANNOUNCED_BUFFER);
     arbiter.spawn(publish(announced, hub.clone(), pool));
     let mut config = config;
@@ -72,6 +73,19 @@ pub fn spawn(
             backoff = (backoff * 2).min(Duration::from_secs(10));
         }
     });
+    listener
+}
+
+/// The listener's thread, stopped (and its connection closed) when the
+/// application that started it goes: an arbiter outlives the actix system
+/// it was started from, so without this every application started in one
+/// process (as the tests do) would leave a connection behind.
+pub struct Listener(actix::ArbiterHandle);
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
 }
 
 /// Turns announcements into feed events, one at a time and in the order

@@ -192,10 +192,15 @@ fn build_pool(
     // hold its row locks for as long as the server keeps it, blocking the
     // heartbeat that extends every lease of this process; it is ended
     // after 10 s, and the server probes idle peers as the client does.
+    //
+    // No JIT: mlq's statements each touch a few rows, and compiling one
+    // costs a second or more. The queue's connections disable explicit
+    // sorts, which makes any plan with a small sort look expensive enough
+    // to compile (seen: a 1.3 s claim that runs in 0.3 ms without).
     config.options(format!(
         "-c statement_timeout={} -c idle_in_transaction_session_timeout=10000 \
          -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3 \
-         {options}",
+         -c jit=off {options}",
         pg.statement_timeout.as_millis().max(1)
     ));
     config.connect_timeout(pg.wait_timeout);

@@ -103,6 +103,8 @@ served AS (
     INSERT INTO claim_turns (owner, served_at)
     SELECT owner, clock_timestamp()
     FROM (SELECT DISTINCT queue_owner AS owner FROM claimed) AS served_owners
+    -- In one order, so claims serving the same owners cannot deadlock.
+    ORDER BY owner
     ON CONFLICT (owner) DO UPDATE SET served_at = excluded.served_at
 )
 SELECT c.id, c.seq, c.command, c.params, c.attempts, c.max_attempts, c.lease_token, c.log_bytes,
