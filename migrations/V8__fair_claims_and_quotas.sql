@@ -1,4 +1,5 @@
--- Fair claims and per-user quotas.
+-- Fair claims, per-user quotas, and sessions tied to the token that
+-- opened them.
 --
 -- Claims take turns across owners (db/sql/claim.sql): each claim finds the
 -- owners with queued tasks and the head of each owner's queue by index, so
@@ -27,3 +28,7 @@ CREATE TABLE upload_days (
     bytes bigint NOT NULL,
     PRIMARY KEY (owner, day)
 );
+
+-- A dashboard session opened with an API token lasts no longer than the
+-- token: revoking or expiring the token ends the session too.
+ALTER TABLE credentials ADD COLUMN parent uuid REFERENCES credentials (id) ON DELETE CASCADE;

@@ -149,6 +149,7 @@ impl Application {
             hub.clone(),
             pool.clone(),
         );
+        crate::auth::spawn_pruner(pool.clone());
         collector::spawn(
             pool.clone(),
             objects.clone(),

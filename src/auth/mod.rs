@@ -200,14 +200,16 @@ async fn identify(req: &HttpRequest, state: &AppState) -> Result<Caller, ApiErro
     Err(Unauthorized::Missing.into())
 }
 
-/// A WebSocket upgrade's `ticket` query parameter.
+/// A live-feed WebSocket upgrade's `ticket` query parameter.
 fn ticket(req: &HttpRequest) -> Option<String> {
     let upgrade = req
         .headers()
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    if !upgrade || req.method() != Method::GET {
+    // Only the live feeds take tickets: a ticket opens a feed, not a
+    // download.
+    if !upgrade || req.method() != Method::GET || !req.path().ends_with("/events") {
         return None;
     }
     web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
@@ -247,6 +249,26 @@ pub async fn issue(
     )
     .await?;
     Ok((stored, minted.text))
+}
+
+/// Deletes credentials revoked or expired over a day ago (spent tickets
+/// and login codes among them), every hour, for as long as the system runs.
+pub fn spawn_pruner(db: deadpool_postgres::Pool) {
+    actix::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            let pruned = match db.get().await {
+                Ok(client) => users::prune(&client).await,
+                Err(e) => Err(e.into()),
+            };
+            match pruned {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("pruned {n} revoked or expired credential(s)"),
+                Err(e) => tracing::warn!("pruning credentials failed: {e}"),
+            }
+        }
+    });
 }
 
 /// Creates a user with a first API token; `None` if the name is taken.

@@ -192,6 +192,28 @@ pub async fn insert_credential(
     Credential::try_from(&row)
 }
 
+/// Ties session `session` to the token `token` that opened it: it ends
+/// when the token is revoked or expires, and never outlives it. Its
+/// expiry, as now set.
+pub async fn bind_session(
+    client: &impl GenericClient,
+    session: Uuid,
+    token: Uuid,
+) -> Result<Option<DateTime<Utc>>, DbError> {
+    let row = client
+        .query_one(
+            "UPDATE credentials
+             SET parent = $2,
+                 expires_at = least(expires_at,
+                                    (SELECT expires_at FROM credentials WHERE id = $2))
+             WHERE id = $1
+             RETURNING expires_at",
+            &[&session, &token],
+        )
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
 /// The live credential `id` of `kind`: not revoked, not expired. A
 /// single-use one is spent by this call, whoever then fails the hash
 /// comparison: a guessed id cannot be tried twice. Notes when it was last

@@ -86,6 +86,35 @@ impl Quotas {
         Ok(())
     }
 
+    /// Before a task is queued again (a retry): the user's queued tasks
+    /// must leave room for it.
+    pub async fn before_requeue(
+        &self,
+        client: &impl GenericClient,
+        user: &User,
+    ) -> Result<(), ApiError> {
+        if self.queued_tasks > 0 {
+            let queued = db::usage::queued(client, user.id).await? as u64;
+            self.check_queued(user, queued)?;
+        }
+        Ok(())
+    }
+
+    fn check_queued(&self, user: &User, queued: u64) -> Result<(), ApiError> {
+        if queued >= self.queued_tasks {
+            return Err(ApiError::OverQuota(Exceeded {
+                limit: "queued_tasks",
+                retry_after: 30,
+                message: format!(
+                    "{} has {queued} tasks waiting, the most one user may have \
+                     (quota_queued_tasks = {}); submit more as they start",
+                    user.name, self.queued_tasks
+                ),
+            }));
+        }
+        Ok(())
+    }
+
     /// In the submission's transaction: locks the user's submissions,
     /// checks every limit with the submission's `bytes`, and counts them
     /// against today's uploads.
@@ -98,17 +127,7 @@ impl Quotas {
         db::usage::lock_user(tx, user.id).await?;
         if self.queued_tasks > 0 {
             let queued = db::usage::queued(tx, user.id).await? as u64;
-            if queued >= self.queued_tasks {
-                return Err(ApiError::OverQuota(Exceeded {
-                    limit: "queued_tasks",
-                    retry_after: 30,
-                    message: format!(
-                        "{} has {queued} tasks waiting, the most one user may have \
-                         (quota_queued_tasks = {}); submit more as they start",
-                        user.name, self.queued_tasks
-                    ),
-                }));
-            }
+            self.check_queued(user, queued)?;
         }
         if bytes == 0 {
             return Ok(());

@@ -65,7 +65,7 @@ async fn login(
         _ => return Err(Unauthorized::Invalid.into()),
     };
     let ttl = chrono::Duration::from_std(state.session_ttl).unwrap_or(chrono::Duration::days(7));
-    let expires_at = Utc::now() + ttl;
+    let mut expires_at = Utc::now() + ttl;
     let (session, secret) = auth::issue(
         &client,
         user.id,
@@ -74,6 +74,12 @@ async fn login(
         Some(expires_at),
     )
     .await?;
+    if presented.kind == Kind::Token {
+        if let Some(until) = users::bind_session(&client, session.id, presented.id).await? {
+            expires_at = expires_at.min(until);
+        }
+    }
+    let ttl = expires_at - Utc::now();
     let csrf = Presented::parse(&secret, Kind::Session)
         .expect("a minted session parses")
         .csrf_token();

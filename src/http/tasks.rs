@@ -211,6 +211,7 @@ async fn retry(
 ) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     let mut client = state.db.get().await?;
+    state.quotas.before_requeue(&client, &caller.user).await?;
     match db::tasks::retry(&mut client, id, caller.viewer()).await? {
         Retry::NotFound => return Err(no_task(id)),
         Retry::NotRetryable(status) => {
@@ -290,6 +291,13 @@ async fn artifact(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let (id, name) = path.into_inner();
+    // No artifact is named with control characters, and Postgres refuses
+    // a NUL in text: answered here, not as a database error.
+    if name.chars().any(char::is_control) {
+        return Err(ApiError::NotFound(format!(
+            "task {id} has no artifact {name:?}"
+        )));
+    }
     let client = state.db.get().await?;
     let artifact = db::tasks::artifact(&client, id, &name, caller.viewer())
         .await?

@@ -607,3 +607,46 @@ async fn readiness_details_are_for_admins() {
     let (_, admin) = app.admin.get("/readyz").await;
     assert!(admin["workers"]["detail"].is_array(), "{admin}");
 }
+
+#[actix_web::test]
+async fn a_session_ends_with_the_token_that_opened_it() {
+    let app = spawn_app().await;
+    let client = awc::Client::new();
+    let (status, minted) = app
+        .post_json(
+            "/api/v1/tokens",
+            &json!({"name": "short", "expires_in": "1h"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{minted}");
+    let (status, headers, login) = send_json(
+        client.post(app.url("/api/v1/session")),
+        &json!({ "token": minted["token"] }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{login}");
+    // It lasts no longer than the token (1 h, not the 7-day default).
+    let expires: chrono::DateTime<chrono::Utc> =
+        login["expires_at"].as_str().unwrap().parse().unwrap();
+    assert!(
+        expires <= chrono::Utc::now() + chrono::Duration::hours(1),
+        "{login}"
+    );
+    let (cookie, _) = session_cookie(&headers);
+    let me = || {
+        client
+            .get(app.url("/api/v1/me"))
+            .insert_header(("cookie", cookie.clone()))
+    };
+    assert_eq!(send(me()).await.0, StatusCode::OK);
+    // A stolen token's holder cannot keep a session after it is revoked.
+    let (status, _) = app
+        .delete(&format!(
+            "/api/v1/tokens/{}",
+            minted["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, headers, body) = send(me()).await;
+    assert_unauthorized(status, &headers, &body);
+}

@@ -205,6 +205,14 @@ async fn oversized_heads_and_bodies_are_refused_and_the_server_goes_on() {
         body["error"]["message"].as_str().unwrap().contains("65536"),
         "{body}"
     );
+    // A NUL in a path segment is a name that does not exist, not an error.
+    let (status, body) = app
+        .get(&format!(
+            "/api/v1/tasks/{}/artifacts/a%00b",
+            uuid::Uuid::new_v4()
+        ))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     // And it still answers.
     let (status, _) = app.get("/api/v1/tasks").await;
     assert_eq!(status, StatusCode::OK);

@@ -155,6 +155,11 @@ async fn queued_tasks_past_the_limit_are_refused_until_some_start() {
     app.post_json(&format!("/api/v1/tasks/{}/cancel", queued[0]), &json!({}))
         .await;
     app.submit("sleep", json!({"ms": 0})).await;
+    // A retry queues a task too: not past the limit either.
+    let retry = format!("/api/v1/tasks/{}/retry", queued[0]);
+    let (status, retry_after, body) = post_with_retry_after(&app, &retry, &json!({})).await;
+    assert_over(status, &body, "queued_tasks");
+    assert!(retry_after.is_some(), "{body}");
     app.post_json(&format!("/api/v1/tasks/{running}/cancel"), &json!({}))
         .await;
 }

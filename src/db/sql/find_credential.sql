@@ -8,6 +8,12 @@ WITH live AS (
     WHERE c.id = $1 AND c.kind = $2
       AND c.revoked_at IS NULL
       AND (c.expires_at IS NULL OR c.expires_at > now())
+      -- A session opened with a token ends with it.
+      AND NOT EXISTS (
+          SELECT 1
+          FROM credentials AS p
+          WHERE p.id = c.parent
+            AND (p.revoked_at IS NOT NULL OR p.expires_at <= now()))
 ), touched AS (
     UPDATE credentials AS c
     SET last_used_at = now(),
