@@ -7,8 +7,8 @@ use uuid::Uuid;
 
 use super::DbError;
 
-/// Serializes one user's submissions until the transaction ends, so two at
-/// once cannot both pass a limit that only one fits under.
+/// Serializes one user's uploads until the transaction ends, so two at
+/// once cannot both pass a byte limit that only one fits under.
 pub async fn lock_user(tx: &impl GenericClient, user: Uuid) -> Result<(), DbError> {
     tx.execute(
         "SELECT pg_advisory_xact_lock(hashtextextended('mlq quota ' || $1::uuid::text, 0))",
@@ -18,15 +18,19 @@ pub async fn lock_user(tx: &impl GenericClient, user: Uuid) -> Result<(), DbErro
     Ok(())
 }
 
-/// The user's tasks waiting to run.
-pub async fn queued(client: &impl GenericClient, user: Uuid) -> Result<i64, DbError> {
-    // Written as tasks_due_by_owner's expression, so it counts that index.
+/// The user's tasks waiting to run, counted up to `up_to`.
+pub async fn queued(client: &impl GenericClient, user: Uuid, up_to: u64) -> Result<i64, DbError> {
+    // Written as tasks_due_by_owner's expression, so it counts that index,
+    // and no further than the limit it is compared with.
+    let up_to = i64::try_from(up_to).unwrap_or(i64::MAX);
     let row = client
         .query_one(
-            "SELECT count(*) FROM tasks
-             WHERE coalesce(owner, '00000000-0000-0000-0000-000000000000'::uuid) = $1
-               AND status = 'queued'",
-            &[&user],
+            "SELECT count(*) FROM (
+                 SELECT 1 FROM tasks
+                 WHERE coalesce(owner, '00000000-0000-0000-0000-000000000000'::uuid) = $1
+                   AND status = 'queued'
+                 LIMIT $2) AS waiting",
+            &[&user, &up_to],
         )
         .await?;
     Ok(row.get(0))
