@@ -10,7 +10,7 @@ export LIBTORCH := $(BUILD_CACHE)/libtorch-2.11.0
 export CARGO_TARGET_DIR ?= $(BUILD_CACHE)/target
 CARGO ?= cargo
 
-.PHONY: run test bench soak deps libtorch db web chromium s3s-fs lint web-test clean-test-dbs
+.PHONY: run test bench soak fuzz api-fuzz deps libtorch db web chromium s3s-fs schemathesis lint web-test clean-test-dbs
 
 ## run: set up what is missing, build, and start mlq on http://127.0.0.1:8080
 run: deps web
@@ -18,7 +18,7 @@ run: deps web
 	$(CARGO_TARGET_DIR)/release/mlq serve
 
 ## test: set up what is missing and run every check and test
-test: deps web chromium s3s-fs lint web-test clean-test-dbs
+test: deps web chromium s3s-fs schemathesis lint web-test clean-test-dbs
 	$(CARGO) test --workspace
 
 ## bench: benchmarks; tables on stdout, JSON under target/bench/
@@ -29,6 +29,19 @@ bench: deps s3s-fs
 SOAK_CYCLES ?= 100
 soak: deps
 	MLQ_SOAK_CYCLES=$(SOAK_CYCLES) $(CARGO) test --test api soak:: -- --nocapture
+
+## fuzz: every fuzz target for FUZZ_SECONDS each (nightly, cargo-fuzz);
+## make test runs each target over its committed seeds
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS ?= csv params multipart image zip
+fuzz: deps
+	@scripts/fuzz.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+## api-fuzz: schemathesis against the OpenAPI document, API_FUZZ_EXAMPLES
+## examples per operation and a fresh seed (make test runs 25, seeded)
+API_FUZZ_EXAMPLES ?= 1000
+api-fuzz: deps schemathesis
+	MLQ_SCHEMATHESIS_EXAMPLES=$(API_FUZZ_EXAMPLES) $(CARGO) test --test api openapi::schemathesis -- --nocapture
 
 deps: libtorch db
 
@@ -54,6 +67,10 @@ web-test: web
 # newer rustc than this project's.
 s3s-fs:
 	@command -v s3s-fs >/dev/null || $(CARGO) install s3s-fs --version =0.14.1 --features binary --locked
+
+# schemathesis (PyPI) in its own virtual environment, for the API tests.
+schemathesis:
+	@scripts/schemathesis.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

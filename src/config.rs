@@ -195,6 +195,14 @@ pub struct Settings {
     /// `MLQ_QUOTA_REQUESTS_PER_SECOND`: API requests one user may send each
     /// process per second, in bursts of up to twice that. 0: no limit.
     pub quota_requests_per_second: u32,
+    /// `MLQ_QUOTA_UPLOADS`: uploads one user may send each process at
+    /// once, so one user's slow uploads cannot take every `max_uploads`
+    /// slot. 0: no limit.
+    pub quota_uploads: usize,
+    /// `MLQ_QUOTA_SOCKETS`: live-feed connections one user may hold on
+    /// each process, so one user cannot take every `max_sockets` slot.
+    /// 0: no limit.
+    pub quota_sockets: usize,
     /// `MLQ_WEB_DIR`: the built dashboard, served at `/` when present.
     pub web_dir: PathBuf,
     /// `MLQ_DIAGNOSTICS`: enables the `sleep` command (tests, benchmarks).
@@ -264,6 +272,8 @@ impl Default for Settings {
             quota_upload_bytes_per_day: 100 << 30,
             quota_stored_bytes: 500 << 30,
             quota_requests_per_second: 100,
+            quota_uploads: 8,
+            quota_sockets: 64,
             web_dir: PathBuf::from("web/dist"),
             diagnostics: false,
             log: "info".into(),
@@ -386,6 +396,8 @@ const ENV_KEYS: &[&str] = &[
     "quota_upload_bytes_per_day",
     "quota_stored_bytes",
     "quota_requests_per_second",
+    "quota_uploads",
+    "quota_sockets",
     "web_dir",
     "diagnostics",
     "log",

@@ -9,6 +9,7 @@
 //! - [`db`]: Postgres, including the queue behind the dispatcher's port.
 //! - [`storage`]: object storage behind the object-store port.
 //! - [`events`]: the live feed, fanned out to WebSocket connections.
+//! - `fuzzing`: the readers of user input, as the fuzz targets run them.
 //!
 //! The actor system itself (dispatcher, ML pool, commands) lives in the
 //! `mlq-actors` crate.
@@ -17,6 +18,8 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod startup;
 pub mod storage;

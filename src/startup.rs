@@ -194,6 +194,16 @@ impl Application {
             session_ttl: settings.session_ttl,
             quotas: (&settings).into(),
             rate: crate::http::quota::RateLimiter::new(settings.quota_requests_per_second),
+            user_uploads: crate::http::quota::UserSlots::new(
+                settings.quota_uploads,
+                "uploads",
+                "uploads at once",
+            ),
+            user_sockets: crate::http::quota::UserSlots::new(
+                settings.quota_sockets,
+                "sockets",
+                "live-feed connections",
+            ),
             feed: FeedSettings {
                 ping_every: settings.ws_ping_every,
                 timeout: settings.ws_timeout,

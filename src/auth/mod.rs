@@ -38,7 +38,7 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 pub const TICKET_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How a caller proved who it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Via {
     Token,
@@ -222,11 +222,11 @@ fn ticket(req: &HttpRequest) -> Option<String> {
 /// secret matches.
 async fn verify(state: &AppState, presented: &Presented) -> Result<User, ApiError> {
     let client = state.db.get().await?;
-    let found = users::find_credential(&client, presented.id, presented.kind).await?;
-    match found {
-        Some(found) if presented.matches(&found.secret_hash) => Ok(found.user),
-        _ => Err(Unauthorized::Invalid.into()),
-    }
+    users::find_credential(&client, presented.id, presented.kind, |hash| {
+        presented.matches(hash)
+    })
+    .await?
+    .ok_or_else(|| Unauthorized::Invalid.into())
 }
 
 /// Mints a credential of `kind` for `user` and stores its hash.

@@ -31,7 +31,7 @@ impl Viewer {
     }
 }
 
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct User {
     pub id: Uuid,
     pub name: String,
@@ -82,7 +82,7 @@ impl Kind {
 }
 
 /// A credential as its owner sees it (never its secret or hash).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Credential {
     pub id: Uuid,
     pub user_id: Uuid,
@@ -107,13 +107,6 @@ impl TryFrom<&Row> for Credential {
             revoked_at: row.try_get("revoked_at")?,
         })
     }
-}
-
-/// A live credential found by id: the hash to compare, and its user.
-#[derive(Debug, Clone)]
-pub struct Found {
-    pub secret_hash: Vec<u8>,
-    pub user: User,
 }
 
 /// Creates a user; `None` if the name is taken.
@@ -214,32 +207,54 @@ pub async fn bind_session(
     Ok(row.try_get(0)?)
 }
 
-/// The live credential `id` of `kind`: not revoked, not expired. A
-/// single-use one is spent by this call, whoever then fails the hash
-/// comparison: a guessed id cannot be tried twice. Notes when it was last
-/// used, at most once a minute.
+/// The user of the live credential `id` of `kind` (not revoked, not
+/// expired) whose stored hash `matches` the secret presented. Only then
+/// is anything written: a single-use credential is spent (of two callers
+/// racing with it, one wins), and another's last use is noted, at most
+/// once a minute, so a busy token does not write on every request.
 pub async fn find_credential(
     client: &impl GenericClient,
     id: Uuid,
     kind: Kind,
-) -> Result<Option<Found>, DbError> {
+    matches: impl FnOnce(&[u8]) -> bool,
+) -> Result<Option<User>, DbError> {
     let statement = client
         .prepare_cached(include_str!("sql/find_credential.sql"))
         .await?;
-    let row = client
-        .query_opt(&statement, &[&id, &kind.as_str(), &kind.single_use()])
-        .await?;
-    let Some(row) = row.filter(|r| r.try_get("usable").unwrap_or(false)) else {
+    let Some(row) = client.query_opt(&statement, &[&id, &kind.as_str()]).await? else {
         return Ok(None);
     };
-    Ok(Some(Found {
-        secret_hash: row.try_get("secret_hash")?,
-        user: User {
-            id: row.try_get("user_id")?,
-            name: row.try_get("user_name")?,
-            admin: row.try_get("admin")?,
-            created_at: row.try_get("user_created_at")?,
-        },
+    let hash: Vec<u8> = row.try_get("secret_hash")?;
+    if !matches(&hash) {
+        return Ok(None);
+    }
+    if kind.single_use() {
+        let spent = client
+            .execute(
+                "UPDATE credentials SET revoked_at = now(), last_used_at = now()
+                 WHERE id = $1 AND revoked_at IS NULL",
+                &[&id],
+            )
+            .await?;
+        if spent == 0 {
+            return Ok(None);
+        }
+    } else {
+        let last_used: Option<DateTime<Utc>> = row.try_get("last_used_at")?;
+        if last_used.is_none_or(|t| t < Utc::now() - chrono::Duration::minutes(1)) {
+            client
+                .execute(
+                    "UPDATE credentials SET last_used_at = now() WHERE id = $1",
+                    &[&id],
+                )
+                .await?;
+        }
+    }
+    Ok(Some(User {
+        id: row.try_get("user_id")?,
+        name: row.try_get("user_name")?,
+        admin: row.try_get("admin")?,
+        created_at: row.try_get("user_created_at")?,
     }))
 }
 

@@ -38,7 +38,7 @@ async fn fallback(req: &actix_web::HttpRequest, index: &PathBuf) -> HttpResponse
         && !req.path().starts_with("/api/")
         && req.path() != "/api";
     if !page {
-        return actix_web::ResponseError::error_response(&super::not_found_error(req));
+        return actix_web::ResponseError::error_response(&super::no_route(req));
     }
     match NamedFile::open_async(index).await {
         Ok(file) => {

@@ -68,8 +68,11 @@ pub enum ApiError {
         expected: String,
         actual: String,
     },
-    #[error("unsupported content type {0:?}: send multipart/form-data or application/json")]
-    UnsupportedMediaType(String),
+    #[error("unsupported content type {content_type:?}: send {expected}")]
+    UnsupportedMediaType {
+        content_type: String,
+        expected: &'static str,
+    },
     #[error("{0}")]
     Unauthorized(crate::auth::Unauthorized),
     /// Authenticated, or not needing to be, but refused all the same (a
@@ -78,6 +81,11 @@ pub enum ApiError {
     Forbidden { code: &'static str, message: String },
     #[error("{0}")]
     NotFound(String),
+    #[error("{method} is not allowed here; allowed: {}", allowed.join(", "))]
+    MethodNotAllowed {
+        method: String,
+        allowed: Vec<String>,
+    },
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
     #[error("the requested range is outside the object's {size} bytes")]
@@ -116,8 +124,9 @@ impl ApiError {
             Self::OverQuota(e) => e.code(),
             Self::UnsupportedFileType { .. } => "unsupported_file_type",
             Self::ChecksumMismatch { .. } => "checksum_mismatch",
-            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::UnsupportedMediaType { .. } => "unsupported_media_type",
             Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::RangeNotSatisfiable { .. } => "range_not_satisfiable",
             Self::Db(e) => e.code(),
             Self::Storage(_) => "storage_error",
@@ -164,10 +173,11 @@ impl ResponseError for ApiError {
             Self::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::OverQuota(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::ChecksumMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::Db(e) if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
@@ -221,6 +231,9 @@ impl ResponseError for ApiError {
                 _ => r#"Bearer realm="mlq", error="invalid_token""#,
             };
             response.insert_header((actix_web::http::header::WWW_AUTHENTICATE, challenge));
+        }
+        if let Self::MethodNotAllowed { allowed, .. } = self {
+            response.insert_header((actix_web::http::header::ALLOW, allowed.join(", ")));
         }
         if let Self::RangeNotSatisfiable { size } = self {
             response.insert_header((

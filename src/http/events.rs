@@ -19,11 +19,13 @@ use std::time::Instant;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message, Session};
 use futures_util::StreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::error::ApiError;
+use super::openapi::ErrorBody;
 use super::routes::Router;
 use super::tasks::TaskView;
 use super::AppState;
@@ -44,21 +46,27 @@ pub fn config(r: &mut Router) {
         .get("/tasks/{id}/logs", logs);
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct TaskFeedQuery {
+    /// Replay the stored events numbered after this `seq` first.
     after: Option<i64>,
     /// A WebSocket ticket: read by `auth` before the handler runs.
     #[allow(dead_code)]
     ticket: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct AllFeedQuery {
+    /// Replay the stored status changes numbered after this `seq` first.
     after: Option<i64>,
-    /// Tasks in the snapshot, newest first.
+    /// Tasks in the snapshot, newest first: 1 to 200 (50 if not given).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
+    /// Log lines too.
     #[serde(default)]
     logs: bool,
     /// A WebSocket ticket: read by `auth` before the handler runs.
@@ -80,8 +88,20 @@ enum Start {
     },
 }
 
-/// `GET /api/v1/tasks/{id}/events?after=`
-async fn follow_task(
+/// Follows one task over WebSocket: its status changes, progress and log
+/// lines.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks/{id}/events",
+    tag = "events",
+    params(("id" = Uuid, Path, description = "The task's id"), TaskFeedQuery),
+    responses(
+        (status = 101, description = "Switched to WebSocket: a `snapshot` message, any replayed events, then live events, as JSON text messages"),
+        (status = 400, description = "Not a WebSocket upgrade, or a bad query", body = ErrorBody),
+        (status = 404, description = "No such task", body = ErrorBody),
+    ),
+)]
+pub(super) async fn follow_task(
     caller: Caller,
     req: HttpRequest,
     body: web::Payload,
@@ -102,11 +122,22 @@ async fn follow_task(
         after: query.after,
         viewer: caller.viewer(),
     };
-    upgrade(&req, body, state, subscription, start)
+    upgrade(&req, body, state, &caller, subscription, start)
 }
 
-/// `GET /api/v1/events?after=&limit=&logs=`
-async fn follow_all(
+/// Follows every task the caller may see over WebSocket: status changes
+/// and progress (log lines with `logs=true`).
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    tag = "events",
+    params(AllFeedQuery),
+    responses(
+        (status = 101, description = "Switched to WebSocket: a `snapshot` message, any replayed events, then live events, as JSON text messages"),
+        (status = 400, description = "Not a WebSocket upgrade, or a bad query", body = ErrorBody),
+    ),
+)]
+pub(super) async fn follow_all(
     caller: Caller,
     req: HttpRequest,
     body: web::Payload,
@@ -125,13 +156,14 @@ async fn follow_all(
         limit,
         viewer,
     };
-    upgrade(&req, body, state, subscription, start)
+    upgrade(&req, body, state, &caller, subscription, start)
 }
 
 fn upgrade(
     req: &HttpRequest,
     body: web::Payload,
     state: web::Data<AppState>,
+    caller: &Caller,
     subscription: Subscription,
     start: Start,
 ) -> Result<HttpResponse, ApiError> {
@@ -153,6 +185,11 @@ fn upgrade(
             ),
             retry_after: 5,
         })?;
+    // Nor may one user take them all.
+    let user_slot = state
+        .user_sockets
+        .take(&caller.user)
+        .map_err(ApiError::OverQuota)?;
     let (response, session, messages) = actix_ws::handle(req, body).map_err(|e| {
         ApiError::bad_request(
             "websocket_required",
@@ -160,7 +197,7 @@ fn upgrade(
         )
     })?;
     actix_web::rt::spawn(async move {
-        let _slot = slot;
+        let _slots = (slot, user_slot);
         let mut feed = Feed {
             session,
             newest: HashMap::new(),
@@ -389,16 +426,54 @@ pub struct FeedSettings {
     pub timeout: std::time::Duration,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct LogQuery {
+    /// Lines numbered after this `seq` (the previous page's `next_after`).
     after: Option<i64>,
+    /// 1 to 10,000 (1,000 if not given).
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<i64>,
 }
 
-/// `GET /api/v1/tasks/{id}/logs?after=&limit=`: log lines oldest first.
-/// Pass the returned `next_after` as `after` to tail.
-async fn logs(
+/// One page of a task's log.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogPage {
+    pub task: Uuid,
+    pub lines: Vec<LogLine>,
+    /// Pass as `after` for the next lines.
+    pub next_after: i64,
+    /// Lines the task wrote past its log limit, not kept.
+    pub dropped: i32,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogLine {
+    pub seq: i64,
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// `info`, `warn` or `error`.
+    pub level: String,
+    pub message: String,
+    /// Structured detail, e.g. an epoch's metrics.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub data: Option<Value>,
+}
+
+/// A task's log lines, oldest first. Pass the returned `next_after` as
+/// `after` to tail.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks/{id}/logs",
+    tag = "events",
+    params(("id" = Uuid, Path, description = "The task's id"), LogQuery),
+    responses(
+        (status = 200, description = "Log lines", body = LogPage),
+        (status = 404, description = "No such task", body = ErrorBody),
+    ),
+)]
+pub(super) async fn logs(
     caller: Caller,
     id: web::Path<Uuid>,
     query: web::Query<LogQuery>,
@@ -421,20 +496,23 @@ async fn logs(
         .ok_or_else(|| no_task(id))?;
     let rows = db::events::logs(&client, id, after, limit).await?;
     let next_after = rows.last().map_or(after, |r| r.seq);
-    let lines: Vec<Value> = rows
+    let lines = rows
         .into_iter()
         .map(|r| {
-            let mut line = json!({"seq": r.seq, "at": r.at});
-            if let Value::Object(fields) = r.data {
-                line.as_object_mut().expect("an object").extend(fields);
+            let text = |key: &str| r.data[key].as_str().unwrap_or_default().to_owned();
+            LogLine {
+                seq: r.seq,
+                at: r.at,
+                level: text("level"),
+                message: text("message"),
+                data: r.data.get("data").cloned(),
             }
-            line
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "task": id,
-        "lines": lines,
-        "next_after": next_after,
-        "dropped": dropped,
-    })))
+    Ok(HttpResponse::Ok().json(LogPage {
+        task: id,
+        lines,
+        next_after,
+        dropped,
+    }))
 }

@@ -10,12 +10,13 @@ mod events;
 pub mod headers;
 pub mod health;
 pub mod models;
+pub mod openapi;
 pub mod origin;
 pub mod quota;
 pub mod request_id;
 pub mod routes;
 mod session;
-mod submit;
+pub(crate) mod submit;
 pub mod tasks;
 mod tokens;
 
@@ -73,6 +74,10 @@ pub struct AppState {
     pub quotas: quota::Quotas,
     /// Each user's requests per second.
     pub rate: quota::RateLimiter,
+    /// Each user's uploads at once, of `max_uploads`.
+    pub user_uploads: quota::UserSlots,
+    /// Each user's live-feed connections, of `max_sockets`.
+    pub user_sockets: quota::UserSlots,
 }
 
 /// What one submission may upload.
@@ -138,6 +143,7 @@ pub fn config(cfg: &mut web::ServiceConfig, web_dir: &std::path::Path) {
 
 /// Every `/api/v1` route.
 fn api_routes(r: &mut Router) {
+    openapi::config(r);
     session::config(r);
     tokens::config(r);
     submit::config(r);
@@ -148,17 +154,12 @@ fn api_routes(r: &mut Router) {
 }
 
 /// The command called `name`, if users may submit it.
-fn command<'a>(state: &'a AppState, name: &str) -> Result<&'a Arc<dyn AnyCommand>, ApiError> {
-    state
-        .commands
+fn command<'a>(commands: &'a Commands, name: &str) -> Result<&'a Arc<dyn AnyCommand>, ApiError> {
+    commands
         .submittable(name)
         .ok_or_else(|| ApiError::UnknownCommand {
             command: name.to_owned(),
-            known: state
-                .commands
-                .submittable_names()
-                .collect::<Vec<_>>()
-                .join(", "),
+            known: commands.submittable_names().collect::<Vec<_>>().join(", "),
         })
 }
 
@@ -170,7 +171,7 @@ fn command_or_internal<'a>(
     form: submit::Form,
 ) -> Result<&'a Arc<dyn AnyCommand>, ApiError> {
     match form {
-        submit::Form::Task => command(state, name),
+        submit::Form::Task => command(&state.commands, name),
         submit::Form::Model => state
             .commands
             .get(name)
@@ -193,10 +194,19 @@ fn no_task(id: uuid::Uuid) -> ApiError {
     ApiError::NotFound(format!("no task with id {id}"))
 }
 
-fn not_found_error(req: &actix_web::HttpRequest) -> ApiError {
-    ApiError::NotFound(format!("no route for {} {}", req.method(), req.path()))
+/// What a request no route answers gets: 405 with `Allow` if its path is
+/// served with other methods, else 404.
+fn no_route(req: &actix_web::HttpRequest) -> ApiError {
+    let allowed = routes::methods_at(req.path());
+    if allowed.is_empty() {
+        return ApiError::NotFound(format!("no route for {} {}", req.method(), req.path()));
+    }
+    ApiError::MethodNotAllowed {
+        method: req.method().to_string(),
+        allowed: allowed.iter().map(|m| m.to_string()).collect(),
+    }
 }
 
 async fn not_found(req: actix_web::HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(not_found_error(&req))
+    Err(no_route(&req))
 }

@@ -8,11 +8,13 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use mlq_actors::ml::registry::{self, ModelRef};
 
 use super::error::ApiError;
+use super::openapi::ErrorBody;
 use super::routes::Router;
 use super::submit::{self, Form};
 use super::{download, page_limit, AppState};
@@ -27,7 +29,8 @@ pub fn config(r: &mut Router) {
         .get("/models/{model}/download", download);
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// A model in the registry.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ModelView {
     pub id: Uuid,
     pub name: String,
@@ -46,15 +49,19 @@ pub struct ModelView {
     pub task_id: Uuid,
     pub kind: String,
     pub target: Option<String>,
+    /// How it scored on held-out data when trained.
+    #[schema(value_type = Object)]
     pub metrics: Value,
     /// Why it is invalid: `{code, message}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub error: Option<Value>,
     /// Bytes of its weights file.
     pub size: Option<i64>,
     /// The whole spec, on a single model's view only: with one entry per
     /// feature column it can be megabytes, too much for each row of a list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub spec: Option<Value>,
     pub download_url: String,
     pub created_at: DateTime<Utc>,
@@ -84,22 +91,35 @@ impl From<ModelRow> for ModelView {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+#[into_params(parameter_in = Query)]
+pub(super) struct ListQuery {
+    /// Page size, 1 to 200 (50 if not given).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
+    /// The `next_before` of the previous page.
     before: Option<Uuid>,
     /// Only the versions of this name.
     name: Option<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// One page of models, newest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ModelPage {
     pub models: Vec<ModelView>,
     pub next_before: Option<Uuid>,
 }
 
-async fn list(
+/// The caller's models (an admin's: everyone's), newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/models",
+    tag = "models",
+    params(ListQuery),
+    responses((status = 200, description = "One page of models", body = ModelPage)),
+)]
+pub(super) async fn list(
     caller: Caller,
     query: web::Query<ListQuery>,
     state: web::Data<AppState>,
@@ -146,7 +166,18 @@ async fn find(state: &AppState, segment: &str, viewer: Viewer) -> Result<ModelRo
         })
 }
 
-async fn get(
+/// One model, with its whole spec.
+#[utoipa::path(
+    get,
+    path = "/api/v1/models/{model}",
+    tag = "models",
+    params(("model" = String, Path, description = "A model id, a name (its latest ready version) or `name@version`")),
+    responses(
+        (status = 200, description = "The model", body = ModelView),
+        (status = 404, description = "No such model", body = ErrorBody),
+    ),
+)]
+pub(super) async fn get(
     caller: Caller,
     path: web::Path<String>,
     state: web::Data<AppState>,
@@ -155,9 +186,24 @@ async fn get(
     Ok(HttpResponse::Ok().json(ModelView::from(model)))
 }
 
-/// `POST /api/v1/models`: a TorchScript file (`file`) and its JSON `spec`.
-/// Answers 202 with the model, `validating`; its task runs it once.
-async fn upload(
+/// Uploads a TorchScript model (`file`) with its JSON `spec`. Answers 202
+/// with the model, `validating`; a worker runs it once, and it becomes
+/// `ready` or `invalid`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/models",
+    tag = "models",
+    request_body(content = submit::ModelForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 202, description = "The model, validating", body = ModelView,
+            headers(("Location" = String, description = "The model's URL"))),
+        (status = 409, description = "The name is taken by a model being validated", body = ErrorBody),
+        (status = 408, description = "The upload took too long, or stalled", body = ErrorBody),
+        (status = 415, description = "Not multipart/form-data", body = ErrorBody),
+        (status = 422, description = "The spec is not valid", body = ErrorBody),
+    ),
+)]
+pub(super) async fn upload(
     caller: Caller,
     req: HttpRequest,
     payload: web::Payload,
@@ -179,7 +225,19 @@ async fn upload(
 
 /// Streams the model's weights: the TorchScript file as uploaded, or a
 /// trained model's safetensors.
-async fn download(
+#[utoipa::path(
+    get,
+    path = "/api/v1/models/{model}/download",
+    tag = "models",
+    params(("model" = String, Path, description = "A model id, a name (its latest ready version) or `name@version`")),
+    responses(
+        (status = 200, description = "The weights", content_type = "application/octet-stream"),
+        (status = 206, description = "The requested range", content_type = "application/octet-stream"),
+        (status = 404, description = "No such model", body = ErrorBody),
+        (status = 416, description = "The range is outside the file", body = ErrorBody),
+    ),
+)]
+pub(super) async fn download(
     caller: Caller,
     req: HttpRequest,
     path: web::Path<String>,
@@ -207,10 +265,21 @@ async fn download(
     download::serve(&req, state.objects.as_ref(), &object).await
 }
 
-/// `DELETE /api/v1/models/{model}`: 409 while a queued or running task
-/// reads it. An uploaded model goes with its validation task and file; a
-/// trained model's weights stay with its `train` task, as its artifacts.
-async fn delete(
+/// Deletes a model. An uploaded model goes with its validation task and
+/// file; a trained model's weights stay with its `train` task, as its
+/// artifacts.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/models/{model}",
+    tag = "models",
+    params(("model" = String, Path, description = "A model id, a name (its latest ready version) or `name@version`")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such model", body = ErrorBody),
+        (status = 409, description = "Queued or running tasks read it (`model_in_use`)", body = ErrorBody),
+    ),
+)]
+pub(super) async fn delete(
     caller: Caller,
     path: web::Path<String>,
     state: web::Data<AppState>,

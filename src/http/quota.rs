@@ -4,7 +4,9 @@
 //! (`db/sql/claim.sql`): over that limit a task waits in the queue.
 //!
 //! Counts live in Postgres, so they hold across processes; the request
-//! rate is counted by each process on its own (a token bucket per user).
+//! rate (a token bucket per user), and what a user holds open at once
+//! (uploads, live-feed connections), are counted by each process on its
+//! own.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -40,12 +42,24 @@ impl Exceeded {
 }
 
 /// The limits, each per user; 0 means none.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Default)]
 pub struct Quotas {
     pub queued_tasks: u64,
     pub upload_bytes_per_day: u64,
     pub stored_bytes: u64,
+    /// Each user's queued count as last read, and this process's
+    /// submissions since (see [`Quotas::queued_room`]).
+    recent: Mutex<HashMap<Uuid, Recent>>,
 }
+
+#[derive(Debug)]
+struct Recent {
+    queued: u64,
+    at: Instant,
+}
+
+/// How long a queued count far below the limit is trusted.
+const RECENT_FOR: Duration = Duration::from_secs(5);
 
 impl From<&Settings> for Quotas {
     fn from(s: &Settings) -> Self {
@@ -53,6 +67,7 @@ impl From<&Settings> for Quotas {
             queued_tasks: s.quota_queued_tasks,
             upload_bytes_per_day: s.quota_upload_bytes_per_day,
             stored_bytes: s.quota_stored_bytes,
+            recent: Mutex::default(),
         }
     }
 }
@@ -93,10 +108,42 @@ impl Quotas {
         client: &impl GenericClient,
         user: &User,
     ) -> Result<(), ApiError> {
-        if self.queued_tasks > 0 {
-            let queued = db::usage::queued(client, user.id, self.queued_tasks).await? as u64;
-            self.check_queued(user, queued)?;
+        self.queued_room(client, user).await
+    }
+
+    /// Whether `user` may queue one more task. Counting a user's queued
+    /// tasks reads up to the limit's worth of index entries, on every
+    /// submission; so while a count made in the last few seconds, plus
+    /// this process's submissions since, is under half the limit, that is
+    /// answer enough. Nearer the limit every submission counts afresh.
+    /// (Other processes' submissions in those seconds are not seen: they
+    /// would need to queue half the limit in them to pass it.)
+    async fn queued_room(&self, client: &impl GenericClient, user: &User) -> Result<(), ApiError> {
+        if self.queued_tasks == 0 {
+            return Ok(());
         }
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(r) = recent.get_mut(&user.id) {
+                if r.at.elapsed() < RECENT_FOR && r.queued < self.queued_tasks / 2 {
+                    r.queued += 1;
+                    return Ok(());
+                }
+            }
+        }
+        let queued = db::usage::queued(client, user.id, self.queued_tasks).await? as u64;
+        self.check_queued(user, queued)?;
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() >= MAX_BUCKETS {
+            recent.retain(|_, r| r.at.elapsed() < RECENT_FOR);
+        }
+        recent.insert(
+            user.id,
+            Recent {
+                queued: queued + 1,
+                at: Instant::now(),
+            },
+        );
         Ok(())
     }
 
@@ -131,10 +178,7 @@ impl Quotas {
         if bytes > 0 {
             db::usage::lock_user(tx, user.id).await?;
         }
-        if self.queued_tasks > 0 {
-            let queued = db::usage::queued(tx, user.id, self.queued_tasks).await? as u64;
-            self.check_queued(user, queued)?;
-        }
+        self.queued_room(tx, user).await?;
         if bytes == 0 {
             return Ok(());
         }
@@ -247,6 +291,82 @@ impl RateLimiter {
     }
 }
 
+/// What each user may hold at once on this process (uploads in flight,
+/// live-feed connections): a count per user, given back when the
+/// [`UserSlot`] drops.
+pub struct UserSlots {
+    limit: usize,
+    /// The setting's name without `quota_`.
+    setting: &'static str,
+    /// What a slot is, for the message: "uploads at once".
+    what: &'static str,
+    held: std::sync::Arc<Mutex<HashMap<Uuid, usize>>>,
+}
+
+/// One slot of one user's, held until dropped.
+pub struct UserSlot {
+    user: Uuid,
+    held: Option<std::sync::Arc<Mutex<HashMap<Uuid, usize>>>>,
+}
+
+impl UserSlots {
+    /// `limit` per user; 0: no limit.
+    pub fn new(limit: usize, setting: &'static str, what: &'static str) -> Self {
+        Self {
+            limit,
+            setting,
+            what,
+            held: Default::default(),
+        }
+    }
+
+    /// Takes one of `user`'s slots, or says they hold all of theirs.
+    pub fn take(&self, user: &User) -> Result<UserSlot, Exceeded> {
+        if self.limit == 0 {
+            return Ok(UserSlot {
+                user: user.id,
+                held: None,
+            });
+        }
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let count = held.entry(user.id).or_default();
+        if *count >= self.limit {
+            return Err(Exceeded {
+                limit: self.setting,
+                retry_after: 1,
+                message: format!(
+                    "{} has {} {} on this process, the most one user may (quota_{});                      retry when one ends",
+                    user.name, self.limit, self.what, self.setting
+                ),
+            });
+        }
+        *count += 1;
+        Ok(UserSlot {
+            user: user.id,
+            held: Some(self.held.clone()),
+        })
+    }
+
+    /// Slots `user` holds now.
+    pub fn held_by(&self, user: Uuid) -> usize {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.get(&user).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let Some(held) = &self.held else { return };
+        let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = held.get_mut(&self.user) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.user);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,6 +397,26 @@ mod tests {
     }
 
     #[test]
+    fn a_user_holds_at_most_their_slots_and_gets_each_back_when_it_drops() {
+        let slots = UserSlots::new(2, "uploads", "uploads at once");
+        let (alice, bob) = (user(), user());
+        let first = slots.take(&alice).unwrap();
+        let second = slots.take(&alice).unwrap();
+        let refused = slots.take(&alice).err().expect("a third is refused");
+        assert_eq!(refused.limit, "uploads");
+        assert_eq!(refused.code(), "quota_exceeded");
+        assert!(refused.to_string().contains("quota_uploads"), "{refused}");
+        let _bobs = slots.take(&bob).expect("bob's slots are his own");
+        drop(first);
+        let _third = slots.take(&alice).expect("a slot given back is free again");
+        drop(second);
+        assert_eq!(slots.held_by(alice.id), 1);
+        let unlimited = UserSlots::new(0, "sockets", "connections");
+        let held: Vec<_> = (0..1000).map(|_| unlimited.take(&alice).unwrap()).collect();
+        assert_eq!(held.len(), 1000);
+    }
+
+    #[test]
     fn no_rate_means_no_limit() {
         let limiter = RateLimiter::new(0);
         let alice = user();
@@ -288,9 +428,8 @@ mod tests {
     #[test]
     fn the_daily_upload_limit_counts_what_was_sent_today() {
         let quotas = Quotas {
-            queued_tasks: 0,
             upload_bytes_per_day: 100,
-            stored_bytes: 0,
+            ..Quotas::default()
         };
         let alice = user();
         quotas.check_upload(&alice, 60, 40).unwrap();

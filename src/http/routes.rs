@@ -4,6 +4,9 @@
 //! route (the access matrix, the OpenAPI document) and so cannot miss one
 //! added later.
 
+use std::sync::OnceLock;
+
+use actix_web::dev::ResourceDef;
 use actix_web::http::Method;
 use actix_web::{web, FromRequest, Handler, Responder};
 
@@ -81,4 +84,21 @@ pub fn table() -> Vec<Route> {
     });
     table.sort_by(|a, b| (&a.path, a.method.as_str()).cmp(&(&b.path, b.method.as_str())));
     table
+}
+
+/// The methods served at `path`: for a 405's `Allow` when a request names
+/// a route with a method it does not take.
+pub fn methods_at(path: &str) -> Vec<Method> {
+    static ROUTES: OnceLock<Vec<(ResourceDef, Method)>> = OnceLock::new();
+    ROUTES
+        .get_or_init(|| {
+            table()
+                .into_iter()
+                .map(|r| (ResourceDef::new(r.path), r.method))
+                .collect()
+        })
+        .iter()
+        .filter(|(pattern, _)| pattern.is_match(path))
+        .map(|(_, method)| method.clone())
+        .collect()
 }

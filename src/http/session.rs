@@ -9,15 +9,16 @@
 
 use actix_web::cookie::{time, Cookie, SameSite};
 use actix_web::{web, HttpRequest, HttpResponse};
-use chrono::Utc;
-use serde::Deserialize;
-use serde_json::json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::error::ApiError;
+use super::openapi::ErrorBody;
 use super::routes::Router;
 use super::AppState;
-use crate::auth::{self, Caller, Presented, Unauthorized, SESSION_COOKIE};
-use crate::db::users::{self, Kind};
+use crate::auth::{self, Caller, Presented, Unauthorized, Via, SESSION_COOKIE};
+use crate::db::users::{self, Kind, User};
 
 pub fn config(r: &mut Router) {
     r.get("/me", me)
@@ -25,24 +26,62 @@ pub fn config(r: &mut Router) {
         .delete("/session", logout);
 }
 
-async fn me(caller: Caller) -> HttpResponse {
-    let mut body = json!({ "user": caller.user, "via": caller.via });
-    if let Some(csrf) = &caller.csrf {
-        body["csrf_token"] = json!(csrf);
-    }
-    HttpResponse::Ok().json(body)
+/// Who the caller is, and how they signed in.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Me {
+    pub user: User,
+    pub via: Via,
+    /// For a dashboard session: the token its writes send as
+    /// `X-CSRF-Token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub csrf_token: Option<String>,
+    /// For a new session: when it ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Who the caller is.
+#[utoipa::path(
+    get,
+    path = "/api/v1/me",
+    tag = "access",
+    responses((status = 200, description = "The caller", body = Me)),
+)]
+pub(super) async fn me(caller: Caller) -> HttpResponse {
+    HttpResponse::Ok().json(Me {
+        user: caller.user,
+        via: caller.via,
+        csrf_token: caller.csrf,
+        expires_at: None,
+    })
+}
+
+/// An API token, or the first run's one-time login code: one of the two.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Login {
+pub(super) struct Login {
     /// An API token.
     token: Option<String>,
     /// A one-time login code (`mlq serve` prints one on first run).
     code: Option<String>,
 }
 
-async fn login(
+/// Signs the dashboard in: trades an API token (or the one-time login
+/// code) for a session cookie (`HttpOnly`, `SameSite=Strict`, `Secure` over
+/// TLS). A session opened with a token ends when the token does.
+#[utoipa::path(
+    post,
+    path = "/api/v1/session",
+    tag = "access",
+    security(()),
+    request_body = Login,
+    responses(
+        (status = 200, description = "Signed in; the cookie is set", body = Me,
+            headers(("Set-Cookie" = String, description = "The session cookie"))),
+        (status = 401, description = "Not a valid token or code", body = ErrorBody),
+    ),
+)]
+pub(super) async fn login(
     req: HttpRequest,
     body: web::Json<Login>,
     state: web::Data<AppState>,
@@ -60,10 +99,11 @@ async fn login(
         }
         .ok_or(Unauthorized::Invalid)?;
     let client = state.db.get().await?;
-    let user = match users::find_credential(&client, presented.id, presented.kind).await? {
-        Some(found) if presented.matches(&found.secret_hash) => found.user,
-        _ => return Err(Unauthorized::Invalid.into()),
-    };
+    let user = users::find_credential(&client, presented.id, presented.kind, |hash| {
+        presented.matches(hash)
+    })
+    .await?
+    .ok_or(Unauthorized::Invalid)?;
     let ttl = chrono::Duration::from_std(state.session_ttl).unwrap_or(chrono::Duration::days(7));
     let mut expires_at = Utc::now() + ttl;
     let (session, secret) = auth::issue(
@@ -91,15 +131,26 @@ async fn login(
         .secure(req.connection_info().scheme() == "https")
         .max_age(time::Duration::seconds(ttl.num_seconds()))
         .finish();
-    Ok(HttpResponse::Ok().cookie(cookie).json(json!({
-        "user": user,
-        "via": "session",
-        "csrf_token": csrf,
-        "expires_at": expires_at,
-    })))
+    Ok(HttpResponse::Ok().cookie(cookie).json(Me {
+        user,
+        via: Via::Session,
+        csrf_token: Some(csrf),
+        expires_at: Some(expires_at),
+    }))
 }
 
-async fn logout(caller: Caller, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+/// Signs the dashboard out: ends the session and clears its cookie. With
+/// a token, nothing is ended (revoke tokens with DELETE /api/v1/tokens/{id}).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/session",
+    tag = "access",
+    responses((status = 204, description = "Signed out")),
+)]
+pub(super) async fn logout(
+    caller: Caller,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     if caller.via == auth::Via::Session {
         let client = state.db.get().await?;
         users::revoke(&client, caller.credential, caller.viewer()).await?;

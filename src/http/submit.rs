@@ -22,13 +22,14 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use mlq_actors::commands::validate_model::ValidateModel;
-use mlq_actors::commands::Command;
+use mlq_actors::commands::{Command, Commands};
 use mlq_actors::ml::registry::ModelRef;
 use mlq_actors::ml::upload::UploadSpec;
 use mlq_actors::ports::{ObjectKey, ObjectStore, Upload};
 use mlq_actors::task::InputFile;
 
 use super::error::ApiError;
+use super::openapi::ErrorBody;
 use super::routes::Router;
 use super::tasks::TaskView;
 use super::AppState;
@@ -40,8 +41,28 @@ pub fn config(r: &mut Router) {
     r.post("/tasks", create);
 }
 
-/// `POST /api/v1/tasks`: validates, stores the inputs and queues the task.
-async fn create(
+/// Submits a task: its command, params and input files. Files stream into
+/// storage as they arrive; the task is queued once all are stored and
+/// checked. A command without files may also be sent as JSON.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tasks",
+    tag = "tasks",
+    request_body(content(
+        (TaskForm = "multipart/form-data"),
+        (JsonSubmission = "application/json"),
+    )),
+    responses(
+        (status = 202, description = "The task, queued", body = TaskView,
+            headers(("Location" = String, description = "The task's URL"))),
+        (status = 404, description = "A model the params name does not exist", body = ErrorBody),
+        (status = 408, description = "The upload took too long, or stalled", body = ErrorBody),
+        (status = 409, description = "A model the params name is not ready (`model_not_ready`)", body = ErrorBody),
+        (status = 415, description = "Neither multipart/form-data nor JSON, or a file type the command does not take", body = ErrorBody),
+        (status = 422, description = "Params, files or checksums that are not valid; `field` names the param", body = ErrorBody),
+    ),
+)]
+pub(super) async fn create(
     caller: Caller,
     req: HttpRequest,
     payload: web::Payload,
@@ -70,7 +91,7 @@ pub(super) fn refuse_when_stopping(state: &AppState) -> Result<(), ApiError> {
 
 /// What a request submits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Form {
+pub(crate) enum Form {
     /// `POST /api/v1/tasks`: `command`, `params` and `file` parts, or JSON.
     Task,
     /// `POST /api/v1/models`: `spec` and one `file` part; queued as its
@@ -367,18 +388,51 @@ impl Drop for StoredInputs {
 const MAX_TEXT_FIELD: usize = 1 << 20;
 
 #[derive(Debug)]
-struct Submission {
+pub(crate) struct Submission {
     pub command: String,
     pub params: Value,
     pub inputs: Vec<InputFile>,
 }
 
-#[derive(Deserialize)]
+/// A submission without files, as JSON.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct JsonSubmission {
+pub(super) struct JsonSubmission {
+    /// One of `GET /api/v1/commands`.
     command: String,
+    /// The command's params, as its JSON Schema in `GET /api/v1/commands`
+    /// describes them.
     #[serde(default)]
+    #[schema(value_type = Object)]
     params: Value,
+}
+
+/// A submission as a form. Parts are read in order: send `command` (and
+/// `params`) before the files, so a bad submission is refused before its
+/// files are uploaded.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(super) struct TaskForm {
+    /// One of `GET /api/v1/commands`.
+    command: String,
+    /// The params, as a JSON object.
+    params: Option<String>,
+    /// The input files, each its own `file` part. A part may carry
+    /// `x-checksum-sha256` (hex or base64) or `Content-MD5`.
+    #[schema(value_type = Vec<String>, format = Binary)]
+    file: Vec<Vec<u8>>,
+}
+
+/// A model upload.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(super) struct ModelForm {
+    /// The model's spec, as a JSON object: `name`, `input`, and for images
+    /// the size and classes.
+    spec: String,
+    /// The TorchScript file.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
 }
 
 /// Reads the body of `POST /api/v1/tasks` for task `task`, storing its
@@ -423,6 +477,11 @@ async fn read(
                 .before_upload(&client, &caller.user, declared)
                 .await?;
             drop(client);
+            // One user's slow uploads may not take every slot.
+            let _user_slot = state
+                .user_uploads
+                .take(&caller.user)
+                .map_err(ApiError::OverQuota)?;
             // Each upload to S3 buffers a few parts: cap how many run at once.
             let _slot = state
                 .uploads
@@ -437,17 +496,36 @@ async fn read(
                     ),
                     retry_after: 1,
                 })?;
-            read_multipart(req, payload, state, task, form, stored).await
+            let intake = Intake {
+                limits: &state.limits,
+                commands: &state.commands,
+                objects: state.objects.as_ref(),
+            };
+            read_multipart(
+                req.headers(),
+                payload,
+                &intake,
+                task,
+                form,
+                &mut stored.inputs,
+            )
+            .await
         }
         // Small, but still a slot and a buffer: a body that trickles in is
         // held to the same deadline as an upload.
-        "application/json" => tokio::time::timeout(
+        "application/json" if form == Form::Task => tokio::time::timeout(
             state.limits.max_upload_time,
             read_json(payload, limit, state.limits.idle),
         )
         .await
         .map_err(|_| ApiError::UploadTimeout(state.limits.max_upload_time))?,
-        _ => Err(ApiError::UnsupportedMediaType(mime)),
+        _ => Err(ApiError::UnsupportedMediaType {
+            content_type: mime,
+            expected: match form {
+                Form::Task => "multipart/form-data or application/json",
+                Form::Model => "multipart/form-data",
+            },
+        }),
     }
 }
 
@@ -487,16 +565,27 @@ async fn read_json(
     })
 }
 
-async fn read_multipart(
-    req: &HttpRequest,
-    payload: web::Payload,
-    state: &AppState,
+/// What reading a form needs of the app.
+pub(crate) struct Intake<'a> {
+    pub limits: &'a super::UploadLimits,
+    pub commands: &'a Commands,
+    pub objects: &'a dyn ObjectStore,
+}
+
+/// Reads a `multipart/form-data` body, storing each file part as input
+/// `inputs.len()` of `task` as it arrives; stored files are pushed onto
+/// `inputs` at once, so the caller can delete them if the form fails.
+pub(crate) async fn read_multipart(
+    headers: &header::HeaderMap,
+    payload: impl futures_util::Stream<Item = Result<web::Bytes, actix_web::error::PayloadError>>
+        + 'static,
+    intake: &Intake<'_>,
     task: Uuid,
     form: Form,
-    stored: &mut StoredInputs,
+    inputs: &mut Vec<InputFile>,
 ) -> Result<Submission, ApiError> {
-    let limits = &state.limits;
-    let mut multipart = Multipart::new(req.headers(), payload);
+    let limits = intake.limits;
+    let mut multipart = Multipart::new(headers, payload);
     let mut budget = Budget::new();
     let mut command: Option<String> = (form == Form::Model).then(|| ValidateModel::NAME.to_owned());
     let mut params = Value::Null;
@@ -525,9 +614,9 @@ async fn read_multipart(
                 let text = read_text(field, &mut budget, limits).await?;
                 let text = text.trim().to_owned();
                 // Reject an unknown command before any file is uploaded.
-                super::command(state, &text)?;
-                for input in stored.inputs.iter() {
-                    check_type(state, &text, &input.content_type)?;
+                super::command(intake.commands, &text)?;
+                for input in inputs.iter() {
+                    check_type(intake.commands, &text, &input.content_type)?;
                 }
                 command = Some(text);
             }
@@ -541,22 +630,22 @@ async fn read_multipart(
                 params = params_object(value)?;
             }
             (_, "file") => {
-                if stored.inputs.len() >= limits.max_files {
+                if inputs.len() >= limits.max_files {
                     return Err(ApiError::TooManyParts {
                         limit: limits.max_files,
                     });
                 }
-                let position = stored.inputs.len() as i32;
+                let position = inputs.len() as i32;
                 let input = store_file(
                     field,
-                    state,
+                    intake,
                     command.as_deref(),
                     task,
                     position,
                     &mut budget,
                 )
                 .await?;
-                stored.inputs.push(input);
+                inputs.push(input);
             }
             (_, other) => {
                 return Err(ApiError::bad_request(
@@ -584,13 +673,12 @@ async fn read_multipart(
     Ok(Submission {
         command,
         params,
-        inputs: stored.inputs.clone(),
+        inputs: inputs.clone(),
     })
 }
 
-fn check_type(state: &AppState, command: &str, content_type: &str) -> Result<(), ApiError> {
-    state
-        .commands
+fn check_type(commands: &Commands, command: &str, content_type: &str) -> Result<(), ApiError> {
+    commands
         .check_type(command, content_type)
         .map_err(|allowed| ApiError::UnsupportedFileType {
             command: command.to_owned(),
@@ -702,13 +790,13 @@ async fn read_text(
 
 async fn store_file(
     mut field: Field,
-    state: &AppState,
+    intake: &Intake<'_>,
     command: Option<&str>,
     task: Uuid,
     position: i32,
     budget: &mut Budget,
 ) -> Result<InputFile, ApiError> {
-    let limits = &state.limits;
+    let limits = intake.limits;
     let key = ObjectKey::Input { task, position }.as_string();
     let filename = field
         .content_disposition()
@@ -722,10 +810,10 @@ async fn store_file(
         .unwrap_or_else(|| "application/octet-stream".into());
     // Checked here when the command came first; otherwise once it arrives.
     if let Some(command) = command {
-        check_type(state, command, &content_type)?;
+        check_type(intake.commands, command, &content_type)?;
     }
     let mut expected = Expected::from_headers(&field)?;
-    let mut upload = Upload::start(state.objects.as_ref(), &key, &content_type).await?;
+    let mut upload = Upload::start(intake.objects, &key, &content_type).await?;
     let result = async {
         while let Some(chunk) = next_or_idle(limits.idle, field.try_next())
             .await?

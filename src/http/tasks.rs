@@ -6,11 +6,13 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use mlq_actors::task::{InputFile, StoredArtifact, TaskStatus};
 
 use super::error::ApiError;
+use super::openapi::ErrorBody;
 use super::routes::Router;
 use super::{download, no_task, page_limit, AppState};
 use crate::auth::Caller;
@@ -27,16 +29,24 @@ pub fn config(r: &mut Router) {
 }
 
 /// A task as the API shows it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TaskView {
     pub id: Uuid,
     pub command: String,
     pub status: TaskStatus,
+    /// The command's latest progress report (`{}` until the first).
+    #[schema(value_type = Object)]
     pub progress: Value,
+    /// The params as checked, with defaults filled in.
+    #[schema(value_type = Object)]
     pub params: Value,
     pub inputs: Vec<InputView>,
     pub artifacts: Vec<ArtifactView>,
+    /// What a succeeded task returned.
+    #[schema(value_type = Option<Object>)]
     pub result: Option<Value>,
+    /// Why a task failed: `{code, message}`.
+    #[schema(value_type = Option<Object>)]
     pub error: Option<Value>,
     pub attempts: i32,
     pub max_attempts: i32,
@@ -49,7 +59,8 @@ pub struct TaskView {
     pub seq: i64,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// An uploaded file, downloadable at `/api/v1/tasks/{id}/inputs/{n}`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct InputView {
     pub name: String,
     pub size: i64,
@@ -57,7 +68,8 @@ pub struct InputView {
     pub content_type: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// A file a task wrote.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ArtifactView {
     pub name: String,
     pub size: i64,
@@ -117,7 +129,18 @@ impl ArtifactView {
     }
 }
 
-async fn get(
+/// One task.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks/{id}",
+    tag = "tasks",
+    params(("id" = Uuid, Path, description = "The task's id")),
+    responses(
+        (status = 200, description = "The task", body = TaskView),
+        (status = 404, description = "No such task (or not the caller's)", body = ErrorBody),
+    ),
+)]
+pub(super) async fn get(
     caller: Caller,
     id: web::Path<Uuid>,
     state: web::Data<AppState>,
@@ -130,23 +153,37 @@ async fn get(
     Ok(HttpResponse::Ok().json(TaskView::from(task)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+#[into_params(parameter_in = Query)]
+pub(super) struct ListQuery {
+    /// Only tasks with this status.
+    #[param(value_type = Option<TaskStatus>)]
     status: Option<String>,
+    /// Page size, 1 to 200 (50 if not given).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
+    /// The `next_before` of the previous page.
     before: Option<Uuid>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// One page of tasks, newest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TaskPage {
     pub tasks: Vec<TaskView>,
     /// Pass as `before` to get the next page; null on the last page.
     pub next_before: Option<Uuid>,
 }
 
-/// `GET /api/v1/tasks?status=&limit=&before=`: newest first.
-async fn list(
+/// The caller's tasks (an admin's: everyone's), newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks",
+    tag = "tasks",
+    params(ListQuery),
+    responses((status = 200, description = "One page of tasks", body = TaskPage)),
+)]
+pub(super) async fn list(
     caller: Caller,
     query: web::Query<ListQuery>,
     state: web::Data<AppState>,
@@ -177,9 +214,20 @@ async fn list(
     }))
 }
 
-/// `POST /api/v1/tasks/{id}/cancel`: a queued task is cancelled at once; a
-/// running one stops at its next check (between batches).
-async fn cancel(
+/// Cancels a task: a queued task is cancelled at once; a running one stops
+/// at its next check (between batches).
+#[utoipa::path(
+    post,
+    path = "/api/v1/tasks/{id}/cancel",
+    tag = "tasks",
+    params(("id" = Uuid, Path, description = "The task's id")),
+    responses(
+        (status = 200, description = "The task, cancelled or asked to stop", body = TaskView),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 409, description = "The task has already finished (`task_finished`)", body = ErrorBody),
+    ),
+)]
+pub(super) async fn cancel(
     caller: Caller,
     id: web::Path<Uuid>,
     state: web::Data<AppState>,
@@ -202,9 +250,19 @@ async fn cancel(
     Ok(HttpResponse::Ok().json(TaskView::from(task)))
 }
 
-/// `POST /api/v1/tasks/{id}/retry`: queues a failed or cancelled task
-/// again, keeping its id, inputs and log.
-async fn retry(
+/// Queues a failed or cancelled task again, keeping its id, inputs and log.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tasks/{id}/retry",
+    tag = "tasks",
+    params(("id" = Uuid, Path, description = "The task's id")),
+    responses(
+        (status = 200, description = "The task, queued again", body = TaskView),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 409, description = "Not failed or cancelled (`task_not_retryable`), or a model it reads is gone (`model_not_ready`)", body = ErrorBody),
+    ),
+)]
+pub(super) async fn retry(
     caller: Caller,
     id: web::Path<Uuid>,
     state: web::Data<AppState>,
@@ -238,10 +296,20 @@ async fn retry(
     Ok(HttpResponse::Ok().json(TaskView::from(task)))
 }
 
-/// `DELETE /api/v1/tasks/{id}`: removes the task, its inputs and artifacts
-/// (objects included) and the model it trained. A running task is
-/// cancelled first.
-async fn delete(
+/// Removes a task, its inputs and artifacts (objects included) and the
+/// model it trained. A running task is cancelled first.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tasks/{id}",
+    tag = "tasks",
+    params(("id" = Uuid, Path, description = "The task's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 409, description = "Queued or running tasks read the model it made (`model_in_use`)", body = ErrorBody),
+    ),
+)]
+pub(super) async fn delete(
     caller: Caller,
     id: web::Path<Uuid>,
     state: web::Data<AppState>,
@@ -282,9 +350,20 @@ pub(super) fn model_in_use(what: &str, tasks: &[Uuid]) -> ApiError {
     }
 }
 
-/// `GET /api/v1/tasks/{id}/artifacts/{name}`: streams a result file, or
-/// one byte range of it.
-async fn artifact(
+/// Streams a file the task wrote, or one byte range of it (`Range`).
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks/{id}/artifacts/{name}",
+    tag = "tasks",
+    params(("id" = Uuid, Path, description = "The task's id"), ("name" = String, Path, description = "The artifact's name")),
+    responses(
+        (status = 200, description = "The file, with the content type it was stored with", content(("*/*"))),
+        (status = 206, description = "The requested range", content(("*/*"))),
+        (status = 404, description = "No such task or artifact", body = ErrorBody),
+        (status = 416, description = "The range is outside the file", body = ErrorBody),
+    ),
+)]
+pub(super) async fn artifact(
     caller: Caller,
     req: HttpRequest,
     path: web::Path<(Uuid, String)>,
@@ -306,9 +385,21 @@ async fn artifact(
     download::serve(&req, state.objects.as_ref(), &artifact).await
 }
 
-/// `GET /api/v1/tasks/{id}/inputs/{n}`: streams an uploaded input (numbered
-/// from 0, in upload order), or one byte range of it.
-async fn input(
+/// Streams an uploaded input (numbered from 0, in upload order), or one
+/// byte range of it (`Range`).
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks/{id}/inputs/{n}",
+    tag = "tasks",
+    params(("id" = Uuid, Path, description = "The task's id"), ("n" = i32, Path, description = "The input's position, from 0")),
+    responses(
+        (status = 200, description = "The file, with the content type it was stored with", content(("*/*"))),
+        (status = 206, description = "The requested range", content(("*/*"))),
+        (status = 404, description = "No such task or input", body = ErrorBody),
+        (status = 416, description = "The range is outside the file", body = ErrorBody),
+    ),
+)]
+pub(super) async fn input(
     caller: Caller,
     req: HttpRequest,
     path: web::Path<(Uuid, i32)>,

@@ -5,16 +5,17 @@ use std::time::Duration;
 
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
-use chrono::Utc;
-use serde::Deserialize;
-use serde_json::json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::error::ApiError;
+use super::openapi::ErrorBody;
 use super::routes::Router;
 use super::AppState;
 use crate::auth::{self, Caller, TICKET_TTL};
-use crate::db::users::{self, Kind};
+use crate::db::users::{self, Credential, Kind};
 
 /// Longest a token may be minted for; without `expires_in` it never
 /// expires.
@@ -27,15 +28,49 @@ pub fn config(r: &mut Router) {
         .post("/ws-ticket", ticket);
 }
 
-async fn list(caller: Caller, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let client = state.db.get().await?;
-    let tokens = users::list_tokens(&client, caller.user.id).await?;
-    Ok(HttpResponse::Ok().json(json!({ "tokens": tokens })))
+/// The caller's API tokens.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenList {
+    pub tokens: Vec<Credential>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A token just minted: the secret is here, and nowhere else ever again.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MintedToken {
+    #[serde(flatten)]
+    pub credential: Credential,
+    /// `Authorization: Bearer <token>`.
+    pub token: String,
+}
+
+/// A WebSocket ticket.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ticket {
+    /// Pass as `?ticket=` on one upgrade.
+    pub ticket: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The caller's API tokens (not their dashboard sessions), revoked ones
+/// included.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tokens",
+    tag = "access",
+    responses((status = 200, description = "The caller's tokens", body = TokenList)),
+)]
+pub(super) async fn list(
+    caller: Caller,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let client = state.db.get().await?;
+    let tokens = users::list_tokens(&client, caller.user.id).await?;
+    Ok(HttpResponse::Ok().json(TokenList { tokens }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewToken {
+pub(super) struct NewToken {
     /// What it is for, e.g. `laptop` or `ci`.
     #[serde(default)]
     name: String,
@@ -43,8 +78,19 @@ struct NewToken {
     expires_in: Option<String>,
 }
 
-/// `POST /api/v1/tokens`: the token is in the answer, and only there.
-async fn create(
+/// Mints an API token for the caller: the token is in the answer, and
+/// only there.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tokens",
+    tag = "access",
+    request_body = NewToken,
+    responses(
+        (status = 201, description = "The new token", body = MintedToken),
+        (status = 422, description = "A name or expiry that is not valid", body = ErrorBody),
+    ),
+)]
+pub(super) async fn create(
     caller: Caller,
     body: web::Json<NewToken>,
     state: web::Data<AppState>,
@@ -76,15 +122,24 @@ async fn create(
     let (credential, token) =
         auth::issue(&client, caller.user.id, Kind::Token, name, expires_at).await?;
     tracing::info!(user = %caller.user.name, token = %credential.id, "token minted");
-    let mut body = serde_json::to_value(&credential).unwrap_or_default();
-    body["token"] = json!(token);
     Ok(HttpResponse::Created()
         .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(body))
+        .json(MintedToken { credential, token }))
 }
 
-/// `DELETE /api/v1/tokens/{id}`: one's own token (an admin: anyone's).
-async fn revoke(
+/// Revokes a token: one's own (an admin: anyone's). Dashboard sessions
+/// opened with it end with it.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tokens/{id}",
+    tag = "access",
+    params(("id" = Uuid, Path, description = "The token's id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 404, description = "No such token", body = ErrorBody),
+    ),
+)]
+pub(super) async fn revoke(
     caller: Caller,
     id: web::Path<Uuid>,
     state: web::Data<AppState>,
@@ -98,15 +153,23 @@ async fn revoke(
     Ok(HttpResponse::NoContent().finish())
 }
 
-/// `POST /api/v1/ws-ticket`: a ticket for one WebSocket upgrade within
-/// 30 seconds (`?ticket=`), for clients that cannot send a header or
-/// cookie with the upgrade.
-async fn ticket(caller: Caller, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+/// A ticket for one WebSocket upgrade within 30 seconds (`?ticket=`), for
+/// clients that cannot send a header or cookie with the upgrade.
+#[utoipa::path(
+    post,
+    path = "/api/v1/ws-ticket",
+    tag = "access",
+    responses((status = 201, description = "The ticket", body = Ticket)),
+)]
+pub(super) async fn ticket(
+    caller: Caller,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let expires_at = Utc::now() + chrono::Duration::from_std(TICKET_TTL).unwrap_or_default();
     let client = state.db.get().await?;
     let (_, ticket) =
         auth::issue(&client, caller.user.id, Kind::Ticket, "", Some(expires_at)).await?;
     Ok(HttpResponse::Created()
         .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(json!({ "ticket": ticket, "expires_at": expires_at })))
+        .json(Ticket { ticket, expires_at }))
 }

@@ -75,7 +75,7 @@ fn needs(route: &Route) -> Needs {
     match (route.method.as_str(), route.path.as_str()) {
         ("GET", "/healthz" | "/readyz") => Nothing,
         ("POST", "/api/v1/session") => Login,
-        ("GET", "/api/v1/me" | "/api/v1/commands" | "/api/v1/events")
+        ("GET", "/api/v1/me" | "/api/v1/commands" | "/api/v1/events" | "/api/v1/openapi.json")
         | ("DELETE", "/api/v1/session")
         | ("GET" | "POST", "/api/v1/tasks" | "/api/v1/models" | "/api/v1/tokens")
         | ("POST", "/api/v1/ws-ticket") => User,
@@ -483,4 +483,34 @@ async fn model_names_belong_to_their_user() {
     let text = listed.to_string();
     assert!(text.contains(his["id"].as_str().unwrap()), "{text}");
     assert!(!text.contains(hers["id"].as_str().unwrap()), "{text}");
+}
+
+#[actix_web::test]
+async fn another_users_id_is_no_page_cursor() {
+    let app = spawn_app().await;
+    let bob = app.user("bob", false).await;
+    let early = bob.submit("sleep", json!({"ms": 1})).await;
+    let hers = app.submit("sleep", json!({"ms": 1})).await;
+    let late = bob.submit("sleep", json!({"ms": 1})).await;
+    // Bob's own cursor pages as usual.
+    let (status, page) = bob.get(&format!("/api/v1/tasks?before={late}")).await;
+    assert_eq!(status, StatusCode::OK);
+    let ids: Vec<&str> = page["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [early.to_string()]);
+    // Alice's task, between his two, tells him nothing: as an unknown id.
+    for cursor in [hers, Uuid::new_v4()] {
+        let (status, page) = bob.get(&format!("/api/v1/tasks?before={cursor}")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(page["tasks"], json!([]), "before={cursor}");
+        let (_, page) = bob.get(&format!("/api/v1/models?before={cursor}")).await;
+        assert_eq!(page["models"], json!([]), "before={cursor}");
+    }
+    // An admin's cursor may be anyone's.
+    let (_, page) = app.admin.get(&format!("/api/v1/tasks?before={hers}")).await;
+    assert_eq!(page["tasks"][0]["id"], early.to_string());
 }

@@ -16,6 +16,7 @@ mod image_training;
 mod limits;
 mod ml;
 mod models;
+mod openapi;
 mod process;
 mod proxy;
 mod queue;

@@ -204,6 +204,80 @@ async fn uploads_and_feed_connections_past_their_caps_get_503() {
 }
 
 #[actix_web::test]
+async fn one_user_cannot_take_every_upload_or_feed_slot() {
+    let app = spawn_app_with(|s| {
+        s.max_uploads = 8;
+        s.quota_uploads = 1;
+        s.max_sockets = 8;
+        s.quota_sockets = 2;
+    })
+    .await;
+    let bob = app.user("bob", false).await;
+    // Alice's slow upload holds her one slot...
+    let mut slow = SlowUpload::start(&app, "train").await;
+    slow.file("a.csv", b"x,label\n1,a\n").await;
+    eventually(Duration::from_secs(10), || async {
+        let (_, ready) = app.get("/readyz").await;
+        (ready["uploads"]["running"] == 1).then_some(())
+    })
+    .await;
+    // ...so her next one is refused, naming her limit...
+    let mut res = app
+        .client
+        .post(app.url("/api/v1/tasks"))
+        .insert_header(("content-type", "multipart/form-data; boundary=x"))
+        .send_body("--x--\r\n")
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(res.headers().get("retry-after").unwrap(), "1");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "quota_exceeded", "{body}");
+    assert_eq!(body["error"]["limit"], "uploads", "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("quota_uploads"));
+    // ...while bob's goes through.
+    let (status, body) = bob
+        .submit_files(
+            "train",
+            json!({"target": "label", "epochs": 1}),
+            &[("b.csv", b"x,label\n1,a\n2,b\n")],
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    slow.finish().await;
+    slow.response().await;
+    // Her slot is hers again once the upload ends.
+    let (status, body) = app
+        .submit_files(
+            "train",
+            json!({"target": "label", "epochs": 1}),
+            &[("c.csv", b"x,label\n1,a\n2,b\n")],
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+
+    // Two feeds each.
+    let id = app.submit("sleep", json!({"ms": 5000, "steps": 50})).await;
+    let path = format!("/api/v1/tasks/{id}/events");
+    let _a = Feed::connect(&app, &path).await;
+    let b = Feed::connect(&app, &path).await;
+    let mut res = app.client.get(app.url(&path)).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["limit"], "sockets", "{body}");
+    let _bobs = Feed::connect(&bob, "/api/v1/events").await;
+    drop(b);
+    eventually(Duration::from_secs(10), || async {
+        let res = app.client.get(app.url(&path)).send().await.unwrap();
+        (res.status() != StatusCode::TOO_MANY_REQUESTS).then_some(())
+    })
+    .await;
+}
+
+#[actix_web::test]
 async fn a_feed_client_that_stops_reading_is_dropped() {
     let app = spawn_app_with(|s| {
         s.ws_ping_every = Duration::from_millis(500);

@@ -201,6 +201,16 @@ await step('05-tokens-and-logout', async () => {
   await page.getByRole('heading', { name: 'Tasks' }).waitFor();
 });
 
+await step('05-api-reference', async () => {
+  // The API page renders mlq's own OpenAPI document.
+  await page.getByRole('navigation').getByRole('link', { name: 'API' }).click();
+  await page.getByRole('heading', { name: 'API', exact: true }).waitFor();
+  const submit = page.locator('details.operation', { hasText: 'Submits a task' });
+  await submit.locator('summary').click();
+  await submit.getByText('multipart/form-data').first().waitFor();
+  check((await page.locator('details.operation').count()) > 20, 'the API page lists every operation');
+});
+
 await step('06-upload-draw-region-predict', async () => {
   const model = process.env.MODEL_FIXTURE;
   const image = process.env.IMAGE_FIXTURE;

@@ -13,6 +13,7 @@ import { TaskDetail } from './components/TaskDetail';
 import { TaskTable } from './components/TaskTable';
 import { Login } from './components/Login';
 import { Tokens } from './components/Tokens';
+import { ApiDocs } from './components/ApiDocs';
 import type { Me } from './types';
 
 function useTaskList() {
@@ -77,7 +78,7 @@ function Shell({ me, onLogout }: { me: Me; onLogout: () => void }) {
   const model = new URLSearchParams(location.search).get('model') ?? undefined;
 
   useEffect(() => {
-    const titles = { tasks: 'Tasks', new: 'New task', task: 'Task', models: 'Models', tokens: 'API tokens', login: 'Tasks' };
+    const titles = { tasks: 'Tasks', new: 'New task', task: 'Task', models: 'Models', tokens: 'API tokens', api: 'API', login: 'Tasks' };
     document.title = `${titles[route.page]} · mlq`;
   }, [route]);
 
@@ -109,6 +110,9 @@ function Shell({ me, onLogout }: { me: Me; onLogout: () => void }) {
           <a {...link({ page: 'models' })} aria-current={route.page === 'models' ? 'page' : undefined}>
             Models
           </a>
+          <a {...link({ page: 'api' })} aria-current={route.page === 'api' ? 'page' : undefined}>
+            API
+          </a>
         </nav>
         <span className="who">
           <a {...link({ page: 'tokens' })} aria-current={route.page === 'tokens' ? 'page' : undefined} title="API tokens">
@@ -130,6 +134,7 @@ function Shell({ me, onLogout }: { me: Me; onLogout: () => void }) {
         {route.page === 'task' && <TaskDetail id={route.id} />}
         {route.page === 'models' && <Models />}
         {route.page === 'tokens' && <Tokens />}
+        {route.page === 'api' && <ApiDocs />}
       </main>
     </>
   );

@@ -1,6 +1,7 @@
 // The REST client. Every failure becomes an ApiError whose message is fit
 // to show: the server's own words when it sent a JSON error.
 
+import type { OpenApiDoc } from './components/ApiDocs';
 import type { CommandInfo } from './schema';
 import type { ApiToken, ErrorBody, LogLine, Me, Model, Task } from './types';
 
@@ -93,6 +94,7 @@ export const api = {
       `/api/v1/tasks/${id}/logs?after=${after}&limit=10000`,
     ),
   commands: () => request<{ commands: CommandInfo[] }>('/api/v1/commands'),
+  openapi: () => request<OpenApiDoc>('/api/v1/openapi.json'),
   models: () => request<{ models: Model[]; next_before: string | null }>('/api/v1/models?limit=200'),
   model: (id: string) => request<Model>(`/api/v1/models/${encodeURIComponent(id)}`),
   removeModel: (id: string) => request<void>(`/api/v1/models/${encodeURIComponent(id)}`, { method: 'DELETE' }),

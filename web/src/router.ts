@@ -9,6 +9,7 @@ export type Route =
   | { page: 'task'; id: string }
   | { page: 'models' }
   | { page: 'tokens' }
+  | { page: 'api' }
   | { page: 'login' };
 
 export function parse(path: string): Route {
@@ -17,6 +18,7 @@ export function parse(path: string): Route {
   if (path.startsWith('/new')) return { page: 'new' };
   if (path.startsWith('/models')) return { page: 'models' };
   if (path.startsWith('/tokens')) return { page: 'tokens' };
+  if (path === '/api-docs' || path.startsWith('/api-docs/')) return { page: 'api' };
   if (path.startsWith('/login')) return { page: 'login' };
   return { page: 'tasks' };
 }
@@ -31,6 +33,8 @@ export function href(route: Route): string {
       return '/models';
     case 'tokens':
       return '/tokens';
+    case 'api':
+      return '/api-docs';
     case 'login':
       return '/login';
     default:

@@ -122,7 +122,7 @@ pub struct Checked {
 }
 
 /// What `GET /api/v1/commands` says of a command.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct CommandInfo {
     pub name: String,
     pub summary: String,
@@ -131,10 +131,12 @@ pub struct CommandInfo {
     /// Its time limit in seconds, unless a task or the deployment sets one.
     pub timeout_seconds: u64,
     /// JSON Schema (2020-12) of its params, with ranges and defaults.
+    #[schema(value_type = Object)]
     pub params: Value,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, PartialEq, Eq)]
+/// How many files a command takes.
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct FileCount {
     pub min: usize,
     pub max: usize,

@@ -29,7 +29,7 @@ const CANCEL_EVERY: usize = 1024;
 /// A streaming reader of a CSV file's records: the header first (row 0),
 /// then data rows numbered from 1.
 pub struct Records<'c> {
-    file: File,
+    source: Box<dyn Read + 'c>,
     core: csv_core::Reader,
     input: Vec<u8>,
     start: usize,
@@ -50,8 +50,13 @@ impl<'c> Records<'c> {
     pub fn open(path: &Path, cancel: &'c CancelToken) -> Result<Self, JobError> {
         let file =
             File::open(path).map_err(|e| JobError::storage(format!("opening input: {e}")))?;
-        Ok(Self {
-            file,
+        Ok(Self::from_reader(file, cancel))
+    }
+
+    /// Reads CSV from any source (the fuzz targets read from memory).
+    pub fn from_reader(source: impl Read + 'c, cancel: &'c CancelToken) -> Self {
+        Self {
+            source: Box::new(source),
             core: csv_core::Reader::new(),
             input: vec![0; READ_CHUNK],
             start: 0,
@@ -65,7 +70,7 @@ impl<'c> Records<'c> {
             row: 0,
             started: false,
             cancel,
-        })
+        }
     }
 
     /// Reads the next record; `None` at the end of the file.
@@ -133,7 +138,7 @@ impl<'c> Records<'c> {
     fn refill(&mut self) -> Result<(), JobError> {
         self.cancel.check()?;
         let n = self
-            .file
+            .source
             .read(&mut self.input)
             .map_err(|e| JobError::storage(format!("reading input: {e}")))?;
         self.start = 0;

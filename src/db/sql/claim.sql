@@ -103,6 +103,9 @@ served AS (
     INSERT INTO claim_turns (owner, served_at)
     SELECT owner, clock_timestamp()
     FROM (SELECT DISTINCT queue_owner AS owner FROM claimed) AS served_owners
+    -- Turns matter only among owners waiting together: while one owner
+    -- alone has due tasks, its claims write nothing here.
+    WHERE (SELECT count(*) FROM ready WHERE can_take > 0) > 1
     -- In one order, so claims serving the same owners cannot deadlock.
     ORDER BY owner
     ON CONFLICT (owner) DO UPDATE SET served_at = excluded.served_at

@@ -6,6 +6,10 @@ FROM task_details AS t
 WHERE ($4::uuid IS NULL OR t.owner = $4)
   AND ($1::text IS NULL OR t.status = $1)
   AND ($2::uuid IS NULL
-       OR (t.created_at, t.id) < (SELECT c.created_at, c.id FROM tasks AS c WHERE c.id = $2))
+       OR (t.created_at, t.id) < (SELECT c.created_at, c.id FROM tasks AS c
+                                WHERE c.id = $2
+                                  -- Another user's id is no cursor: it would
+                                  -- tell when their task was made.
+                                  AND ($4::uuid IS NULL OR c.owner = $4)))
 ORDER BY t.created_at DESC, t.id DESC
 LIMIT $3
