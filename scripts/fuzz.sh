@@ -35,6 +35,8 @@ for target in "$@"; do
     corpus=$(find "fuzz/corpus-work/$target" -type f | wc -l)
     printf '%-10s %-8s %12s execs %8s/s %6s inputs\n' "$target" "$result" "$execs" "$rate" "$corpus" >>"$summary"
 done
+# The targets' scratch files (src/fuzzing.rs).
+rm -rf /dev/shm/mlq-fuzz-* "${TMPDIR:-/tmp}"/mlq-fuzz-*
 echo
 cat "$summary"
 rm -f "$summary"

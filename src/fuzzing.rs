@@ -2,8 +2,9 @@
 //! input, fed arbitrary bytes. Any outcome but a panic, a hang or a memory
 //! error is fine; refusing the input is the usual one.
 //!
-//! The functions live here rather than in `fuzz/` so that the normal build
-//! compiles them, and a test runs each over the committed corpus seeds.
+//! The functions live here rather than in `fuzz/` so that the test build
+//! compiles them (with what they reach inside the crate), and a test runs
+//! each over the committed corpus seeds.
 
 use std::io::Cursor;
 use std::path::PathBuf;
@@ -215,6 +216,10 @@ mod tests {
             for seed in seeds(target) {
                 run(&seed);
             }
+        }
+        for name in ["csv", "objects"] {
+            let _ = std::fs::remove_file(super::scratch(name));
+            let _ = std::fs::remove_dir_all(super::scratch(name));
         }
     }
 }

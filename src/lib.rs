@@ -18,7 +18,8 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod events;
-#[doc(hidden)]
+// The fuzz targets' entry points: built for tests and fuzzing only.
+#[cfg(any(test, fuzzing))]
 pub mod fuzzing;
 pub mod http;
 pub mod startup;

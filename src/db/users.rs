@@ -229,26 +229,20 @@ pub async fn find_credential(
         return Ok(None);
     }
     if kind.single_use() {
-        let spent = client
-            .execute(
+        let spend = client
+            .prepare_cached(
                 "UPDATE credentials SET revoked_at = now(), last_used_at = now()
                  WHERE id = $1 AND revoked_at IS NULL",
-                &[&id],
             )
             .await?;
-        if spent == 0 {
+        if client.execute(&spend, &[&id]).await? == 0 {
             return Ok(None);
         }
-    } else {
-        let last_used: Option<DateTime<Utc>> = row.try_get("last_used_at")?;
-        if last_used.is_none_or(|t| t < Utc::now() - chrono::Duration::minutes(1)) {
-            client
-                .execute(
-                    "UPDATE credentials SET last_used_at = now() WHERE id = $1",
-                    &[&id],
-                )
-                .await?;
-        }
+    } else if row.try_get("note_use")? {
+        let note = client
+            .prepare_cached("UPDATE credentials SET last_used_at = now() WHERE id = $1")
+            .await?;
+        client.execute(&note, &[&id]).await?;
     }
     Ok(Some(User {
         id: row.try_get("user_id")?,

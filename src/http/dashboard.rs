@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use actix_files::{Files, NamedFile};
 use actix_web::dev::{fn_service, ServiceRequest, ServiceResponse};
 use actix_web::http::{header, Method};
-use actix_web::{web, HttpResponse};
+use actix_web::{guard, web, HttpResponse};
 
 use super::error::ApiError;
 
@@ -19,7 +19,10 @@ pub fn config(cfg: &mut web::ServiceConfig, dir: &Path) -> bool {
     if !index.is_file() {
         return false;
     }
+    // Pages are read: other methods go on to the API's own answers (405
+    // naming the methods a path takes, or 404).
     let files = Files::new("/", dir)
+        .guard(guard::Any(guard::Get()).or(guard::Head()))
         .index_file("index.html")
         .default_handler(fn_service(move |req: ServiceRequest| {
             let index = index.clone();
@@ -36,7 +39,8 @@ pub fn config(cfg: &mut web::ServiceConfig, dir: &Path) -> bool {
 async fn fallback(req: &actix_web::HttpRequest, index: &PathBuf) -> HttpResponse {
     let page = matches!(*req.method(), Method::GET | Method::HEAD)
         && !req.path().starts_with("/api/")
-        && req.path() != "/api";
+        && req.path() != "/api"
+        && super::routes::methods_at(req.path()).is_empty();
     if !page {
         return actix_web::ResponseError::error_response(&super::no_route(req));
     }

@@ -33,6 +33,7 @@ use super::{no_task, page_limit};
 use crate::auth::Caller;
 use crate::db::{self, users::Viewer};
 use crate::events::{Scope, Subscription};
+use crate::http::quota::UserSlot;
 
 /// Stored events read per query while replaying.
 const REPLAY_PAGE: i64 = 1000;
@@ -94,6 +95,7 @@ enum Start {
     get,
     path = "/api/v1/tasks/{id}/events",
     tag = "events",
+    security(("bearer" = []), ("session" = []), ("ticket" = [])),
     params(("id" = Uuid, Path, description = "The task's id"), TaskFeedQuery),
     responses(
         (status = 101, description = "Switched to WebSocket: a `snapshot` message, any replayed events, then live events, as JSON text messages"),
@@ -110,6 +112,7 @@ pub(super) async fn follow_task(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
+    let slots = FeedSlots::take(&req, &state, &caller)?;
     // Answer a missing task with a plain 404 before upgrading.
     let client = state.db.get().await?;
     db::tasks::get(&client, id, caller.viewer())
@@ -122,7 +125,7 @@ pub(super) async fn follow_task(
         after: query.after,
         viewer: caller.viewer(),
     };
-    upgrade(&req, body, state, &caller, subscription, start)
+    upgrade(&req, body, state, slots, subscription, start)
 }
 
 /// Follows every task the caller may see over WebSocket: status changes
@@ -131,6 +134,7 @@ pub(super) async fn follow_task(
     get,
     path = "/api/v1/events",
     tag = "events",
+    security(("bearer" = []), ("session" = []), ("ticket" = [])),
     params(AllFeedQuery),
     responses(
         (status = 101, description = "Switched to WebSocket: a `snapshot` message, any replayed events, then live events, as JSON text messages"),
@@ -144,6 +148,7 @@ pub(super) async fn follow_all(
     query: web::Query<AllFeedQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let slots = FeedSlots::take(&req, &state, &caller)?;
     let q = query.into_inner();
     let limit = page_limit(q.limit)?;
     let viewer = caller.viewer();
@@ -156,40 +161,59 @@ pub(super) async fn follow_all(
         limit,
         viewer,
     };
-    upgrade(&req, body, state, &caller, subscription, start)
+    upgrade(&req, body, state, slots, subscription, start)
+}
+
+/// What a live-feed connection holds while it lasts: one of its user's
+/// connections (`quota_sockets`) and one of the process's
+/// (`max_sockets`).
+struct FeedSlots {
+    _user: UserSlot,
+    _process: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl FeedSlots {
+    /// Taken before any other work for the connection, the user's first: a
+    /// user at their cap costs nothing more, and takes none of the
+    /// process's slots from others.
+    fn take(req: &HttpRequest, state: &AppState, caller: &Caller) -> Result<Self, ApiError> {
+        // Browsers send cookies with cross-site upgrades, and CORS does not
+        // cover WebSockets: only mlq's own pages and listed origins get in.
+        state.origins.check_origin(req)?;
+        let user = state
+            .user_sockets
+            .take(&caller.user)
+            .map_err(ApiError::OverQuota)?;
+        // A flood of sockets is refused with a clear error rather than
+        // exhausting the process.
+        let process = state
+            .sockets
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::Busy {
+                code: "too_many_sockets",
+                message: format!(
+                    "this process holds its limit of {} live-feed connections (max_sockets); \
+                     retry shortly or poll GET /api/v1/tasks/{{id}}",
+                    state.max_sockets
+                ),
+                retry_after: 5,
+            })?;
+        Ok(Self {
+            _user: user,
+            _process: process,
+        })
+    }
 }
 
 fn upgrade(
     req: &HttpRequest,
     body: web::Payload,
     state: web::Data<AppState>,
-    caller: &Caller,
+    slots: FeedSlots,
     subscription: Subscription,
     start: Start,
 ) -> Result<HttpResponse, ApiError> {
-    // Browsers send cookies with cross-site upgrades, and CORS does not
-    // cover WebSockets: only mlq's own pages and listed origins get in.
-    state.origins.check_origin(req)?;
-    // One slot per connection, held until it ends: a flood of sockets is
-    // refused with a clear error rather than exhausting the process.
-    let slot = state
-        .sockets
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| ApiError::Busy {
-            code: "too_many_sockets",
-            message: format!(
-                "this process holds its limit of {} live-feed connections (max_sockets); retry \
-             shortly or poll GET /api/v1/tasks/{{id}}",
-                state.max_sockets
-            ),
-            retry_after: 5,
-        })?;
-    // Nor may one user take them all.
-    let user_slot = state
-        .user_sockets
-        .take(&caller.user)
-        .map_err(ApiError::OverQuota)?;
     let (response, session, messages) = actix_ws::handle(req, body).map_err(|e| {
         ApiError::bad_request(
             "websocket_required",
@@ -197,7 +221,8 @@ fn upgrade(
         )
     })?;
     actix_web::rt::spawn(async move {
-        let _slots = (slot, user_slot);
+        // Held until the connection ends.
+        let _slots = slots;
         let mut feed = Feed {
             session,
             newest: HashMap::new(),

@@ -136,9 +136,8 @@ pub fn config(cfg: &mut web::ServiceConfig, web_dir: &std::path::Path) {
             .configure(|cfg| api_routes(&mut Router::new(cfg, "/api/v1", &mut table)))
             .default_service(web::to(not_found)),
     );
-    if !dashboard::config(cfg, web_dir) {
-        cfg.default_service(web::to(not_found));
-    }
+    dashboard::config(cfg, web_dir);
+    cfg.default_service(web::to(not_found));
 }
 
 /// Every `/api/v1` route.

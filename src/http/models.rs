@@ -197,7 +197,6 @@ pub(super) async fn get(
     responses(
         (status = 202, description = "The model, validating", body = ModelView,
             headers(("Location" = String, description = "The model's URL"))),
-        (status = 409, description = "The name is taken by a model being validated", body = ErrorBody),
         (status = 408, description = "The upload took too long, or stalled", body = ErrorBody),
         (status = 415, description = "Not multipart/form-data", body = ErrorBody),
         (status = 422, description = "The spec is not valid", body = ErrorBody),

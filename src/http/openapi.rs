@@ -42,9 +42,10 @@ pub struct ErrorDetail {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
     /// The limit that was reached, for `quota_exceeded` and
-    /// `rate_limited`.
+    /// `rate_limited`: the setting's name without `quota_`, e.g.
+    /// `queued_tasks`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limit: Option<u64>,
+    pub limit: Option<String>,
     /// On a 5xx: the id the server log files the details under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
@@ -138,8 +139,8 @@ struct Common {
     header: Option<(&'static str, &'static str)>,
     /// Only for routes that need a credential.
     authenticated: bool,
-    /// Only for routes that write.
-    writes: bool,
+    /// Only for routes that take a body.
+    takes_body: bool,
     /// Only for routes that take path or query parameters, or a body.
     takes_input: bool,
 }
@@ -152,7 +153,7 @@ const COMMON: &[Common] = &[
                       `message` say which",
         header: None,
         authenticated: false,
-        writes: false,
+        takes_body: false,
         takes_input: true,
     },
     Common {
@@ -164,7 +165,7 @@ const COMMON: &[Common] = &[
             "`Bearer realm=\"mlq\"`, with `error=\"invalid_token\"` when one was sent",
         )),
         authenticated: true,
-        writes: false,
+        takes_body: false,
         takes_input: false,
     },
     Common {
@@ -174,7 +175,7 @@ const COMMON: &[Common] = &[
                       allowed, or a cookie-authenticated write lacks its CSRF token",
         header: None,
         authenticated: false,
-        writes: false,
+        takes_body: false,
         takes_input: false,
     },
     Common {
@@ -183,7 +184,7 @@ const COMMON: &[Common] = &[
         description: "The body is larger than this endpoint takes",
         header: None,
         authenticated: false,
-        writes: true,
+        takes_body: true,
         takes_input: false,
     },
     Common {
@@ -193,7 +194,7 @@ const COMMON: &[Common] = &[
                       `limit` gives it",
         header: Some(("Retry-After", "Seconds to wait before trying again")),
         authenticated: true,
-        writes: false,
+        takes_body: false,
         takes_input: false,
     },
     Common {
@@ -202,7 +203,17 @@ const COMMON: &[Common] = &[
         description: "The request's headers take more than 32 KiB",
         header: None,
         authenticated: false,
-        writes: false,
+        takes_body: false,
+        takes_input: false,
+    },
+    Common {
+        status: "500",
+        name: "InternalError",
+        description: "Something failed that is not the request's fault; the body names the \
+                      request id the server log files the details under",
+        header: None,
+        authenticated: false,
+        takes_body: false,
         takes_input: false,
     },
     Common {
@@ -212,7 +223,7 @@ const COMMON: &[Common] = &[
                       down; retry after `Retry-After`",
         header: Some(("Retry-After", "Seconds to wait before trying again")),
         authenticated: false,
-        writes: false,
+        takes_body: false,
         takes_input: false,
     },
 ];
@@ -261,30 +272,44 @@ impl Modify for CommonAnswers {
                 .responses
                 .insert(common.name.to_owned(), response.build().into());
         }
+        components.add_security_scheme(
+            "ticket",
+            SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::with_description(
+                "ticket",
+                "A single-use WebSocket ticket from POST /api/v1/ws-ticket: live feeds only",
+            ))),
+        );
         let global_security = doc.security.clone();
         for (_, item) in doc.paths.paths.iter_mut() {
-            for (writes, operation) in [
-                (false, item.get.as_mut()),
-                (true, item.post.as_mut()),
-                (true, item.delete.as_mut()),
-            ] {
-                let Some(operation) = operation else { continue };
-                let authenticated = match &operation.security {
-                    Some(own) => !own.is_empty() && own.iter().any(|r| r != &Default::default()),
-                    None => global_security.as_ref().is_some_and(|s| !s.is_empty()),
+            for operation in [
+                item.get.as_mut(),
+                item.post.as_mut(),
+                item.put.as_mut(),
+                item.patch.as_mut(),
+                item.delete.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                // A credential is needed unless one of the ways in is none.
+                let authenticated = match operation.security.as_ref().or(global_security.as_ref()) {
+                    Some(ways) => {
+                        !ways.is_empty() && ways.iter().all(|way| way != &Default::default())
+                    }
+                    None => false,
                 };
-                add_common(operation, authenticated, writes);
+                add_common(operation, authenticated);
             }
         }
     }
 }
 
-fn add_common(operation: &mut Operation, authenticated: bool, writes: bool) {
-    let takes_input = operation.parameters.as_ref().is_some_and(|p| !p.is_empty())
-        || operation.request_body.is_some();
+fn add_common(operation: &mut Operation, authenticated: bool) {
+    let takes_body = operation.request_body.is_some();
+    let takes_input = takes_body || operation.parameters.as_ref().is_some_and(|p| !p.is_empty());
     for common in COMMON {
         if (common.authenticated && !authenticated)
-            || (common.writes && !writes)
+            || (common.takes_body && !takes_body)
             || (common.takes_input && !takes_input)
         {
             continue;

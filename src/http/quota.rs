@@ -335,7 +335,8 @@ impl UserSlots {
                 limit: self.setting,
                 retry_after: 1,
                 message: format!(
-                    "{} has {} {} on this process, the most one user may (quota_{});                      retry when one ends",
+                    "{} has {} {} on this process, the most one user may (quota_{}); \
+                     retry when one ends",
                     user.name, self.limit, self.what, self.setting
                 ),
             });
@@ -348,7 +349,8 @@ impl UserSlots {
     }
 
     /// Slots `user` holds now.
-    pub fn held_by(&self, user: Uuid) -> usize {
+    #[cfg(test)]
+    fn held_by(&self, user: Uuid) -> usize {
         let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         held.get(&user).copied().unwrap_or(0)
     }
@@ -406,6 +408,7 @@ mod tests {
         assert_eq!(refused.limit, "uploads");
         assert_eq!(refused.code(), "quota_exceeded");
         assert!(refused.to_string().contains("quota_uploads"), "{refused}");
+        assert!(!refused.to_string().contains("  "), "{refused}");
         let _bobs = slots.take(&bob).expect("bob's slots are his own");
         drop(first);
         let _third = slots.take(&alice).expect("a slot given back is free again");

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use actix_web::dev::ResourceDef;
 use actix_web::http::Method;
-use actix_web::{web, FromRequest, Handler, Responder};
+use actix_web::{guard, web, FromRequest, Handler, Responder};
 
 /// One route: its method and its full path pattern (`/api/v1/tasks/{id}`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +44,11 @@ impl<'a> Router<'a> {
         Args: FromRequest + 'static,
         F::Output: Responder + 'static,
     {
-        self.add(Method::GET, path, web::get().to(handler))
+        // HEAD too, wherever GET is (RFC 9110): the same answer, no body.
+        let route = web::route()
+            .guard(guard::Any(guard::Get()).or(guard::Head()))
+            .to(handler);
+        self.add(Method::GET, path, route)
     }
 
     pub fn post<F, Args>(&mut self, path: &str, handler: F) -> &mut Self
@@ -86,11 +90,12 @@ pub fn table() -> Vec<Route> {
     table
 }
 
-/// The methods served at `path`: for a 405's `Allow` when a request names
-/// a route with a method it does not take.
+/// The methods served at `path` (HEAD wherever GET is), sorted: for a
+/// 405's `Allow` when a request names a route with a method it does not
+/// take.
 pub fn methods_at(path: &str) -> Vec<Method> {
     static ROUTES: OnceLock<Vec<(ResourceDef, Method)>> = OnceLock::new();
-    ROUTES
+    let mut methods = ROUTES
         .get_or_init(|| {
             table()
                 .into_iter()
@@ -99,6 +104,12 @@ pub fn methods_at(path: &str) -> Vec<Method> {
         })
         .iter()
         .filter(|(pattern, _)| pattern.is_match(path))
-        .map(|(_, method)| method.clone())
-        .collect()
+        .flat_map(|(_, method)| {
+            let head = (method == Method::GET).then_some(Method::HEAD);
+            std::iter::once(method.clone()).chain(head)
+        })
+        .collect::<Vec<_>>();
+    methods.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    methods.dedup();
+    methods
 }

@@ -55,7 +55,6 @@ pub fn config(r: &mut Router) {
     responses(
         (status = 202, description = "The task, queued", body = TaskView,
             headers(("Location" = String, description = "The task's URL"))),
-        (status = 404, description = "A model the params name does not exist", body = ErrorBody),
         (status = 408, description = "The upload took too long, or stalled", body = ErrorBody),
         (status = 409, description = "A model the params name is not ready (`model_not_ready`)", body = ErrorBody),
         (status = 415, description = "Neither multipart/form-data nor JSON, or a file type the command does not take", body = ErrorBody),
@@ -135,7 +134,13 @@ pub(super) async fn accept(
             Ok(task)
         }
         Err(Registered::Refused(e)) => {
+            // Refused bytes were still sent: they count against the day's
+            // uploads, or failing at the last moment would cost nothing.
+            let received: i64 = stored.inputs.iter().map(|i| i.size).sum();
             stored.discard().await;
+            if received > 0 {
+                count_refused(state, caller, received).await;
+            }
             Err(e)
         }
         Err(Registered::Unknown(e)) => match committed(state, id).await {
@@ -170,6 +175,18 @@ enum Registered {
 impl<E: Into<ApiError>> From<E> for Registered {
     fn from(e: E) -> Self {
         Self::Refused(e.into())
+    }
+}
+
+/// Counts the bytes a refused submission stored against the user's day.
+async fn count_refused(state: &AppState, caller: &Caller, bytes: i64) {
+    let counted = async {
+        let client = state.db.get().await?;
+        db::usage::add_upload(&client, caller.user.id, bytes).await
+    }
+    .await;
+    if let Err(e) = counted {
+        tracing::warn!(user = %caller.user.name, bytes, "could not count a refused upload: {e}");
     }
 }
 
@@ -469,6 +486,12 @@ async fn read(
         .to_ascii_lowercase();
     match essence.as_str() {
         "multipart/form-data" => {
+            // One user's slow uploads may not take every slot; a user at
+            // their cap is refused before anything else is spent on them.
+            let _user_slot = state
+                .user_uploads
+                .take(&caller.user)
+                .map_err(ApiError::OverQuota)?;
             // A caller already at their upload or storage limit is told so
             // before sending the bytes.
             let client = state.db.get().await?;
@@ -477,11 +500,6 @@ async fn read(
                 .before_upload(&client, &caller.user, declared)
                 .await?;
             drop(client);
-            // One user's slow uploads may not take every slot.
-            let _user_slot = state
-                .user_uploads
-                .take(&caller.user)
-                .map_err(ApiError::OverQuota)?;
             // Each upload to S3 buffers a few parts: cap how many run at once.
             let _slot = state
                 .uploads

@@ -13,6 +13,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use actix_web::http::Method;
+
 use crate::helpers::spawn_app_with;
 
 #[actix_web::test]
@@ -102,4 +104,61 @@ async fn dashboard_scenarios_pass_in_a_real_browser() {
         stdout.contains("all dashboard scenarios passed"),
         "{stdout}"
     );
+}
+
+/// With the dashboard mounted at `/`, the API's own answers still hold
+/// for paths it serves: a probe's HEAD is the probe's, not the page; a
+/// method a path does not take is 405, not a page or a plain-text error.
+#[actix_web::test]
+async fn the_dashboard_does_not_answer_for_the_api() {
+    let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("web/dist");
+    assert!(
+        dist.join("index.html").is_file(),
+        "{} has no build of the dashboard; `make test` builds it",
+        dist.display()
+    );
+    let app = spawn_app_with(|s| s.web_dir = dist).await;
+    let head = app.client.head(app.url("/readyz")).send().await.unwrap();
+    assert!(head.status().is_success() || head.status() == 503);
+    assert_eq!(
+        head.headers().get("content-type").unwrap(),
+        "application/json",
+        "the probe answered, not index.html"
+    );
+    for (method, path, allow) in [
+        (Method::POST, "/healthz", "GET, HEAD"),
+        (Method::DELETE, "/readyz", "GET, HEAD"),
+        (Method::PUT, "/api/v1/tasks", "GET, HEAD, POST"),
+    ] {
+        let mut res = app
+            .client
+            .request(method.clone(), app.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 405, "{method} {path}");
+        assert_eq!(
+            res.headers().get("allow").unwrap(),
+            allow,
+            "{method} {path}"
+        );
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+    }
+    // Pages are still pages, and other writes still 404.
+    let (status, headers, _) = app.get_bytes("/tasks/whatever").await;
+    assert_eq!(status, 200);
+    assert!(headers
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let res = app
+        .client
+        .post(app.url("/no-such-page"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
 }

@@ -200,6 +200,37 @@ async fn uploads_past_the_daily_limit_are_refused_and_deleting_does_not_give_it_
 }
 
 #[actix_web::test]
+async fn a_refused_upload_still_counts_against_the_day() {
+    let app = spawn_app_with(|s| s.quota_upload_bytes_per_day = 10_000).await;
+    let csv = blobs_csv(300, 1);
+    // The file is stored whole, then the params after it are refused.
+    let (content_type, body) = multipart_parts(&csv);
+    let (status, body) = app.post_raw("/api/v1/tasks", &content_type, body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(app.stored_objects(), 0, "nothing of it is kept");
+    // Its bytes were sent all the same: the same again passes the limit.
+    let (status, body) = app
+        .submit_files("sleep", json!({}), &[("b.csv", &csv)])
+        .await;
+    assert_over(status, &body, "upload_bytes_per_day");
+}
+
+/// A `sleep` form whose file comes before params that are not JSON.
+fn multipart_parts(file: &[u8]) -> (String, Vec<u8>) {
+    let mut body = Vec::new();
+    body.extend_from_slice(
+        b"--b\r\nContent-Disposition: form-data; name=\"command\"\r\n\r\nsleep\r\n\
+          --b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.csv\"\r\n\
+          Content-Type: text/csv\r\n\r\n",
+    );
+    body.extend_from_slice(file);
+    body.extend_from_slice(
+        b"\r\n--b\r\nContent-Disposition: form-data; name=\"params\"\r\n\r\nnot json\r\n--b--\r\n",
+    );
+    ("multipart/form-data; boundary=b".into(), body)
+}
+
+#[actix_web::test]
 async fn what_a_user_stores_is_capped_and_deleting_makes_room() {
     let app = spawn_app_with(|s| s.quota_stored_bytes = 10_000).await;
     let csv = blobs_csv(300, 1);

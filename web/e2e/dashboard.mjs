@@ -201,7 +201,7 @@ await step('05-tokens-and-logout', async () => {
   await page.getByRole('heading', { name: 'Tasks' }).waitFor();
 });
 
-await step('05-api-reference', async () => {
+await step('05b-api-reference', async () => {
   // The API page renders mlq's own OpenAPI document.
   await page.getByRole('navigation').getByRole('link', { name: 'API' }).click();
   await page.getByRole('heading', { name: 'API', exact: true }).waitFor();

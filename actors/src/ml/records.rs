@@ -180,12 +180,18 @@ impl<'c> Records<'c> {
             }
             begin = end;
         }
-        let text = std::str::from_utf8(bytes).map_err(|_| {
-            JobError::new(
-                ErrorCode::NotCsv,
-                format!("{} is not valid UTF-8 text", name()),
-            )
-        })?;
+        // Each field must be UTF-8 on its own: fields are stored end to
+        // end, and two halves of a character in two fields would read as
+        // one valid text.
+        let text = std::str::from_utf8(bytes)
+            .ok()
+            .filter(|text| ends.iter().all(|&end| text.is_char_boundary(end)))
+            .ok_or_else(|| {
+                JobError::new(
+                    ErrorCode::NotCsv,
+                    format!("{} is not valid UTF-8 text", name()),
+                )
+            })?;
         if text.contains('\0') {
             return Err(JobError::new(
                 ErrorCode::NotCsv,
@@ -265,6 +271,18 @@ mod tests {
                 vec!["3".into(), "4".into()],
             ]
         );
+    }
+
+    #[test]
+    fn a_character_split_across_two_fields_is_not_text() {
+        // Together the fields' bytes are valid UTF-8 (a BOM), one by one
+        // they are not. (Found by the csv fuzz target: it panicked.)
+        let err = all(b"a,b\n\xEF\xBB,\xBF\n").unwrap_err();
+        assert_eq!(err.code, ErrorCode::NotCsv, "{err}");
+        assert!(err.message.contains("row 1"), "{err}");
+        let cancel = CancelToken::default();
+        let mut records = Records::from_reader(&b"\"\xEF\xBB\",\xBF\n"[..], &cancel);
+        assert!(records.next_record().is_err());
     }
 
     #[test]

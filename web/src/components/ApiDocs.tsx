@@ -145,7 +145,15 @@ export function ApiDocs() {
     api.openapi().then(setDoc, setError);
   }, []);
 
-  if (!doc) return <ErrorMessage error={error} onDismiss={() => setError(null)} />;
+  if (!doc) {
+    return error ? (
+      <ErrorMessage error={error} onDismiss={() => setError(null)} />
+    ) : (
+      <p className="muted" role="status">
+        Loading the API document…
+      </p>
+    );
+  }
   const operations = Object.entries(doc.paths).flatMap(([path, item]) =>
     METHODS.filter((m) => item[m]).map((method) => ({ path, method, op: item[method] })),
   );
