@@ -3,10 +3,11 @@
 //! and names the limit. Running tasks are limited where tasks are claimed
 //! (`db/sql/claim.sql`): over that limit a task waits in the queue.
 //!
-//! Counts live in Postgres, so they hold across processes; the request
-//! rate (a token bucket per user), and what a user holds open at once
-//! (uploads, live-feed connections), are counted by each process on its
-//! own.
+//! Counts live in Postgres, so they hold across processes (the queued
+//! count is reused briefly while far below its limit: see
+//! `Quotas::queued_room`); the request rate (a token bucket per user), and
+//! what a user holds open at once (uploads, live-feed connections), are
+//! counted by each process on its own.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -113,11 +114,12 @@ impl Quotas {
 
     /// Whether `user` may queue one more task. Counting a user's queued
     /// tasks reads up to the limit's worth of index entries, on every
-    /// submission; so while a count made in the last few seconds, plus
-    /// this process's submissions since, is under half the limit, that is
-    /// answer enough. Nearer the limit every submission counts afresh.
-    /// (Other processes' submissions in those seconds are not seen: they
-    /// would need to queue half the limit in them to pass it.)
+    /// submission; so while a count this process made in the last few
+    /// seconds, plus its submissions since, is under a quarter of the
+    /// limit, that is answer enough. From a quarter up every submission
+    /// counts afresh. The limit can so be passed only if other processes
+    /// queue three quarters of it for the user within those seconds (at
+    /// the default rate limit, more than ten processes flat out).
     async fn queued_room(&self, client: &impl GenericClient, user: &User) -> Result<(), ApiError> {
         if self.queued_tasks == 0 {
             return Ok(());
@@ -125,7 +127,7 @@ impl Quotas {
         {
             let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(r) = recent.get_mut(&user.id) {
-                if r.at.elapsed() < RECENT_FOR && r.queued < self.queued_tasks / 2 {
+                if r.at.elapsed() < RECENT_FOR && r.queued < self.queued_tasks / 4 {
                     r.queued += 1;
                     return Ok(());
                 }
