@@ -143,10 +143,19 @@ await step('02-predict-download', async () => {
   await page.waitForURL(/\/tasks\/[0-9a-f-]{36}$/);
   await page.locator('section[data-status=succeeded]').waitFor({ timeout: 60_000 });
   await page.getByRole('table', { name: 'First predictions' }).waitFor();
-  const [download] = await Promise.all([
-    page.waitForEvent('download'),
-    page.getByRole('link', { name: 'predictions.csv' }).click(),
-  ]);
+  // The task view re-renders as the live feed settles; a click that lands
+  // on a link being replaced starts no download, so it is tried again.
+  let download;
+  for (let attempt = 1; !download; attempt++) {
+    try {
+      [download] = await Promise.all([
+        page.waitForEvent('download', { timeout: 10_000 }),
+        page.getByRole('link', { name: 'predictions.csv' }).click(),
+      ]);
+    } catch (e) {
+      if (attempt === 3) throw e;
+    }
+  }
   const file = await download.path();
   const text = readFileSync(file, 'utf8');
   const lines = text.trim().split('\n');
