@@ -158,6 +158,31 @@ async fn an_upload_that_ends_past_its_deadline_is_refused_not_queued() {
     assert_eq!(page["tasks"].as_array().unwrap().len(), 0);
 }
 
+/// Waits until the app has one upload in progress.
+async fn one_upload_running(app: &Api) {
+    eventually(Duration::from_secs(10), || async {
+        let (_, ready) = app.get("/readyz").await;
+        (ready["uploads"]["running"] == 1).then_some(())
+    })
+    .await;
+}
+
+/// Starts another (empty) upload: its status, `Retry-After` and body.
+async fn another_upload(app: &Api) -> (StatusCode, Option<String>, Value) {
+    let mut res = app
+        .client
+        .post(app.url("/api/v1/tasks"))
+        .insert_header(("content-type", "multipart/form-data; boundary=x"))
+        .send_body("--x--\r\n")
+        .await
+        .unwrap();
+    let retry_after = res
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (res.status(), retry_after, res.json().await.unwrap())
+}
+
 #[actix_web::test]
 async fn uploads_and_feed_connections_past_their_caps_get_503() {
     let app = spawn_app_with(|s| {
@@ -167,21 +192,10 @@ async fn uploads_and_feed_connections_past_their_caps_get_503() {
     .await;
     let mut first = SlowUpload::start(&app, "train").await;
     first.file("a.csv", b"x,label\n1,a\n").await;
-    eventually(Duration::from_secs(10), || async {
-        let (_, ready) = app.get("/readyz").await;
-        (ready["uploads"]["running"] == 1).then_some(())
-    })
-    .await;
-    let mut res = app
-        .client
-        .post(app.url("/api/v1/tasks"))
-        .insert_header(("content-type", "multipart/form-data; boundary=x"))
-        .send_body("--x--\r\n")
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(res.headers().get("retry-after").unwrap(), "1");
-    let body: Value = res.json().await.unwrap();
+    one_upload_running(&app).await;
+    let (status, retry_after, body) = another_upload(&app).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(retry_after.as_deref(), Some("1"));
     assert_eq!(body["error"]["code"], "too_many_uploads", "{body}");
     assert!(body["error"]["message"]
         .as_str()
@@ -216,22 +230,11 @@ async fn one_user_cannot_take_every_upload_or_feed_slot() {
     // Alice's slow upload holds her one slot...
     let mut slow = SlowUpload::start(&app, "train").await;
     slow.file("a.csv", b"x,label\n1,a\n").await;
-    eventually(Duration::from_secs(10), || async {
-        let (_, ready) = app.get("/readyz").await;
-        (ready["uploads"]["running"] == 1).then_some(())
-    })
-    .await;
+    one_upload_running(&app).await;
     // ...so her next one is refused, naming her limit...
-    let mut res = app
-        .client
-        .post(app.url("/api/v1/tasks"))
-        .insert_header(("content-type", "multipart/form-data; boundary=x"))
-        .send_body("--x--\r\n")
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(res.headers().get("retry-after").unwrap(), "1");
-    let body: Value = res.json().await.unwrap();
+    let (status, retry_after, body) = another_upload(&app).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(retry_after.as_deref(), Some("1"));
     assert_eq!(body["error"]["code"], "quota_exceeded", "{body}");
     assert_eq!(body["error"]["limit"], "uploads", "{body}");
     assert!(body["error"]["message"]
