@@ -6,7 +6,10 @@
 //! transaction that is rolled back, so every sample sees the same queue;
 //! the two statements alternate, so drift on a shared machine weighs on
 //! both alike. The FIFO statement is the claim as it was before claims
-//! took turns across users: the baseline the fair one is held to.
+//! took turns across users: the baseline the fair one is held to. Each is
+//! prepared once and run on a connection set as mlq set it (the fair one
+//! on a generic plan, see `db::CLAIM_OPTIONS`), so planning counts as it
+//! does in the service.
 //!
 //! Prints a table and writes `target/bench/claim.json`.
 
@@ -58,14 +61,22 @@ fn main() {
             .output()
             .expect("mlq migrate runs");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let (mut db, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
-        actix_rt::spawn(conn);
-        // As mlq's claim connections are set (db::queue_pool).
-        db.batch_execute("SET enable_sort = off; SET jit = off; SET synchronous_commit = off")
-            .await
-            .unwrap();
+        // Each statement runs on a connection set as mlq set it: FIFO as it
+        // ran before fair claims, the fair one as claims run now.
+        let connect = |options: &'static str| {
+            let url = url.clone();
+            async move {
+                let mut config: tokio_postgres::Config = url.parse().unwrap();
+                config.options(format!("-c jit=off {options}"));
+                let (client, conn) = config.connect(NoTls).await.unwrap();
+                actix_rt::spawn(conn);
+                client
+            }
+        };
+        let mut fifo_db = connect("-c enable_sort=off -c synchronous_commit=off").await;
+        let mut fair_db = connect(mlq::db::CLAIM_OPTIONS).await;
         let filled = Instant::now();
-        db.batch_execute(&format!(
+        fifo_db.batch_execute(&format!(
             "INSERT INTO users (id, name)
              SELECT gen_random_uuid(), 'user' || g FROM generate_series(1, {USERS}) AS g;
              INSERT INTO tasks (id, command, owner, run_at)
@@ -76,22 +87,35 @@ fn main() {
         ))
         .await
         .unwrap();
+        // The FIFO claim's own index, which mlq dropped with it (V9).
+        fifo_db
+            .batch_execute(
+                "CREATE INDEX tasks_due ON tasks (priority DESC, run_at, id)
+                 WHERE status = 'queued'",
+            )
+            .await
+            .unwrap();
         // On its own: a multi-statement batch is one transaction, and
         // VACUUM refuses to run in one.
-        db.batch_execute("VACUUM ANALYZE tasks").await.unwrap();
+        fifo_db.batch_execute("VACUUM ANALYZE tasks").await.unwrap();
         let filled = filled.elapsed();
         let commands = vec!["sleep"];
         let lease = 60_000.0f64;
         let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
         let mut owners_per_claim: [Vec<usize>; 2] = [Vec::new(), Vec::new()];
+        let fifo = fifo_db.prepare(FIFO).await.unwrap();
+        let fair = fair_db.prepare(FAIR).await.unwrap();
         for sample in 0..SAMPLES {
-            for (which, sql) in [FIFO, FAIR].iter().enumerate() {
+            for which in 0..2 {
+                let (db, statement) = match which {
+                    0 => (&mut fifo_db, &fifo),
+                    _ => (&mut fair_db, &fair),
+                };
                 let tx = db.transaction().await.unwrap();
-                let statement = tx.prepare(sql).await.unwrap();
                 let started = Instant::now();
                 let rows = tx
                     .query(
-                        &statement,
+                        statement,
                         &[&commands, &CLAIM, &lease, &"bench", &false, &0i64],
                     )
                     .await
@@ -109,7 +133,7 @@ fn main() {
                     owners_per_claim[0].push(owners.len());
                 } else {
                     let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.get("id")).collect();
-                    let owners: i64 = db
+                    let owners: i64 = fifo_db
                         .query_one(
                             "SELECT count(DISTINCT owner) FROM tasks WHERE id = ANY ($1)",
                             &[&ids],
@@ -164,7 +188,7 @@ fn main() {
             serde_json::to_string_pretty(&report).unwrap(),
         )
         .unwrap();
-        drop(db);
+        drop((fifo_db, fair_db));
         support::drop_database(&database).await;
     });
 }

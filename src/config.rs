@@ -173,6 +173,13 @@ pub struct Settings {
     /// browser (CORS) and open the live feed. Closed by default.
     #[serde(deserialize_with = "string_list")]
     pub allowed_origins: Vec<String>,
+    /// `MLQ_TRUSTED_PROXIES`: addresses of reverse proxies in front of mlq
+    /// (e.g. `10.0.0.5,10.0.0.6`). For a request from one of them, the
+    /// client's address is read from `X-Forwarded-For` (what limits per
+    /// address count); from anyone else that header is ignored. Default:
+    /// none.
+    #[serde(deserialize_with = "string_list")]
+    pub trusted_proxies: Vec<String>,
     /// `MLQ_FIRST_RUN_LOGIN`: with no users yet, create the admin `admin`
     /// and print a one-time login link at start.
     pub first_run_login: bool,
@@ -195,6 +202,10 @@ pub struct Settings {
     /// `MLQ_QUOTA_REQUESTS_PER_SECOND`: API requests one user may send each
     /// process per second, in bursts of up to twice that. 0: no limit.
     pub quota_requests_per_second: u32,
+    /// `MLQ_AUTH_FAILURES_PER_SECOND`: refused credentials one client
+    /// address may send each process per second, in bursts of up to twice
+    /// that; past it the address gets 429 without a lookup. 0: no limit.
+    pub auth_failures_per_second: u32,
     /// `MLQ_QUOTA_UPLOADS`: uploads one user may send each process at
     /// once, so one user's slow uploads cannot take every `max_uploads`
     /// slot. 0: no limit.
@@ -265,6 +276,7 @@ impl Default for Settings {
             public_url: None,
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
             first_run_login: true,
             session_ttl: Duration::from_secs(7 * 86_400),
             quota_queued_tasks: 10_000,
@@ -272,6 +284,7 @@ impl Default for Settings {
             quota_upload_bytes_per_day: 100 << 30,
             quota_stored_bytes: 500 << 30,
             quota_requests_per_second: 100,
+            auth_failures_per_second: 10,
             quota_uploads: 8,
             quota_sockets: 64,
             web_dir: PathBuf::from("web/dist"),
@@ -389,6 +402,7 @@ const ENV_KEYS: &[&str] = &[
     "public_url",
     "allowed_hosts",
     "allowed_origins",
+    "trusted_proxies",
     "first_run_login",
     "session_ttl",
     "quota_queued_tasks",
@@ -396,6 +410,7 @@ const ENV_KEYS: &[&str] = &[
     "quota_upload_bytes_per_day",
     "quota_stored_bytes",
     "quota_requests_per_second",
+    "auth_failures_per_second",
     "quota_uploads",
     "quota_sockets",
     "web_dir",
@@ -490,6 +505,11 @@ impl Settings {
                     "allowed_origins: {origin:?} is not an origin (scheme://host[:port], \
                      e.g. https://app.example.com)"
                 )
+            })?;
+        }
+        for proxy in &self.trusted_proxies {
+            proxy.parse::<std::net::IpAddr>().map_err(|_| {
+                format!("trusted_proxies: {proxy:?} is not an IP address (e.g. 10.0.0.5)")
             })?;
         }
         if self.database_pool_size < 1

@@ -194,6 +194,8 @@ impl Application {
             session_ttl: settings.session_ttl,
             quotas: (&settings).into(),
             rate: crate::http::quota::RateLimiter::new(settings.quota_requests_per_second),
+            refusals: crate::http::quota::FailureLimiter::new(settings.auth_failures_per_second),
+            proxies: http::client::Proxies::from_settings(&settings),
             user_uploads: crate::http::quota::UserSlots::new(
                 settings.quota_uploads,
                 "uploads",
@@ -204,6 +206,7 @@ impl Application {
                 "sockets",
                 "live-feed connections",
             ),
+            credentials: Default::default(),
             feed: FeedSettings {
                 ping_every: settings.ws_ping_every,
                 timeout: settings.ws_timeout,

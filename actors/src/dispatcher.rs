@@ -75,6 +75,11 @@ pub struct Dispatcher {
     claiming: bool,
     /// A wake arrived while a claim was in flight.
     again: bool,
+    /// The last claim got fewer tasks than there were free workers. Then a
+    /// recorded outcome wakes the next claim: an owner at its limit of
+    /// running tasks (which counts tasks until their outcome is recorded,
+    /// after their worker is free) may take another once one is recorded.
+    short: bool,
     draining: bool,
     /// Told when a claim that was in flight as draining began has handed
     /// its tasks back.
@@ -123,6 +128,7 @@ impl Dispatcher {
             running: HashMap::new(),
             claiming: false,
             again: false,
+            short: false,
             draining: false,
             claim_drained: None,
             store_ok_since: None,
@@ -171,7 +177,7 @@ impl Dispatcher {
                     if act.isolating == Some(token) {
                         act.isolating = None;
                         ctx.notify(Wake);
-                    } else if act.suspects_waiting && act.running.is_empty() {
+                    } else if act.short || (act.suspects_waiting && act.running.is_empty()) {
                         ctx.notify(Wake);
                     }
                 }),
@@ -337,6 +343,7 @@ impl Handler<Wake> for Dispatcher {
                     });
                 }
                 Ok(tasks) => {
+                    act.short = tasks.len() < free;
                     for task in tasks {
                         act.start_task(task, ctx);
                     }

@@ -12,6 +12,7 @@
 //! The authenticated [`Caller`] is put in the request's extensions for
 //! handlers to take; what it may see is its [`Viewer`].
 
+pub mod recent;
 pub mod secret;
 
 use actix_web::body::{EitherBody, MessageBody};
@@ -151,7 +152,7 @@ async fn identify(req: &HttpRequest, state: &AppState) -> Result<Caller, ApiErro
             return Err(Unauthorized::Scheme.into());
         }
         let presented = Presented::parse(token.trim(), Kind::Token).ok_or(Unauthorized::Invalid)?;
-        let user = verify(state, &presented).await?;
+        let user = verify(state, req, &presented).await?;
         return Ok(Caller {
             user,
             via: Via::Token,
@@ -162,7 +163,7 @@ async fn identify(req: &HttpRequest, state: &AppState) -> Result<Caller, ApiErro
     if let Some(cookie) = req.cookie(SESSION_COOKIE) {
         let presented =
             Presented::parse(cookie.value(), Kind::Session).ok_or(Unauthorized::Invalid)?;
-        let user = verify(state, &presented).await?;
+        let user = verify(state, req, &presented).await?;
         let csrf = presented.csrf_token();
         if !req.method().is_safe() {
             let sent = req
@@ -189,7 +190,7 @@ async fn identify(req: &HttpRequest, state: &AppState) -> Result<Caller, ApiErro
     }
     if let Some(ticket) = ticket(req) {
         let presented = Presented::parse(&ticket, Kind::Ticket).ok_or(Unauthorized::Invalid)?;
-        let user = verify(state, &presented).await?;
+        let user = verify(state, req, &presented).await?;
         return Ok(Caller {
             user,
             via: Via::Ticket,
@@ -219,14 +220,33 @@ fn ticket(req: &HttpRequest) -> Option<String> {
 }
 
 /// The user a presented credential belongs to, if it is live and its
-/// secret matches.
-async fn verify(state: &AppState, presented: &Presented) -> Result<User, ApiError> {
+/// secret matches (remembered for a second: see [`recent`]).
+///
+/// An address that sent too many refused credentials lately gets 429 for
+/// anything not already verified here, without a lookup.
+pub async fn verify(
+    state: &AppState,
+    req: &HttpRequest,
+    presented: &Presented,
+) -> Result<User, ApiError> {
+    if let Some(user) = state.credentials.user(presented) {
+        return Ok(user);
+    }
+    let address = state.proxies.client(req);
+    state.refusals.check(address).map_err(ApiError::OverQuota)?;
     let client = state.db.get().await?;
-    users::find_credential(&client, presented.id, presented.kind, |hash| {
+    let Some(found) = users::find_credential(&client, presented.id, presented.kind, |hash| {
         presented.matches(hash)
     })
     .await?
-    .ok_or_else(|| Unauthorized::Invalid.into())
+    else {
+        state.refusals.refused(address);
+        return Err(Unauthorized::Invalid.into());
+    };
+    state
+        .credentials
+        .note(presented, found.secret_hash, &found.user, found.expires_at);
+    Ok(found.user)
 }
 
 /// Mints a credential of `kind` for `user` and stores its hash.

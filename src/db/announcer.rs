@@ -24,10 +24,13 @@ use crate::events::Hub;
 /// Most changes announced by one statement.
 const BATCH: usize = 1000;
 
-// Announces stored events by task and number range, oldest first.
+// Announces stored events by task and number range, oldest first, each
+// with its task's owner (looked up once a range here, rather than once an
+// event inside `announce`).
 const ANNOUNCE: &str = "
-    SELECT announce(e.seq, e.task_id, e.kind, e.at, e.data)
+    SELECT announce_owned(e.seq, e.task_id, e.kind, e.at, e.data, t.owner)
     FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS r (task, first, last)
+    LEFT JOIN tasks AS t ON t.id = r.task
     JOIN task_events AS e ON e.task_id = r.task AND e.seq BETWEEN r.first AND r.last
     ORDER BY e.seq";
 

@@ -150,6 +150,24 @@ pub enum QueueConn {
     Announce,
 }
 
+/// The settings of the claim connections.
+///
+/// The claim is one statement of several steps (`sql/claim.sql`). Left to
+/// choose, the planner plans it afresh on every execution: 0.6 ms of
+/// planning for 0.4 ms of work, measured, which halved the pipeline's
+/// throughput. So it runs on one generic plan, which knows neither the
+/// tables' sizes when it is used nor how many tasks are asked for. Two
+/// kinds of scan are disabled so that it walks the indexes in order and
+/// stops early whatever it assumed: sequential scans (a plan made while the
+/// tables are still small, as at start-up, would scan them whole for as
+/// long as it is kept) and bitmap scans (which gather every match before
+/// the first: 60 ms a claim at 50,000 queued tasks of one user, measured).
+/// `benches/claim.rs` runs the statement under the same settings.
+pub const CLAIM_OPTIONS: &str = "-c enable_sort=off -c enable_seqscan=off \
+     -c enable_bitmapscan=off -c plan_cache_mode=force_generic_plan \
+     -c synchronous_commit=off \
+     -c mlq.announce_after_commit=on";
+
 /// A pool for the dispatcher's queue work (see [`QueueConn`]).
 ///
 /// Its queries all follow an index in order (the claim's `ORDER BY …
@@ -163,11 +181,14 @@ pub fn queue_pool(pg: &PgConfig, size: usize, conn: QueueConn) -> Result<Pool, D
     let options = match conn {
         QueueConn::Submissions => "-c mlq.announce_after_commit=on",
         QueueConn::Outcomes => "-c enable_sort=off -c mlq.announce_after_commit=on",
-        QueueConn::Claims => {
-            "-c enable_sort=off -c synchronous_commit=off -c mlq.announce_after_commit=on"
-        }
+        QueueConn::Claims => CLAIM_OPTIONS,
         QueueConn::Fast => "-c enable_sort=off -c synchronous_commit=off",
-        QueueConn::Announce => "-c synchronous_commit=off",
+        // Its one statement joins the changes it is handed to the events
+        // and tasks tables. Prepared while both are near empty (at start-up),
+        // its plan scanned them whole on every batch from then on: 2,000
+        // batches read 21 million event rows in one benchmark run. Index
+        // lookups are the plan whatever the tables' size.
+        QueueConn::Announce => "-c synchronous_commit=off -c enable_seqscan=off",
     };
     // Requests check a connection before using it: one that went dead
     // while pooled (a restarted server, a stalled route) is replaced within

@@ -207,17 +207,24 @@ pub async fn bind_session(
     Ok(row.try_get(0)?)
 }
 
-/// The user of the live credential `id` of `kind` (not revoked, not
-/// expired) whose stored hash `matches` the secret presented. Only then
-/// is anything written: a single-use credential is spent (of two callers
-/// racing with it, one wins), and another's last use is noted, at most
-/// once a minute, so a busy token does not write on every request.
+/// A live credential whose secret matched, and whose it is.
+pub struct Found {
+    pub user: User,
+    pub secret_hash: Vec<u8>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// The live credential `id` of `kind` (not revoked, not expired) whose
+/// stored hash `matches` the secret presented. Only then is anything
+/// written: a single-use credential is spent (of two callers racing with
+/// it, one wins), and another's last use is noted, at most once a minute,
+/// so a busy token does not write on every request.
 pub async fn find_credential(
     client: &impl GenericClient,
     id: Uuid,
     kind: Kind,
     matches: impl FnOnce(&[u8]) -> bool,
-) -> Result<Option<User>, DbError> {
+) -> Result<Option<Found>, DbError> {
     let statement = client
         .prepare_cached(include_str!("sql/find_credential.sql"))
         .await?;
@@ -244,11 +251,15 @@ pub async fn find_credential(
             .await?;
         client.execute(&note, &[&id]).await?;
     }
-    Ok(Some(User {
-        id: row.try_get("user_id")?,
-        name: row.try_get("user_name")?,
-        admin: row.try_get("admin")?,
-        created_at: row.try_get("user_created_at")?,
+    Ok(Some(Found {
+        user: User {
+            id: row.try_get("user_id")?,
+            name: row.try_get("user_name")?,
+            admin: row.try_get("admin")?,
+            created_at: row.try_get("user_created_at")?,
+        },
+        secret_hash: hash,
+        expires_at: row.try_get("expires_at")?,
     }))
 }
 

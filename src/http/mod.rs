@@ -2,6 +2,7 @@
 //! module composes them and turns actix's own extractor errors into mlq's
 //! JSON error shape.
 
+pub mod client;
 mod commands;
 mod dashboard;
 mod download;
@@ -74,10 +75,16 @@ pub struct AppState {
     pub quotas: quota::Quotas,
     /// Each user's requests per second.
     pub rate: quota::RateLimiter,
+    /// Each client address's refused credentials per second.
+    pub refusals: quota::FailureLimiter,
+    /// Who the client is behind trusted proxies.
+    pub proxies: client::Proxies,
     /// Each user's uploads at once, of `max_uploads`.
     pub user_uploads: quota::UserSlots,
     /// Each user's live-feed connections, of `max_sockets`.
     pub user_sockets: quota::UserSlots,
+    /// Credentials verified in the last second.
+    pub credentials: crate::auth::recent::Recent,
 }
 
 /// What one submission may upload.

@@ -10,6 +10,7 @@
 //! counted by each process on its own.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -25,7 +26,8 @@ use crate::db::{self, users::User};
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct Exceeded {
-    /// The setting's name without `quota_`, e.g. `queued_tasks`.
+    /// The setting's name, without `quota_` for quotas: `queued_tasks`,
+    /// `auth_failures_per_second`.
     pub limit: &'static str,
     /// Seconds until trying again can succeed.
     pub retry_after: u64,
@@ -34,7 +36,7 @@ pub struct Exceeded {
 
 impl Exceeded {
     pub fn code(&self) -> &'static str {
-        if self.limit == "requests_per_second" {
+        if self.limit.ends_with("per_second") {
             "rate_limited"
         } else {
             "quota_exceeded"
@@ -232,8 +234,76 @@ impl Quotas {
 /// Requests per second per user, as a token bucket: `rate` a second, up to
 /// a burst of two seconds' worth.
 pub struct RateLimiter {
+    buckets: Buckets<Uuid>,
+}
+
+impl RateLimiter {
+    /// `rate` requests a second per user; 0: no limit.
+    pub fn new(rate: u32) -> Self {
+        Self {
+            buckets: Buckets::new(rate),
+        }
+    }
+
+    /// Takes one request from `user`'s allowance.
+    pub fn check(&self, user: &User) -> Result<(), Exceeded> {
+        self.buckets.take(user.id).map_err(|wait| Exceeded {
+            limit: "requests_per_second",
+            retry_after: wait.as_secs().max(1),
+            message: format!(
+                "{} sent more than {} requests a second (quota_requests_per_second); \
+                 slow down",
+                user.name, self.buckets.rate
+            ),
+        })
+    }
+}
+
+/// Credentials refused per client address and second, as a token bucket
+/// like [`RateLimiter`]'s. An address past it gets 429 without a lookup
+/// until its allowance refills: guessing is slowed down, and a flood of
+/// made-up tokens cannot keep the database busy.
+pub struct FailureLimiter {
+    buckets: Buckets<IpAddr>,
+}
+
+impl FailureLimiter {
+    /// `rate` refusals a second per address; 0: no limit.
+    pub fn new(rate: u32) -> Self {
+        Self {
+            buckets: Buckets::new(rate),
+        }
+    }
+
+    /// Whether `address` may have a credential looked up now.
+    pub fn check(&self, address: Option<IpAddr>) -> Result<(), Exceeded> {
+        let Some(wait) = address.and_then(|a| self.buckets.empty(&a)) else {
+            return Ok(());
+        };
+        Err(Exceeded {
+            limit: "auth_failures_per_second",
+            retry_after: wait.as_secs().max(1),
+            message: format!(
+                "more than {} refused credentials a second came from this address \
+                 (auth_failures_per_second); wait before trying again",
+                self.buckets.rate
+            ),
+        })
+    }
+
+    /// Counts a refused credential against `address`.
+    pub fn refused(&self, address: Option<IpAddr>) {
+        if let Some(address) = address {
+            let _ = self.buckets.take(address);
+        }
+    }
+}
+
+/// Token buckets by key: `rate` a second, up to a burst of two seconds'
+/// worth.
+struct Buckets<K> {
     rate: f64,
-    buckets: Mutex<HashMap<Uuid, Bucket>>,
+    buckets: Mutex<HashMap<K, Bucket>>,
 }
 
 struct Bucket {
@@ -244,9 +314,8 @@ struct Bucket {
 /// Buckets kept before full (idle) ones are dropped.
 const MAX_BUCKETS: usize = 10_000;
 
-impl RateLimiter {
-    /// `rate` requests a second per user; 0: no limit.
-    pub fn new(rate: u32) -> Self {
+impl<K: std::hash::Hash + Eq> Buckets<K> {
+    fn new(rate: u32) -> Self {
         Self {
             rate: f64::from(rate),
             buckets: Mutex::new(HashMap::new()),
@@ -257,19 +326,19 @@ impl RateLimiter {
         (self.rate * 2.0).max(1.0)
     }
 
-    /// Takes one request from `user`'s allowance.
-    pub fn check(&self, user: &User) -> Result<(), Exceeded> {
+    /// Takes one from `key`'s allowance, or says how long until there is one.
+    fn take(&self, key: K) -> Result<(), Duration> {
         if self.rate == 0.0 {
             return Ok(());
         }
         let now = Instant::now();
         let burst = self.burst();
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(&user.id) {
+        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(&key) {
             let rate = self.rate;
             buckets.retain(|_, b| b.tokens + rate * now.duration_since(b.at).as_secs_f64() < burst);
         }
-        let bucket = buckets.entry(user.id).or_insert(Bucket {
+        let bucket = buckets.entry(key).or_insert(Bucket {
             tokens: burst,
             at: now,
         });
@@ -280,16 +349,18 @@ impl RateLimiter {
             bucket.tokens -= 1.0;
             return Ok(());
         }
-        let wait = Duration::from_secs_f64((1.0 - bucket.tokens) / self.rate);
-        Err(Exceeded {
-            limit: "requests_per_second",
-            retry_after: wait.as_secs().max(1),
-            message: format!(
-                "{} sent more than {} requests a second (quota_requests_per_second); \
-                 slow down",
-                user.name, self.rate
-            ),
-        })
+        Err(Duration::from_secs_f64((1.0 - bucket.tokens) / self.rate))
+    }
+
+    /// How long until `key` has an allowance again, if it has none now.
+    fn empty(&self, key: &K) -> Option<Duration> {
+        if self.rate == 0.0 {
+            return None;
+        }
+        let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let bucket = buckets.get(key)?;
+        let tokens = bucket.tokens + self.rate * bucket.at.elapsed().as_secs_f64();
+        (tokens < 1.0).then(|| Duration::from_secs_f64((1.0 - tokens) / self.rate))
     }
 }
 

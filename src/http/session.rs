@@ -98,12 +98,8 @@ pub(super) async fn login(
             )),
         }
         .ok_or(Unauthorized::Invalid)?;
+    let user = auth::verify(&state, &req, &presented).await?;
     let client = state.db.get().await?;
-    let user = users::find_credential(&client, presented.id, presented.kind, |hash| {
-        presented.matches(hash)
-    })
-    .await?
-    .ok_or(Unauthorized::Invalid)?;
     let ttl = chrono::Duration::from_std(state.session_ttl).unwrap_or(chrono::Duration::days(7));
     let mut expires_at = Utc::now() + ttl;
     let (session, secret) = auth::issue(
@@ -154,6 +150,7 @@ pub(super) async fn logout(
     if caller.via == auth::Via::Session {
         let client = state.db.get().await?;
         users::revoke(&client, caller.credential, caller.viewer()).await?;
+        state.credentials.forget_all();
     }
     let mut gone = Cookie::build(SESSION_COOKIE, "").path("/").finish();
     gone.make_removal();

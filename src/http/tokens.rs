@@ -149,6 +149,7 @@ pub(super) async fn revoke(
     users::revoke(&client, id, caller.viewer())
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no token with id {id}")))?;
+    state.credentials.forget_all();
     tracing::info!(user = %caller.user.name, token = %id, "token revoked");
     Ok(HttpResponse::NoContent().finish())
 }

@@ -70,8 +70,9 @@ pub fn test_settings(database: &str) -> Settings {
         diagnostics: true,
         // Tests make their own users; the first-run admin has its own test.
         first_run_login: false,
-        // Tests poll as fast as they like; the rate limit has its own test.
+        // Tests poll as fast as they like; the rate limits have their own test.
         quota_requests_per_second: 0,
+        auth_failures_per_second: 0,
         // API tests see the API alone, whether or not web/dist was built.
         web_dir: std::env::temp_dir().join("mlq-no-dashboard"),
         ..Settings::default()

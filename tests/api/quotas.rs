@@ -129,6 +129,24 @@ async fn a_user_past_the_running_limit_waits_while_others_run() {
 }
 
 #[actix_web::test]
+async fn a_user_at_the_running_limit_gets_the_next_task_once_one_is_recorded() {
+    // No poll to fall back on: a task counts as running until its outcome
+    // is recorded, after its worker is free, so only the recording can say
+    // that the owner may take the next.
+    let app = spawn_app_with(|s| {
+        s.workers = Some(2);
+        s.quota_running_tasks = 1;
+        s.poll = Duration::from_secs(3600);
+    })
+    .await;
+    let tasks: Vec<Uuid> =
+        futures_util::future::join_all((0..6).map(|_| app.submit("sleep", json!({"ms": 0})))).await;
+    for task in tasks {
+        assert_eq!(app.finished(task, WITHIN).await["status"], "succeeded");
+    }
+}
+
+#[actix_web::test]
 async fn queued_tasks_past_the_limit_are_refused_until_some_start() {
     let app = spawn_app_with(|s| s.quota_queued_tasks = 3).await;
     let bob = app.user("bob", false).await;

@@ -10,7 +10,9 @@
 --
 -- Every step reads an index: the owners by a skip scan of
 -- tasks_due_by_owner (one probe per owner, however long the queue), each
--- owner's head of queue from the same index.
+-- owner's head of queue from the same index. While one owner alone has
+-- queued tasks (the common case, and a flood's), there are no turns to
+-- take: its head of queue is claimed directly, and the rest is not run.
 WITH RECURSIVE owners (owner) AS (
     (SELECT coalesce(owner, '00000000-0000-0000-0000-000000000000'::uuid)
      FROM tasks
@@ -27,31 +29,44 @@ WITH RECURSIVE owners (owner) AS (
     FROM owners AS o
     WHERE o.owner IS NOT NULL
 ),
+-- The owner with queued tasks, if there is just one: the skip scan is
+-- stopped after its second probe.
+lone AS (
+    SELECT (array_agg(first_two.owner))[1] AS owner
+    FROM (SELECT owner FROM owners WHERE owner IS NOT NULL LIMIT 2) AS first_two
+    HAVING count(*) = 1
+),
+-- What each owner runs now, for the limit.
+running AS (
+    SELECT o.owner,
+           CASE WHEN $6::bigint > 0 THEN greatest(0, $6::bigint - (
+               SELECT count(*)
+               FROM tasks AS r
+               WHERE r.status = 'running'
+                 AND coalesce(r.owner, '00000000-0000-0000-0000-000000000000'::uuid) = o.owner))
+           ELSE $2 END AS room
+    FROM owners AS o
+    WHERE o.owner IS NOT NULL
+),
 -- How many each owner could take now: its due tasks (counted up to $2),
 -- less what it runs past the limit.
 ready AS (
-    SELECT o.owner,
+    SELECT r.owner,
            coalesce(turn.served_at, '-infinity') AS served_at,
            least(
                (SELECT count(*)
                 FROM (SELECT 1
                       FROM tasks AS t
                       WHERE t.status = 'queued'
-                        AND coalesce(t.owner, '00000000-0000-0000-0000-000000000000'::uuid) = o.owner
+                        AND coalesce(t.owner, '00000000-0000-0000-0000-000000000000'::uuid) = r.owner
                         AND t.run_at <= now()
                         AND t.command = ANY ($1)
                         AND (cardinality(t.crashed_on) > 0) = $5
                       LIMIT $2) AS due),
-               CASE WHEN $6::bigint > 0 THEN greatest(0, $6::bigint - (
-                   SELECT count(*)
-                   FROM tasks AS r
-                   WHERE r.status = 'running'
-                     AND coalesce(r.owner, '00000000-0000-0000-0000-000000000000'::uuid) = o.owner))
-               ELSE $2 END
+               r.room
            ) AS can_take
-    FROM owners AS o
-    LEFT JOIN claim_turns AS turn ON turn.owner = o.owner
-    WHERE o.owner IS NOT NULL
+    FROM running AS r
+    LEFT JOIN claim_turns AS turn ON turn.owner = r.owner
 ),
 -- Round n gives one place to each owner that can take n; places go in
 -- round order, and within a round to the owner served longest ago.
@@ -68,6 +83,24 @@ shares AS (
     GROUP BY owner
 ),
 due AS (
+    -- One owner: all places are its own, up to its room.
+    SELECT head.id
+    FROM lone
+    CROSS JOIN LATERAL (
+        SELECT t.id
+        FROM tasks AS t
+        WHERE t.status = 'queued'
+          AND coalesce(t.owner, '00000000-0000-0000-0000-000000000000'::uuid) = lone.owner
+          AND t.run_at <= now()
+          AND t.command = ANY ($1)
+          AND (cardinality(t.crashed_on) > 0) = $5
+        ORDER BY coalesce(t.owner, '00000000-0000-0000-0000-000000000000'::uuid),
+                 t.priority DESC, t.run_at, t.id
+        LIMIT least($2, (SELECT room FROM running WHERE running.owner = lone.owner))
+        FOR UPDATE SKIP LOCKED
+    ) AS head
+    UNION ALL
+    -- Several: each its share, in turns.
     SELECT head.id
     FROM shares AS s
     CROSS JOIN LATERAL (
@@ -83,6 +116,7 @@ due AS (
         LIMIT s.share
         FOR UPDATE SKIP LOCKED
     ) AS head
+    WHERE NOT EXISTS (SELECT FROM lone)
 ),
 claimed AS (
     UPDATE tasks AS t
@@ -94,23 +128,28 @@ claimed AS (
         started_at       = coalesce(t.started_at, now()),
         updated_at       = now(),
         progress         = '{"fraction": 0, "stage": "starting", "message": "", "metrics": {}}'
-    FROM due
-    WHERE t.id = due.id
+    -- By primary key, whatever the plan thinks `due` holds: claims run on
+    -- a generic plan (db::CLAIM_OPTIONS), which would otherwise join it by
+    -- hash.
+    WHERE t.id = ANY (ARRAY(SELECT id FROM due))
     RETURNING t.id, t.seq, t.command, t.params, t.attempts, t.max_attempts, t.lease_token,
         t.log_bytes, coalesce(t.owner, '00000000-0000-0000-0000-000000000000'::uuid) AS queue_owner
 ),
+-- Turns matter among owners waiting together. While one owner alone has
+-- queued tasks, its turn is noted at most once a second, not on every
+-- claim: nearly as current for whoever comes next, and most claims then
+-- write nothing here (even a conflict that updates nothing locks its row).
 served AS (
     INSERT INTO claim_turns (owner, served_at)
-    SELECT owner, clock_timestamp()
-    FROM (SELECT DISTINCT queue_owner AS owner FROM claimed) AS served_owners
+    SELECT c.owner, clock_timestamp()
+    FROM (SELECT DISTINCT queue_owner AS owner FROM claimed) AS c
+    LEFT JOIN claim_turns AS turn ON turn.owner = c.owner
+    WHERE NOT EXISTS (SELECT FROM lone)
+       OR turn.served_at IS NULL
+       OR turn.served_at < clock_timestamp() - interval '1 second'
     -- In one order, so claims serving the same owners cannot deadlock.
-    ORDER BY owner
+    ORDER BY c.owner
     ON CONFLICT (owner) DO UPDATE SET served_at = excluded.served_at
-    -- Turns matter among owners waiting together. While one owner alone
-    -- has due tasks, its turn is noted at most once a second, not on every
-    -- claim: nearly as current for whoever comes next, far fewer writes.
-    WHERE (SELECT count(*) FROM ready WHERE can_take > 0) > 1
-       OR claim_turns.served_at < excluded.served_at - interval '1 second'
 )
 SELECT c.id, c.seq, c.command, c.params, c.attempts, c.max_attempts, c.lease_token, c.log_bytes,
     (SELECT coalesce(jsonb_agg(jsonb_build_object(
