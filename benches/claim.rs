@@ -106,7 +106,7 @@ fn main() {
         let fifo = fifo_db.prepare(FIFO).await.unwrap();
         let fair = fair_db.prepare(FAIR).await.unwrap();
         for sample in 0..SAMPLES {
-            for which in 0..2 {
+            for which in [0, 1] {
                 let (db, statement) = match which {
                     0 => (&mut fifo_db, &fifo),
                     _ => (&mut fair_db, &fair),

@@ -508,7 +508,7 @@ impl Settings {
             })?;
         }
         for proxy in &self.trusted_proxies {
-            proxy.parse::<std::net::IpAddr>().map_err(|_| {
+            crate::http::client::address(proxy).ok_or_else(|| {
                 format!("trusted_proxies: {proxy:?} is not an IP address (e.g. 10.0.0.5)")
             })?;
         }

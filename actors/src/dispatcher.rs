@@ -79,6 +79,10 @@ pub struct Dispatcher {
     /// recorded outcome wakes the next claim: an owner at its limit of
     /// running tasks (which counts tasks until their outcome is recorded,
     /// after their worker is free) may take another once one is recorded.
+    /// So does an outcome recorded while a claim is in flight (it may have
+    /// read the task as running): that claim is followed by another. An
+    /// outcome recorded by another process wakes none here; the poll
+    /// covers it.
     short: bool,
     draining: bool,
     /// Told when a claim that was in flight as draining began has handed
@@ -177,7 +181,10 @@ impl Dispatcher {
                     if act.isolating == Some(token) {
                         act.isolating = None;
                         ctx.notify(Wake);
-                    } else if act.short || (act.suspects_waiting && act.running.is_empty()) {
+                    } else if act.short
+                        || act.claiming
+                        || (act.suspects_waiting && act.running.is_empty())
+                    {
                         ctx.notify(Wake);
                     }
                 }),

@@ -222,8 +222,11 @@ fn ticket(req: &HttpRequest) -> Option<String> {
 /// The user a presented credential belongs to, if it is live and its
 /// secret matches (remembered for a second: see [`recent`]).
 ///
-/// An address that sent too many refused credentials lately gets 429 for
-/// anything not already verified here, without a lookup.
+/// Each lookup of a credential not known to be live takes from the client
+/// address's allowance of refusals (`auth_failures_per_second`), and one
+/// that finds it live gives it back: an address that sent too many refused
+/// credentials gets 429 without a lookup, except for credentials live here
+/// lately, so it cannot lock out the others behind the same address.
 pub async fn verify(
     state: &AppState,
     req: &HttpRequest,
@@ -232,21 +235,40 @@ pub async fn verify(
     if let Some(user) = state.credentials.user(presented) {
         return Ok(user);
     }
-    let address = state.proxies.client(req);
-    state.refusals.check(address).map_err(ApiError::OverQuota)?;
-    let client = state.db.get().await?;
-    let Some(found) = users::find_credential(&client, presented.id, presented.kind, |hash| {
-        presented.matches(hash)
-    })
-    .await?
-    else {
-        state.refusals.refused(address);
-        return Err(Unauthorized::Invalid.into());
-    };
-    state
-        .credentials
-        .note(presented, found.secret_hash, &found.user, found.expires_at);
-    Ok(found.user)
+    let address = (!state.credentials.known(presented.id))
+        .then(|| state.proxies.client(req))
+        .flatten();
+    state.refusals.take(address).map_err(ApiError::OverQuota)?;
+    let generation = state.credentials.generation();
+    let found = async {
+        let client = state.db.get().await?;
+        Ok::<_, ApiError>(
+            users::find_credential(&client, presented.id, presented.kind, |hash| {
+                presented.matches(hash)
+            })
+            .await?,
+        )
+    }
+    .await;
+    match found {
+        // Refused: what it took from the allowance stays taken.
+        Ok(None) => Err(Unauthorized::Invalid.into()),
+        Ok(Some(found)) => {
+            state.refusals.give_back(address);
+            state.credentials.note(
+                generation,
+                presented,
+                found.secret_hash,
+                &found.user,
+                found.expires_at,
+            );
+            Ok(found.user)
+        }
+        Err(e) => {
+            state.refusals.give_back(address);
+            Err(e)
+        }
+    }
 }
 
 /// Mints a credential of `kind` for `user` and stores its hash.

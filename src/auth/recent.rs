@@ -1,19 +1,27 @@
-//! Credentials this process verified within the last second.
+//! What this process remembers of the credentials it verified.
 //!
 //! A client sends its token with every request; looking it up each time
 //! took a pooled connection (checked with a round trip first) and a query
 //! before any work, on every request. A credential verified within
 //! [`FOR`] is taken as verified again, if the secret presented hashes to
-//! the one stored and it has not expired since.
+//! the one stored, it is of the kind presented, and it has not expired
+//! since.
 //!
 //! What a second of memory means: a token or session revoked through this
-//! process stops working at once (revoking forgets everything remembered
-//! here), but one revoked elsewhere (another process, `mlq token revoke`)
-//! may still be let in by this process for up to a second. Single-use
-//! credentials (tickets, login links) are never remembered: each is spent
-//! in the database.
+//! process stops working at once (revoking forgets its user's credentials,
+//! and a lookup that was in flight across the revocation is not
+//! remembered), but one revoked elsewhere (another process, `mlq token
+//! revoke`) may still be let in by this process for up to a second.
+//! Single-use credentials (tickets, login links) are never remembered:
+//! each is spent in the database.
+//!
+//! Longer, for [`KNOWN_FOR`], it keeps which credential ids were live
+//! lately: those are looked up even from an address that sent too many
+//! refused credentials, so one client cannot lock out the others behind
+//! the same address (`auth_failures_per_second`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -26,13 +34,25 @@ use crate::db::users::{Kind, User};
 /// How long a verification is remembered.
 pub const FOR: Duration = Duration::from_secs(1);
 
-/// Most credentials remembered at once; past it, stale ones are dropped,
-/// then all.
+/// How long a credential id seen live stays known.
+pub const KNOWN_FOR: Duration = Duration::from_secs(15 * 60);
+
+/// Most entries of each kind remembered at once; past it, stale ones are
+/// dropped, then all.
 const MOST: usize = 10_000;
 
 #[derive(Default)]
 pub struct Recent {
-    verified: Mutex<HashMap<Uuid, Entry>>,
+    memory: Mutex<Memory>,
+    /// Bumped by every revocation: a lookup that began before it is not
+    /// remembered.
+    generation: AtomicU64,
+}
+
+#[derive(Default)]
+struct Memory {
+    verified: HashMap<Uuid, Entry>,
+    known: HashMap<Uuid, Instant>,
 }
 
 struct Entry {
@@ -43,34 +63,61 @@ struct Entry {
     at: Instant,
 }
 
+/// Where a lookup began, for [`Recent::note`].
+#[derive(Debug, Clone, Copy)]
+pub struct Generation(u64);
+
 impl Recent {
+    fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
+        self.memory.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The user `presented` belongs to, if it was verified here within
-    /// [`FOR`], its secret matches, and it has not expired.
+    /// [`FOR`], is of the kind presented, its secret matches, and it has
+    /// not expired.
     pub fn user(&self, presented: &Presented) -> Option<User> {
         if presented.kind.single_use() {
             return None;
         }
-        let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = verified.get(&presented.id)?;
-        let live = entry.at.elapsed() < FOR
-            && entry.kind == presented.kind
-            && entry.expires_at.is_none_or(|at| at > Utc::now());
-        (live && presented.matches(&entry.secret_hash)).then(|| entry.user.clone())
+        let (secret_hash, user) = {
+            let memory = self.memory();
+            let entry = memory.verified.get(&presented.id)?;
+            let live = entry.at.elapsed() < FOR
+                && entry.kind == presented.kind
+                && entry.expires_at.is_none_or(|at| at > Utc::now());
+            if !live {
+                return None;
+            }
+            (entry.secret_hash.clone(), entry.user.clone())
+        };
+        presented.matches(&secret_hash).then_some(user)
     }
 
-    /// Notes that `presented`, whose stored hash is `secret_hash`, was just
-    /// verified as `user`'s, valid until `expires_at`.
+    /// To take before looking a credential up, and give to [`Self::note`].
+    pub fn generation(&self) -> Generation {
+        Generation(self.generation.load(Ordering::SeqCst))
+    }
+
+    /// Notes that `presented`, whose stored hash is `secret_hash`, was
+    /// verified as `user`'s, valid until `expires_at`, by a lookup that
+    /// began at `generation`.
     pub fn note(
         &self,
+        generation: Generation,
         presented: &Presented,
         secret_hash: Vec<u8>,
         user: &User,
         expires_at: Option<DateTime<Utc>>,
     ) {
-        if presented.kind.single_use() {
+        let mut memory = self.memory();
+        note_known(&mut memory.known, presented.id);
+        // Checked under the lock `forget_user` bumps it under: a lookup
+        // that read the credential before a revocation cannot be
+        // remembered after it.
+        if presented.kind.single_use() || generation.0 != self.generation.load(Ordering::SeqCst) {
             return;
         }
-        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        let verified = &mut memory.verified;
         if verified.len() >= MOST && !verified.contains_key(&presented.id) {
             verified.retain(|_, e| e.at.elapsed() < FOR);
             if verified.len() >= MOST {
@@ -89,14 +136,44 @@ impl Recent {
         );
     }
 
-    /// Forgets every verification: a credential was revoked (and with a
-    /// token, the sessions opened with it).
-    pub fn forget_all(&self) {
-        self.verified
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+    /// Notes a credential minted here (a ticket) as known.
+    pub fn vouch(&self, id: Uuid) {
+        note_known(&mut self.memory().known, id);
     }
+
+    /// Whether credential `id` was live here within [`KNOWN_FOR`].
+    pub fn known(&self, id: Uuid) -> bool {
+        self.memory()
+            .known
+            .get(&id)
+            .is_some_and(|at| at.elapsed() < KNOWN_FOR)
+    }
+
+    /// Forgets every verification of `user`'s credentials: one of them was
+    /// revoked (and with a token, the sessions opened with it, which are
+    /// the same user's).
+    pub fn forget_user(&self, user: Uuid) {
+        let mut memory = self.memory();
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        memory.verified.retain(|_, e| e.user.id != user);
+    }
+
+    #[cfg(test)]
+    fn age(&self, by: Duration) {
+        for entry in self.memory().verified.values_mut() {
+            entry.at = entry.at.checked_sub(by).unwrap_or(entry.at);
+        }
+    }
+}
+
+fn note_known(known: &mut HashMap<Uuid, Instant>, id: Uuid) {
+    if known.len() >= MOST && !known.contains_key(&id) {
+        known.retain(|_, at| at.elapsed() < KNOWN_FOR);
+        if known.len() >= MOST {
+            known.clear();
+        }
+    }
+    known.insert(id, Instant::now());
 }
 
 #[cfg(test)]
@@ -113,50 +190,83 @@ mod tests {
         }
     }
 
-    fn presented(kind: Kind) -> (Presented, Vec<u8>) {
+    fn presented(kind: Kind) -> (Presented, Vec<u8>, String) {
         let minted = mint(kind);
-        (Presented::parse(&minted.text, kind).unwrap(), minted.hash)
+        (
+            Presented::parse(&minted.text, kind).unwrap(),
+            minted.hash,
+            minted.text,
+        )
     }
 
-    /// A token with `id` and another token's secret.
-    fn forged(id: Uuid) -> Presented {
-        let other = mint(Kind::Token).text;
-        let secret = &other[other.len() - 43..];
+    /// A token with `id` and `secret`, the last 43 characters of a
+    /// credential's text.
+    fn token(id: Uuid, text: &str) -> Presented {
+        let secret = &text[text.len() - 43..];
         Presented::parse(&format!("mlq_{}_{secret}", id.simple()), Kind::Token).unwrap()
     }
 
     #[test]
-    fn a_verified_token_is_remembered_only_with_its_own_secret() {
+    fn a_verified_token_is_remembered_for_a_second_with_its_own_secret() {
         let recent = Recent::default();
-        let (token, hash) = presented(Kind::Token);
-        assert!(recent.user(&token).is_none());
+        let (t, hash, _) = presented(Kind::Token);
+        assert!(recent.user(&t).is_none());
         let ada = user();
-        recent.note(&token, hash, &ada, None);
-        assert_eq!(recent.user(&token).map(|u| u.id), Some(ada.id));
+        recent.note(recent.generation(), &t, hash, &ada, None);
+        assert_eq!(recent.user(&t).map(|u| u.id), Some(ada.id));
         // Another secret under the same id is not let in.
-        assert!(recent.user(&forged(token.id)).is_none());
+        let (_, _, other) = presented(Kind::Token);
+        assert!(recent.user(&token(t.id, &other)).is_none());
+        recent.age(FOR);
+        assert!(recent.user(&t).is_none());
+        assert!(recent.known(t.id));
+    }
+
+    #[test]
+    fn a_session_is_no_bearer_token() {
+        let recent = Recent::default();
+        let (session, hash, text) = presented(Kind::Session);
+        recent.note(recent.generation(), &session, hash, &user(), None);
+        assert!(recent.user(&session).is_some());
+        // Its id and secret, presented as an API token (which would skip
+        // the CSRF check), are refused.
+        assert!(recent.user(&token(session.id, &text)).is_none());
     }
 
     #[test]
     fn expired_revoked_and_single_use_credentials_are_not_remembered() {
         let recent = Recent::default();
         let ada = user();
-        let (expired, hash) = presented(Kind::Token);
-        recent.note(
-            &expired,
-            hash,
-            &ada,
-            Some(Utc::now() - chrono::Duration::seconds(1)),
-        );
+        let (expired, hash, _) = presented(Kind::Token);
+        let past = Utc::now() - chrono::Duration::seconds(1);
+        recent.note(recent.generation(), &expired, hash, &ada, Some(past));
         assert!(recent.user(&expired).is_none());
 
-        let (token, hash) = presented(Kind::Token);
-        recent.note(&token, hash, &ada, None);
-        recent.forget_all();
-        assert!(recent.user(&token).is_none());
+        let (t, hash, _) = presented(Kind::Token);
+        recent.note(recent.generation(), &t, hash.clone(), &ada, None);
+        recent.forget_user(ada.id);
+        assert!(recent.user(&t).is_none());
+        // A lookup that began before the revocation is not remembered.
+        let before = recent.generation();
+        recent.forget_user(ada.id);
+        recent.note(before, &t, hash, &ada, None);
+        assert!(recent.user(&t).is_none());
 
-        let (ticket, hash) = presented(Kind::Ticket);
-        recent.note(&ticket, hash, &ada, None);
+        let (ticket, hash, _) = presented(Kind::Ticket);
+        recent.note(recent.generation(), &ticket, hash, &ada, None);
         assert!(recent.user(&ticket).is_none());
+    }
+
+    #[test]
+    fn revoking_forgets_only_that_users_credentials() {
+        let recent = Recent::default();
+        let (ada, bob) = (user(), user());
+        let (a, a_hash, _) = presented(Kind::Token);
+        let (b, b_hash, _) = presented(Kind::Token);
+        recent.note(recent.generation(), &a, a_hash, &ada, None);
+        recent.note(recent.generation(), &b, b_hash, &bob, None);
+        recent.forget_user(ada.id);
+        assert!(recent.user(&a).is_none());
+        assert_eq!(recent.user(&b).map(|u| u.id), Some(bob.id));
     }
 }

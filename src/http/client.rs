@@ -5,6 +5,7 @@
 //! `X-Forwarded-For` that is not a trusted proxy itself (each proxy
 //! appends the address it was reached from, so what comes before can be
 //! anything a client wrote). From anyone else the header is ignored.
+//! Ranges (CIDR) are not taken: list each proxy's address.
 
 use std::net::IpAddr;
 
@@ -24,14 +25,14 @@ impl Proxies {
             trusted: settings
                 .trusted_proxies
                 .iter()
-                .filter_map(|p| p.parse().ok())
+                .filter_map(|p| address(p))
                 .collect(),
         }
     }
 
     /// The address of the client that sent `req`.
     pub fn client(&self, req: &HttpRequest) -> Option<IpAddr> {
-        let peer = req.peer_addr()?.ip();
+        let peer = req.peer_addr()?.ip().to_canonical();
         if !self.trusted.contains(&peer) {
             return Some(peer);
         }
@@ -44,14 +45,25 @@ impl Proxies {
         // From the proxy nearest mlq outwards; what cannot be read ends the
         // walk, and then the peer is all that is known.
         for entry in forwarded.iter().rev() {
-            match entry.trim().parse::<IpAddr>() {
-                Ok(a) if self.trusted.contains(&a) => continue,
-                Ok(a) => return Some(a),
-                Err(_) => break,
+            match address(entry) {
+                Some(a) if self.trusted.contains(&a) => continue,
+                Some(a) => return Some(a),
+                None => break,
             }
         }
         Some(peer)
     }
+}
+
+/// An address as proxies write it: `198.51.100.7`, `2001:db8::1`, with a
+/// port (`198.51.100.7:4711`, `[2001:db8::1]:4711`), an IPv4 one mapped
+/// into IPv6 counting as itself.
+pub fn address(text: &str) -> Option<IpAddr> {
+    let text = text.trim();
+    text.parse::<IpAddr>()
+        .or_else(|_| text.parse::<std::net::SocketAddr>().map(|a| a.ip()))
+        .ok()
+        .map(|a| a.to_canonical())
 }
 
 #[cfg(test)]
@@ -66,7 +78,8 @@ mod tests {
     }
 
     fn from(peer: &str, forwarded: &[&str]) -> HttpRequest {
-        let mut req = TestRequest::default().peer_addr(format!("{peer}:40000").parse().unwrap());
+        let peer = std::net::SocketAddr::new(peer.parse().unwrap(), 40000);
+        let mut req = TestRequest::default().peer_addr(peer);
         for f in forwarded {
             req = req.append_header(("x-forwarded-for", *f));
         }
@@ -106,6 +119,12 @@ mod tests {
         assert_eq!(two.client(&req), ip("198.51.100.7"));
         // What a client wrote that is no address is never reached...
         let req = from("10.0.0.6", &["not-an-address, 198.51.100.7, 10.0.0.5"]);
+        assert_eq!(two.client(&req), ip("198.51.100.7"));
+        // Ports and IPv4 mapped into IPv6, as some proxies write them.
+        let req = from(
+            "::ffff:10.0.0.6",
+            &["198.51.100.7:4711, [::ffff:10.0.0.5]:80"],
+        );
         assert_eq!(two.client(&req), ip("198.51.100.7"));
         // ...and a chain that cannot be read leaves the peer, the proxy.
         assert_eq!(

@@ -260,9 +260,13 @@ impl RateLimiter {
 }
 
 /// Credentials refused per client address and second, as a token bucket
-/// like [`RateLimiter`]'s. An address past it gets 429 without a lookup
-/// until its allowance refills: guessing is slowed down, and a flood of
-/// made-up tokens cannot keep the database busy.
+/// like [`RateLimiter`]'s. Each lookup of a credential not known to be
+/// live takes one from the address's allowance (so lookups in flight count
+/// too), and a lookup that finds it live gives it back. An address whose
+/// allowance is spent gets 429 without a lookup until it refills: guessing
+/// is slowed down, and a flood of made-up tokens cannot keep the database
+/// busy. IPv6 addresses count by their /64, which one client usually holds
+/// whole.
 pub struct FailureLimiter {
     buckets: Buckets<IpAddr>,
 }
@@ -275,26 +279,36 @@ impl FailureLimiter {
         }
     }
 
-    /// Whether `address` may have a credential looked up now.
-    pub fn check(&self, address: Option<IpAddr>) -> Result<(), Exceeded> {
-        let Some(wait) = address.and_then(|a| self.buckets.empty(&a)) else {
-            return Ok(());
-        };
-        Err(Exceeded {
-            limit: "auth_failures_per_second",
-            retry_after: wait.as_secs().max(1),
-            message: format!(
-                "more than {} refused credentials a second came from this address \
-                 (auth_failures_per_second); wait before trying again",
-                self.buckets.rate
-            ),
-        })
+    fn key(address: IpAddr) -> IpAddr {
+        match address.to_canonical() {
+            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+            v4 => v4,
+        }
     }
 
-    /// Counts a refused credential against `address`.
-    pub fn refused(&self, address: Option<IpAddr>) {
+    /// Takes one lookup from `address`'s allowance, or says it has none.
+    pub fn take(&self, address: Option<IpAddr>) -> Result<(), Exceeded> {
+        let Some(address) = address else {
+            return Ok(());
+        };
+        self.buckets
+            .take(Self::key(address))
+            .map_err(|wait| Exceeded {
+                limit: "auth_failures_per_second",
+                retry_after: wait.as_secs().max(1),
+                message: format!(
+                    "more than {} refused credentials a second came from this address \
+                     (auth_failures_per_second); wait before trying again",
+                    self.buckets.rate
+                ),
+            })
+    }
+
+    /// Gives back what a lookup took: its credential was live, or the
+    /// lookup could not be made.
+    pub fn give_back(&self, address: Option<IpAddr>) {
         if let Some(address) = address {
-            let _ = self.buckets.take(address);
+            self.buckets.give_back(&Self::key(address));
         }
     }
 }
@@ -352,15 +366,13 @@ impl<K: std::hash::Hash + Eq> Buckets<K> {
         Err(Duration::from_secs_f64((1.0 - bucket.tokens) / self.rate))
     }
 
-    /// How long until `key` has an allowance again, if it has none now.
-    fn empty(&self, key: &K) -> Option<Duration> {
-        if self.rate == 0.0 {
-            return None;
+    /// Returns one taken from `key`'s allowance.
+    fn give_back(&self, key: &K) {
+        let burst = self.burst();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(bucket) = buckets.get_mut(key) {
+            bucket.tokens = (bucket.tokens + 1.0).min(burst);
         }
-        let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        let bucket = buckets.get(key)?;
-        let tokens = bucket.tokens + self.rate * bucket.at.elapsed().as_secs_f64();
-        (tokens < 1.0).then(|| Duration::from_secs_f64((1.0 - tokens) / self.rate))
     }
 }
 
@@ -453,6 +465,43 @@ mod tests {
             admin: false,
             created_at: Utc::now(),
         }
+    }
+
+    #[test]
+    fn lookups_in_flight_count_and_live_credentials_give_theirs_back() {
+        let limiter = FailureLimiter::new(1);
+        let here = Some("203.0.113.9".parse().unwrap());
+        // A burst of two lookups at once, refused or not yet answered...
+        limiter.take(here).expect("first");
+        limiter.take(here).expect("second");
+        let refused = limiter.take(here).expect_err("a third at once");
+        assert_eq!(refused.limit, "auth_failures_per_second");
+        assert_eq!(refused.code(), "rate_limited");
+        // ...and one that found its credential live gives its place back.
+        limiter.give_back(here);
+        limiter.take(here).expect("after a live one");
+        // Other addresses have their own allowance.
+        limiter
+            .take(Some("203.0.113.10".parse().unwrap()))
+            .expect("another address");
+    }
+
+    #[test]
+    fn an_ipv6_client_counts_as_its_slash_64_and_a_mapped_ipv4_as_itself() {
+        let limiter = FailureLimiter::new(1);
+        limiter.take(Some("2001:db8::1".parse().unwrap())).unwrap();
+        limiter
+            .take(Some("2001:db8::ffff:2".parse().unwrap()))
+            .unwrap();
+        assert!(limiter.take(Some("2001:db8::3".parse().unwrap())).is_err());
+        assert!(limiter
+            .take(Some("2001:db8:0:1::1".parse().unwrap()))
+            .is_ok());
+        limiter.take(Some("198.51.100.1".parse().unwrap())).unwrap();
+        limiter.take(Some("198.51.100.1".parse().unwrap())).unwrap();
+        assert!(limiter
+            .take(Some("::ffff:198.51.100.1".parse().unwrap()))
+            .is_err());
     }
 
     #[test]

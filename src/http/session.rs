@@ -79,6 +79,9 @@ pub(super) struct Login {
         (status = 200, description = "Signed in; the cookie is set", body = Me,
             headers(("Set-Cookie" = String, description = "The session cookie"))),
         (status = 401, description = "Not a valid token or code", body = ErrorBody),
+        (status = 429, description = "Too many refused credentials from this address \
+            lately (`rate_limited`, `limit` `auth_failures_per_second`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     ),
 )]
 pub(super) async fn login(
@@ -150,7 +153,7 @@ pub(super) async fn logout(
     if caller.via == auth::Via::Session {
         let client = state.db.get().await?;
         users::revoke(&client, caller.credential, caller.viewer()).await?;
-        state.credentials.forget_all();
+        state.credentials.forget_user(caller.user.id);
     }
     let mut gone = Cookie::build(SESSION_COOKIE, "").path("/").finish();
     gone.make_removal();

@@ -192,6 +192,10 @@ async fn an_expired_token_is_refused() {
 #[actix_web::test]
 async fn an_address_that_keeps_sending_refused_credentials_is_slowed_down() {
     let app = spawn_app_with(|s| s.auth_failures_per_second = 1).await;
+    // The user has been working here; past the second its verification is
+    // remembered, its token is still known to be live.
+    assert_eq!(app.get("/api/v1/me").await.0, StatusCode::OK);
+    actix_web::rt::time::sleep(mlq::auth::recent::FOR).await;
     let made_up = format!("mlq_{}_{}", uuid::Uuid::new_v4().simple(), "A".repeat(43));
     let guess = Api::with_token(app.address.clone(), &made_up);
     // A burst of two seconds' worth is refused as usual...
@@ -199,7 +203,7 @@ async fn an_address_that_keeps_sending_refused_credentials_is_slowed_down() {
         assert_eq!(guess.get("/api/v1/me").await.0, StatusCode::UNAUTHORIZED);
     }
     // ...then the address gets 429 without a lookup, for any route and for
-    // the login form too.
+    // the login form too...
     let client = awc::Client::default();
     let (status, headers, body) = send(
         client
@@ -215,6 +219,9 @@ async fn an_address_that_keeps_sending_refused_credentials_is_slowed_down() {
         .post_json("/api/v1/session", &json!({"token": made_up}))
         .await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    // ...but not for the user's known token from the same address.
+    let (status, body) = app.get("/api/v1/me").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     // Once the allowance refills, credentials are looked up again.
     actix_web::rt::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(guess.get("/api/v1/me").await.0, StatusCode::UNAUTHORIZED);
