@@ -235,38 +235,56 @@ pub async fn verify(
     if let Some(user) = state.credentials.user(presented) {
         return Ok(user);
     }
-    let address = (!state.credentials.known(presented.id))
-        .then(|| state.proxies.client(req))
-        .flatten();
-    state.refusals.take(address).map_err(ApiError::OverQuota)?;
+    let known = state.credentials.known(presented);
+    let address = state.proxies.client(req);
+    let mut slot = Slot {
+        refusals: &state.refusals,
+        address: (!known).then_some(address).flatten(),
+        spent: false,
+    };
+    state.refusals.take(slot.address).map_err(|e| {
+        slot.spent = true;
+        ApiError::OverQuota(e)
+    })?;
     let generation = state.credentials.generation();
-    let found = async {
-        let client = state.db.get().await?;
-        Ok::<_, ApiError>(
-            users::find_credential(&client, presented.id, presented.kind, |hash| {
-                presented.matches(hash)
-            })
-            .await?,
-        )
-    }
-    .await;
-    match found {
-        // Refused: what it took from the allowance stays taken.
-        Ok(None) => Err(Unauthorized::Invalid.into()),
-        Ok(Some(found)) => {
-            state.refusals.give_back(address);
-            state.credentials.note(
-                generation,
-                presented,
-                found.secret_hash,
-                &found.user,
-                found.expires_at,
-            );
-            Ok(found.user)
+    let client = state.db.get().await?;
+    let Some(found) = users::find_credential(&client, presented.id, presented.kind, |hash| {
+        presented.matches(hash)
+    })
+    .await?
+    else {
+        // Refused: what the lookup took stays taken. A credential known to
+        // be live (only its holder has its secret) is known no more, and
+        // its refusal counts too.
+        slot.spent = true;
+        if known {
+            state.credentials.unknown(presented.id);
+            let _ = state.refusals.take(address);
         }
-        Err(e) => {
-            state.refusals.give_back(address);
-            Err(e)
+        return Err(Unauthorized::Invalid.into());
+    };
+    state.credentials.note(
+        generation,
+        presented,
+        found.secret_hash,
+        &found.user,
+        found.expires_at,
+    );
+    Ok(found.user)
+}
+
+/// A lookup's place in its address's allowance of refusals: given back
+/// unless the lookup was refused, also when the request is dropped midway.
+struct Slot<'a> {
+    refusals: &'a crate::http::quota::FailureLimiter,
+    address: Option<std::net::IpAddr>,
+    spent: bool,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if !self.spent {
+            self.refusals.give_back(self.address);
         }
     }
 }

@@ -15,10 +15,13 @@
 //! Single-use credentials (tickets, login links) are never remembered:
 //! each is spent in the database.
 //!
-//! Longer, for [`KNOWN_FOR`], it keeps which credential ids were live
-//! lately: those are looked up even from an address that sent too many
-//! refused credentials, so one client cannot lock out the others behind
-//! the same address (`auth_failures_per_second`).
+//! Longer, for [`KNOWN_FOR`] (a ticket: its life), it keeps which
+//! credentials were live here lately, with their kind and stored hash:
+//! presented with their own secret, those are looked up even from an
+//! address that sent too many refused credentials, so one client cannot
+//! lock out the others already working here from the same address
+//! (`auth_failures_per_second`). A made-up secret under a known id gets
+//! no such pass.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,7 +55,13 @@ pub struct Recent {
 #[derive(Default)]
 struct Memory {
     verified: HashMap<Uuid, Entry>,
-    known: HashMap<Uuid, Instant>,
+    known: HashMap<Uuid, Known>,
+}
+
+struct Known {
+    kind: Kind,
+    secret_hash: Vec<u8>,
+    until: Instant,
 }
 
 struct Entry {
@@ -110,7 +119,7 @@ impl Recent {
         expires_at: Option<DateTime<Utc>>,
     ) {
         let mut memory = self.memory();
-        note_known(&mut memory.known, presented.id);
+        note_known(&mut memory.known, presented, secret_hash.clone(), KNOWN_FOR);
         // Checked under the lock `forget_user` bumps it under: a lookup
         // that read the credential before a revocation cannot be
         // remembered after it.
@@ -136,17 +145,29 @@ impl Recent {
         );
     }
 
-    /// Notes a credential minted here (a ticket) as known.
-    pub fn vouch(&self, id: Uuid) {
-        note_known(&mut self.memory().known, id);
+    /// Notes a credential minted here, live for `ttl`, as known.
+    pub fn vouch(&self, minted: &Presented, ttl: Duration) {
+        note_known(&mut self.memory().known, minted, minted.hash(), ttl);
     }
 
-    /// Whether credential `id` was live here within [`KNOWN_FOR`].
-    pub fn known(&self, id: Uuid) -> bool {
-        self.memory()
-            .known
-            .get(&id)
-            .is_some_and(|at| at.elapsed() < KNOWN_FOR)
+    /// Whether `presented`, with its own secret and kind, was live here
+    /// lately.
+    pub fn known(&self, presented: &Presented) -> bool {
+        let secret_hash = {
+            let memory = self.memory();
+            match memory.known.get(&presented.id) {
+                Some(k) if k.kind == presented.kind && k.until > Instant::now() => {
+                    k.secret_hash.clone()
+                }
+                _ => return false,
+            }
+        };
+        presented.matches(&secret_hash)
+    }
+
+    /// Forgets that credential `id` was live: it was refused since.
+    pub fn unknown(&self, id: Uuid) {
+        self.memory().known.remove(&id);
     }
 
     /// Forgets every verification of `user`'s credentials: one of them was
@@ -166,14 +187,28 @@ impl Recent {
     }
 }
 
-fn note_known(known: &mut HashMap<Uuid, Instant>, id: Uuid) {
-    if known.len() >= MOST && !known.contains_key(&id) {
-        known.retain(|_, at| at.elapsed() < KNOWN_FOR);
+fn note_known(
+    known: &mut HashMap<Uuid, Known>,
+    presented: &Presented,
+    secret_hash: Vec<u8>,
+    ttl: Duration,
+) {
+    if known.len() >= MOST && !known.contains_key(&presented.id) {
+        let now = Instant::now();
+        known.retain(|_, k| k.until > now);
+        // Still full of live ones: those stay, and this one goes without.
         if known.len() >= MOST {
-            known.clear();
+            return;
         }
     }
-    known.insert(id, Instant::now());
+    known.insert(
+        presented.id,
+        Known {
+            kind: presented.kind,
+            secret_hash,
+            until: Instant::now() + ttl,
+        },
+    );
 }
 
 #[cfg(test)]
@@ -219,7 +254,25 @@ mod tests {
         assert!(recent.user(&token(t.id, &other)).is_none());
         recent.age(FOR);
         assert!(recent.user(&t).is_none());
-        assert!(recent.known(t.id));
+        // Still known to be live, with its own secret only.
+        assert!(recent.known(&t));
+        assert!(!recent.known(&token(t.id, &other)));
+        recent.unknown(t.id);
+        assert!(!recent.known(&t));
+    }
+
+    #[test]
+    fn a_minted_ticket_is_known_for_its_life_and_a_session_is_not_known_as_a_token() {
+        let recent = Recent::default();
+        let (ticket, _, _) = presented(Kind::Ticket);
+        recent.vouch(&ticket, Duration::from_secs(30));
+        assert!(recent.known(&ticket));
+        recent.vouch(&ticket, Duration::ZERO);
+        assert!(!recent.known(&ticket));
+        let (session, hash, text) = presented(Kind::Session);
+        recent.note(recent.generation(), &session, hash, &user(), None);
+        assert!(recent.known(&session));
+        assert!(!recent.known(&token(session.id, &text)));
     }
 
     #[test]

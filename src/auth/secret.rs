@@ -89,6 +89,11 @@ impl Presented {
         hash(&self.secret).ct_eq(stored).into()
     }
 
+    /// What is stored of the secret.
+    pub fn hash(&self) -> Vec<u8> {
+        hash(&self.secret)
+    }
+
     /// The session's CSRF token: derived from its secret, so it needs no
     /// storage, and unknown to anyone who cannot read the cookie.
     pub fn csrf_token(&self) -> String {

@@ -14,7 +14,7 @@ use super::error::ApiError;
 use super::openapi::ErrorBody;
 use super::routes::Router;
 use super::AppState;
-use crate::auth::{self, Caller, TICKET_TTL};
+use crate::auth::{self, Caller, Presented, TICKET_TTL};
 use crate::db::users::{self, Credential, Kind};
 
 /// Longest a token may be minted for; without `expires_in` it never
@@ -168,11 +168,13 @@ pub(super) async fn ticket(
 ) -> Result<HttpResponse, ApiError> {
     let expires_at = Utc::now() + chrono::Duration::from_std(TICKET_TTL).unwrap_or_default();
     let client = state.db.get().await?;
-    let (minted, ticket) =
+    let (_, ticket) =
         auth::issue(&client, caller.user.id, Kind::Ticket, "", Some(expires_at)).await?;
     // Its upgrade is let through from an address past its allowance of
     // refused credentials: it was minted for a caller who proved itself.
-    state.credentials.vouch(minted.id);
+    if let Some(minted) = Presented::parse(&ticket, Kind::Ticket) {
+        state.credentials.vouch(&minted, TICKET_TTL);
+    }
     Ok(HttpResponse::Created()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(Ticket { ticket, expires_at }))
