@@ -122,7 +122,8 @@ async fn relay(client: TcpStream, server: TcpStream, rules: Arc<Rules>) {
                 if contains(chunk, b"LISTEN ") {
                     conn.listens.store(true, Ordering::SeqCst);
                 }
-                if contains(chunk, b"announce(") {
+                // The announcer's statement (db::announcer).
+                if contains(chunk, b"announce(") || contains(chunk, b"announce_owned(") {
                     conn.announces.store(true, Ordering::SeqCst);
                 }
                 let mut cut = false;
