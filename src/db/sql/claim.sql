@@ -77,30 +77,19 @@ places AS (
     ORDER BY round.n, r.served_at, r.owner
     LIMIT $2
 ),
+-- Each owner's share of the places: a lone owner's are all its own, up to
+-- its room; otherwise the turns decide (and `places` is not read at all).
 shares AS (
-    SELECT owner, count(*) AS share
+    SELECT lone.owner, least($2, (SELECT room FROM running WHERE running.owner = lone.owner))
+        AS share
+    FROM lone
+    UNION ALL
+    SELECT owner, count(*)
     FROM places
+    WHERE NOT EXISTS (SELECT FROM lone)
     GROUP BY owner
 ),
 due AS (
-    -- One owner: all places are its own, up to its room.
-    SELECT head.id
-    FROM lone
-    CROSS JOIN LATERAL (
-        SELECT t.id
-        FROM tasks AS t
-        WHERE t.status = 'queued'
-          AND coalesce(t.owner, '00000000-0000-0000-0000-000000000000'::uuid) = lone.owner
-          AND t.run_at <= now()
-          AND t.command = ANY ($1)
-          AND (cardinality(t.crashed_on) > 0) = $5
-        ORDER BY coalesce(t.owner, '00000000-0000-0000-0000-000000000000'::uuid),
-                 t.priority DESC, t.run_at, t.id
-        LIMIT least($2, (SELECT room FROM running WHERE running.owner = lone.owner))
-        FOR UPDATE SKIP LOCKED
-    ) AS head
-    UNION ALL
-    -- Several: each its share, in turns.
     SELECT head.id
     FROM shares AS s
     CROSS JOIN LATERAL (
@@ -116,7 +105,6 @@ due AS (
         LIMIT s.share
         FOR UPDATE SKIP LOCKED
     ) AS head
-    WHERE NOT EXISTS (SELECT FROM lone)
 ),
 claimed AS (
     UPDATE tasks AS t
